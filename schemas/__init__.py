@@ -1,0 +1,1 @@
+"""driftline's contracts: Avro schemas, the topic table, typed messages and their codecs."""

@@ -1,0 +1,1 @@
+"""driftline services: the pure core, the runtime shell and each streaming service."""

@@ -1,0 +1,118 @@
+"""Load a model version into ONNX Runtime: verify, check the graph and contract, warm up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnxruntime as ort
+
+from schemas.contracts import SENSOR_CHANNELS, SENSOR_SAMPLES
+from schemas.messages import MODALITY_SENSOR, ModelVersion
+from services.runtime.artifacts import ArtifactStore, fetch_verified
+
+CANARY_BATCH = 4
+
+
+class ModelRejected(RuntimeError):
+    """A model version that must not serve; the reason says why."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A verified, warmed-up ONNX Runtime session and the version it serves."""
+
+    version: ModelVersion
+    session: ort.InferenceSession
+    input_name: str
+    output_name: str
+
+    def predict(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        out: npt.NDArray[np.float32] = self.session.run(
+            [self.output_name], {self.input_name: batch}
+        )[0]
+        return out
+
+
+def session_options(intra_op_threads: int) -> ort.SessionOptions:
+    """Options for a small shared CPU: fixed thread counts, no spin-waiting between batches."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return opts
+
+
+def providers() -> list[str]:
+    """CUDA first when onnxruntime-gpu sees a GPU, CPU always."""
+    available = ort.get_available_providers()
+    chosen = [p for p in ("CUDAExecutionProvider",) if p in available]
+    return [*chosen, "CPUExecutionProvider"]
+
+
+def expected_input_shape(modality: str) -> tuple[int, ...]:
+    """The per-event input shape of a modality's contract (batch axis excluded)."""
+    if modality == MODALITY_SENSOR:
+        return (len(SENSOR_CHANNELS), SENSOR_SAMPLES)
+    raise ModelRejected(f"modality {modality!r} has no serving contract yet")
+
+
+def _check_graph(data: bytes) -> onnx.ModelProto:
+    try:
+        proto = onnx.load_from_string(data)
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # protobuf and checker errors vary by version
+        raise ModelRejected(f"not a valid ONNX graph: {exc}") from exc
+    for tensor in proto.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            raise ModelRejected(f"initializer {tensor.name!r} points at external data; refused")
+    return proto
+
+
+def _check_contract(session: ort.InferenceSession, mv: ModelVersion) -> tuple[str, str]:
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelRejected(f"expected 1 input and 1 output, got {len(inputs)} and {len(outputs)}")
+    want = expected_input_shape(mv.modality)
+    shape = tuple(inputs[0].shape)
+    if inputs[0].type != "tensor(float)" or len(shape) != len(want) + 1 or shape[1:] != want:
+        raise ModelRejected(
+            f"input {inputs[0].name} is {inputs[0].type} {list(shape)}, "
+            f"the {mv.modality} contract is float32 [batch, {', '.join(map(str, want))}]"
+        )
+    if isinstance(shape[0], int) and shape[0] != -1:
+        raise ModelRejected(f"input batch axis is fixed at {shape[0]}; it must be dynamic")
+    out_shape = tuple(outputs[0].shape)
+    if len(out_shape) != 2 or out_shape[1] != len(mv.classes):
+        raise ModelRejected(
+            f"output {outputs[0].name} is {list(out_shape)}, expected [batch, {len(mv.classes)}]"
+        )
+    return inputs[0].name, outputs[0].name
+
+
+def load(mv: ModelVersion, store: ArtifactStore, intra_op_threads: int = 1) -> LoadedModel:
+    """Fetch, verify and warm up a version; raises ModelRejected (or ArtifactError) if unfit."""
+    data = fetch_verified(store, mv.artifact_uri, mv.sha256)
+    _check_graph(data)
+    try:
+        session = ort.InferenceSession(
+            data, sess_options=session_options(intra_op_threads), providers=providers()
+        )
+    except Exception as exc:
+        raise ModelRejected(f"ONNX Runtime cannot load it: {exc}") from exc
+    input_name, output_name = _check_contract(session, mv)
+    model = LoadedModel(mv, session, input_name, output_name)
+    canary = np.zeros((CANARY_BATCH, *expected_input_shape(mv.modality)), dtype=np.float32)
+    probs = model.predict(canary)
+    if probs.shape != (CANARY_BATCH, len(mv.classes)) or not np.isfinite(probs).all():
+        raise ModelRejected(
+            f"canary batch gave {probs.shape} with non-finite or wrong-sized output"
+        )
+    if not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
+        raise ModelRejected("outputs are not probabilities (rows do not sum to 1)")
+    return model

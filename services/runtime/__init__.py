@@ -1,0 +1,1 @@
+"""The shell every service shares: settings, Kafka clients, metrics, logging, model store."""

@@ -1,0 +1,40 @@
+"""Run a real single-node Kafka (KRaft) and Redis locally, without Docker, for dev and CI."""
+
+from __future__ import annotations
+
+from services.runtime.localstack.errors import (
+    PortInUseError,
+    PrerequisiteMissing,
+    StackStartError,
+)
+from services.runtime.localstack.kafka import (
+    KAFKA_JVM_FLAGS,
+    KAFKA_MESSAGE_MAX_BYTES,
+    KAFKA_VERSION,
+    MIN_JAVA_MAJOR,
+    SCALA_VERSION,
+    default_jar_cache,
+)
+from services.runtime.localstack.paths import default_data_dir, deploy_dir
+from services.runtime.localstack.ports import HOST, StackPorts, free_port
+from services.runtime.localstack.stack import LocalStack, Service, StackStatus
+
+__all__ = [
+    "HOST",
+    "KAFKA_JVM_FLAGS",
+    "KAFKA_MESSAGE_MAX_BYTES",
+    "KAFKA_VERSION",
+    "MIN_JAVA_MAJOR",
+    "SCALA_VERSION",
+    "LocalStack",
+    "PortInUseError",
+    "PrerequisiteMissing",
+    "Service",
+    "StackPorts",
+    "StackStartError",
+    "StackStatus",
+    "default_data_dir",
+    "default_jar_cache",
+    "deploy_dir",
+    "free_port",
+]

@@ -1,0 +1,273 @@
+"""The local Kafka node: Java and jar prerequisites, config, storage format, start, readiness."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from services.runtime.localstack.errors import PrerequisiteMissing, StackStartError
+from services.runtime.localstack.paths import deploy_dir, repo_root
+from services.runtime.localstack.ports import HOST, StackPorts
+from services.runtime.localstack.processes import PidFile, cmdline, spawn, write_atomic
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import AdminClient
+
+KAFKA_VERSION = "4.4.0"
+SCALA_VERSION = "2.13"
+MIN_JAVA_MAJOR = 17
+KAFKA_JVM_FLAGS: tuple[str, ...] = (
+    "-Xms256m",
+    "-Xmx1g",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
+)
+# Image events can be several MiB: allow 10 MiB payloads plus record/batch overhead.
+KAFKA_MESSAGE_MAX_BYTES = 10 * 1024 * 1024 + 64 * 1024
+
+_KAFKA_JAR = f"kafka_{SCALA_VERSION}-{KAFKA_VERSION}.jar"
+_KAFKA_MAIN = "kafka.Kafka"
+_STORAGE_TOOL = "kafka.tools.StorageTool"
+_JAR_RESOLVE_TIMEOUT_S = 900.0
+
+
+def default_jar_cache() -> Path:
+    """Kafka jar folder: env DRIFTLINE_JAR_CACHE, else <repo root>/.driftline/kafka-lib-<ver>."""
+    env = os.environ.get("DRIFTLINE_JAR_CACHE")
+    return Path(env) if env else repo_root() / ".driftline" / f"kafka-lib-{KAFKA_VERSION}"
+
+
+def find_java() -> str:
+    """Path of a java of at least MIN_JAVA_MAJOR: JAVA_HOME's, else the one on PATH."""
+    java_home = os.environ.get("JAVA_HOME")
+    candidate = Path(java_home) / "bin" / "java" if java_home else None
+    java = str(candidate) if candidate and candidate.is_file() else shutil.which("java")
+    hint = "install a JDK (Debian: apt-get install openjdk-17-jre-headless)"
+    if java is None:
+        raise PrerequisiteMissing(f"Java {MIN_JAVA_MAJOR}+ not found on PATH: {hint}")
+    try:
+        proc = subprocess.run(
+            [java, "-version"], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PrerequisiteMissing(f"{java} -version failed ({exc}): {hint}") from exc
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', proc.stderr + proc.stdout)
+    if match is None:
+        raise PrerequisiteMissing(f"cannot read the Java version from {java} -version: {hint}")
+    major = int(match.group(1))
+    if major == 1 and match.group(2):  # "1.8.0_392" style
+        major = int(match.group(2))
+    if major < MIN_JAVA_MAJOR:
+        raise PrerequisiteMissing(
+            f"Java {major} at {java} is too old, Kafka {KAFKA_VERSION} needs Java "
+            f"{MIN_JAVA_MAJOR}+: {hint}, or point JAVA_HOME at one"
+        )
+    return java
+
+
+def ensure_jars(jar_cache: Path, log: Callable[[str], None]) -> Path:
+    """The jar folder, resolved once with Maven from deploy/local/pom.xml when missing."""
+    if (jar_cache / _KAFKA_JAR).is_file():
+        return jar_cache
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise PrerequisiteMissing(
+            f"Maven (mvn) not found on PATH, needed once to fetch the Kafka {KAFKA_VERSION} "
+            "jars: install Maven (Debian: apt-get install maven)"
+        )
+    pom = deploy_dir() / "pom.xml"
+    if not pom.is_file():
+        raise FileNotFoundError(f"{pom} is missing (set DRIFTLINE_DEPLOY_DIR?)")
+    log(f"localstack: resolving Kafka {KAFKA_VERSION} jars with Maven (first run only)...")
+    jar_cache.parent.mkdir(parents=True, exist_ok=True)
+    # Resolve into a private folder and rename it into place, so that an interrupted run
+    # never leaves a cache that holds the kafka jar but misses others.
+    staging = jar_cache.with_name(f".{jar_cache.name}.{os.getpid()}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    cmd = [
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(pom),
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={staging}",
+    ]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=_JAR_RESOLVE_TIMEOUT_S, check=False
+        )
+        if proc.returncode != 0 or not (staging / _KAFKA_JAR).is_file():
+            output = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+            raise StackStartError(
+                f"Maven could not resolve the Kafka jars (exit {proc.returncode}): "
+                f"{' '.join(cmd)}\n{output}"
+            )
+        try:
+            os.rename(staging, jar_cache)
+        except OSError:
+            if not (jar_cache / _KAFKA_JAR).is_file():
+                # An existing, incomplete folder: fill it in place.
+                jar_cache.mkdir(parents=True, exist_ok=True)
+                for jar in staging.iterdir():
+                    shutil.copy2(jar, jar_cache / jar.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return jar_cache
+
+
+def _kafka_cluster_id() -> str:
+    """A Kafka-style cluster id: a url-safe base64 uuid4 without padding (22 chars)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+        if not cid.startswith("-"):  # a leading '-' would be parsed as a CLI flag
+            return cid
+
+
+@dataclass(frozen=True)
+class KafkaNode:
+    """The single combined broker+controller Kafka of one stack data dir."""
+
+    data_dir: Path
+    log: Callable[[str], None]
+
+    @property
+    def server_properties(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "kafka-data"
+
+    @property
+    def stdout(self) -> Path:
+        return self.data_dir / "kafka.out"
+
+    @property
+    def server_log(self) -> Path:
+        return self.data_dir / "logs" / "server.log"
+
+    @property
+    def pid_file(self) -> PidFile:
+        return PidFile("kafka", self.data_dir / "kafka.pid", self.is_ours)
+
+    def is_ours(self, pid: int) -> bool:
+        """True if pid runs kafka.Kafka with this data dir's server.properties."""
+        args = cmdline(pid)
+        return _KAFKA_MAIN in args and str(self.server_properties) in args
+
+    def write_server_properties(self, ports: StackPorts) -> None:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "listeners": f"PLAINTEXT://{HOST}:{ports.kafka},CONTROLLER://{HOST}:{ports.controller}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{ports.kafka}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            # Dynamic (KIP-853) quorum of one, initialised by `format --standalone`.
+            "controller.quorum.bootstrap.servers": f"{HOST}:{ports.controller}",
+            "log.dirs": str(self.log_dir),
+            "num.partitions": "1",
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "auto.create.topics.enable": "false",
+            "group.initial.rebalance.delay.ms": "0",
+            "message.max.bytes": str(KAFKA_MESSAGE_MAX_BYTES),
+            "replica.fetch.max.bytes": str(KAFKA_MESSAGE_MAX_BYTES),
+            "num.network.threads": "2",
+            "num.io.threads": "4",
+            "num.recovery.threads.per.data.dir": "1",
+            "log.retention.hours": "24",
+            "log.segment.bytes": str(256 * 1024 * 1024),
+        }
+        body = "".join(f"{key}={value}\n" for key, value in props.items())
+        write_atomic(
+            self.server_properties,
+            "# Generated by services/runtime/localstack/kafka.py; rewritten on every start.\n"
+            + body,
+        )
+
+    def _java_base(self, java: str, libdir: Path) -> list[str]:
+        log4j = deploy_dir() / "log4j2.properties"
+        return [
+            java,
+            *KAFKA_JVM_FLAGS,
+            f"-Dlog4j2.configurationFile={log4j}",
+            f"-Dkafka.logs.dir={self.server_log.parent}",
+            "-cp",
+            f"{libdir}/*",
+        ]
+
+    def _format_storage(self, java: str, libdir: Path) -> None:
+        cluster_id = _kafka_cluster_id()
+        self.log(f"localstack: formatting Kafka storage (cluster id {cluster_id})")
+        cmd = [
+            *self._java_base(java, libdir),
+            _STORAGE_TOOL,
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(self.server_properties),
+            "--standalone",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        if proc.returncode != 0:
+            raise StackStartError(
+                f"formatting Kafka storage failed (exit {proc.returncode}):\n"
+                + "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+            )
+
+    def start(self, java: str, libdir: Path, ports: StackPorts) -> None:
+        """Write the config, format storage on first start, spawn Kafka and record its pid."""
+        self.server_log.parent.mkdir(parents=True, exist_ok=True)
+        self.write_server_properties(ports)
+        if not (self.log_dir / "meta.properties").is_file():
+            self._format_storage(java, libdir)
+        cmd = [*self._java_base(java, libdir), _KAFKA_MAIN, str(self.server_properties)]
+        pid = spawn(cmd, self.stdout, cwd=self.data_dir)
+        self.pid_file.write(pid)
+        self.log(f"localstack: started Kafka {KAFKA_VERSION} (pid {pid}) on {HOST}:{ports.kafka}")
+
+
+def make_admin(bootstrap: str) -> AdminClient | None:
+    """A confluent_kafka AdminClient, or None when confluent_kafka is not installed."""
+    try:
+        from confluent_kafka.admin import AdminClient
+    except ImportError:
+        return None
+    return AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 2000})
+
+
+def broker_ready(admin: AdminClient | None, server_log: Path) -> bool:
+    """Metadata answered with >= 1 broker (or, without confluent_kafka, the broker logged up)."""
+    if admin is None:
+        try:
+            text = server_log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+        return "Kafka Server started" in text
+    try:
+        metadata = admin.list_topics(timeout=2)
+    except Exception:  # KafkaException while the broker is still starting
+        return False
+    return len(metadata.brokers) >= 1

@@ -1,0 +1,183 @@
+"""Metric names (one place) and the /metrics, /healthz and /readyz endpoints.
+
+Collectors are built on a registry passed in, never at import, so tests use a fresh one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+EVENTS_CONSUMED = "driftline_events_consumed_total"
+EVENTS_PRODUCED = "driftline_events_produced_total"
+DEAD_LETTERS = "driftline_dead_letters_total"
+BATCH_SIZE = "driftline_batch_size"
+INFERENCE_SECONDS = "driftline_inference_seconds"
+END_TO_END_SECONDS = "driftline_end_to_end_latency_seconds"
+CONFIDENCE = "driftline_prediction_confidence"
+PREDICTIONS = "driftline_predictions_total"
+MODEL_VERSION = "driftline_model_version"
+BATCH_FAILURES = "driftline_batch_failures_total"
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+class BatchHistogram(Collector):
+    """A labelled histogram fed a whole batch of observations at once (numpy, no per-event loop)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: list[str],
+        buckets: tuple[float, ...],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self.bounds = np.asarray(buckets, dtype=np.float64)
+        self._series: dict[tuple[str, ...], tuple[npt.NDArray[np.int64], list[float]]] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, labels: tuple[str, ...], values: npt.ArrayLike) -> None:
+        data = np.asarray(values, dtype=np.float64).ravel()
+        # Bucket i counts values <= bounds[i]; the last slot is +Inf.
+        slots = np.searchsorted(self.bounds, data, side="left")
+        counts = np.bincount(slots, minlength=len(self.bounds) + 1)
+        with self._lock:
+            series = self._series.get(labels)
+            if series is None:
+                series = (np.zeros(len(self.bounds) + 1, dtype=np.int64), [0.0])
+                self._series[labels] = series
+            series[0][:] += counts
+            series[1][0] += float(data.sum())
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        with self._lock:
+            for labels, (counts, total) in self._series.items():
+                cumulative = np.cumsum(counts).tolist()
+                edges = [repr(float(b)) for b in self.bounds.tolist()] + ["+Inf"]
+                family.add_metric(list(labels), list(zip(edges, cumulative, strict=True)), total[0])
+        yield family
+
+
+class InferenceMetrics:
+    """The inference consumer's collectors."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.consumed = Counter(EVENTS_CONSUMED, "Records consumed", ["topic"], registry=registry)
+        self.produced = Counter(EVENTS_PRODUCED, "Records produced", ["topic"], registry=registry)
+        self.dead_letters = Counter(
+            DEAD_LETTERS, "Records dead-lettered", ["topic", "reason"], registry=registry
+        )
+        self.batch_size = Histogram(
+            BATCH_SIZE,
+            "Events per scored batch",
+            ["modality"],
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.inference_seconds = Histogram(
+            INFERENCE_SECONDS,
+            "ONNX Runtime time per batch",
+            ["modality"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.end_to_end = BatchHistogram(
+            END_TO_END_SECONDS,
+            "Result produced minus event time",
+            ["modality"],
+            LATENCY_BUCKETS,
+            registry,
+        )
+        self.confidence = BatchHistogram(
+            CONFIDENCE,
+            "Confidence of the predicted class",
+            ["model", "version"],
+            CONFIDENCE_BUCKETS,
+            registry,
+        )
+        self.predictions = Counter(
+            PREDICTIONS, "Predictions by class", ["model", "predicted_class"], registry=registry
+        )
+        self.model_version = Gauge(
+            MODEL_VERSION, "Model version now serving", ["model"], registry=registry
+        )
+        self.batch_failures = Counter(
+            BATCH_FAILURES,
+            "Batches retried after a delivery failure",
+            ["stage"],
+            registry=registry,
+        )
+
+
+class Health:
+    """Liveness (the loop ticks) and readiness (a check the service supplies)."""
+
+    def __init__(self, ready: Callable[[], bool], stale_after_s: float = 60.0) -> None:
+        self._ready = ready
+        self._stale_after_s = stale_after_s
+        self._last_tick = time.monotonic()
+
+    def tick(self) -> None:
+        self._last_tick = time.monotonic()
+
+    def alive(self) -> bool:
+        return time.monotonic() - self._last_tick < self._stale_after_s
+
+    def ready(self) -> bool:
+        return self.alive() and self._ready()
+
+
+def serve(
+    registry: CollectorRegistry, health: Health, port: int, host: str = "0.0.0.0"
+) -> ThreadingHTTPServer:
+    """Serve /metrics, /healthz and /readyz on a daemon thread; returns the server to shut down."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/metrics"):
+                body, code, ctype = generate_latest(registry), 200, CONTENT_TYPE_LATEST
+            elif self.path.startswith("/healthz"):
+                ok = health.alive()
+                body, code, ctype = (
+                    (b"ok\n" if ok else b"stalled\n"),
+                    (200 if ok else 503),
+                    "text/plain",
+                )
+            elif self.path.startswith("/readyz"):
+                ok = health.ready()
+                body, code, ctype = (
+                    (b"ready\n" if ok else b"not ready\n"),
+                    (200 if ok else 503),
+                    "text/plain",
+                )
+            else:
+                body, code, ctype = b"not found\n", 404, "text/plain"
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server

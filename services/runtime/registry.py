@@ -1,0 +1,119 @@
+"""The model registry on the compacted models.registry topic.
+
+Every version is written under the key "<name>/v<version>", so compaction keeps the whole
+history; a champion is also written under the key "<name>", the pointer every consumer
+follows. Rollback is writing an older version under "<name>" again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+
+from schemas import codec
+from schemas import headers as h
+from schemas.deadletter import CodecError
+from schemas.messages import STATUS_CHAMPION, ModelVersion
+from services.runtime.kafka import DeliveryTracker, flush_or_raise
+from services.runtime.settings import KafkaSettings
+
+
+def version_key(name: str, version: int) -> str:
+    return f"{name}/v{version}"
+
+
+@dataclass
+class RegistrySnapshot:
+    """What the registry says: every version by name, and the champion pointer by name."""
+
+    versions: dict[str, dict[int, ModelVersion]] = field(default_factory=dict)
+    champions: dict[str, ModelVersion] = field(default_factory=dict)
+    invalid: int = 0
+
+    def apply(self, key: str | None, value: bytes | None) -> ModelVersion | None:
+        """Fold one registry record in; returns the new champion when the record names one."""
+        if key is None or value is None:
+            return None
+        try:
+            mv = codec.decode(ModelVersion, value)
+        except CodecError:
+            self.invalid += 1
+            return None
+        if "/v" in key:
+            self.versions.setdefault(mv.name, {})[mv.version] = mv
+            return None
+        self.versions.setdefault(mv.name, {}).setdefault(mv.version, mv)
+        self.champions[mv.name] = mv
+        return mv
+
+    def latest_version(self, name: str) -> int:
+        return max(self.versions.get(name, {}), default=0)
+
+
+def publish(
+    producer: Producer, topic: str, mv: ModelVersion, *, as_champion: bool | None = None
+) -> None:
+    """Write a version record (and the champion pointer when it is the champion); wait for acks."""
+    tracker = DeliveryTracker()
+    value = codec.encode(mv)
+    hdrs: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
+    producer.produce(
+        topic, key=version_key(mv.name, mv.version), value=value, headers=hdrs, on_delivery=tracker
+    )
+    if as_champion if as_champion is not None else mv.status == STATUS_CHAMPION:
+        producer.produce(topic, key=mv.name, value=value, headers=hdrs, on_delivery=tracker)
+    flush_or_raise(producer, tracker)
+
+
+def read_snapshot(
+    kafka: KafkaSettings,
+    topic: str,
+    *,
+    timeout_s: float = 30.0,
+    on_record: Callable[[ModelVersion], None] | None = None,
+) -> RegistrySnapshot:
+    """Read the registry from the beginning up to its current end (no consumer group)."""
+    consumer = Consumer(
+        kafka.client_config(
+            **{
+                "group.id": "driftline-registry-reader",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+            }
+        )
+    )
+    snapshot = RegistrySnapshot()
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout_s)
+        tmeta = meta.topics.get(topic)
+        if tmeta is None or tmeta.error is not None:
+            raise RuntimeError(
+                f"registry topic {topic!r} not found; run `driftline topics create` first"
+            )
+        # Partition EOF events mark the end even when the log ends in transaction markers.
+        pending = set(tmeta.partitions)
+        consumer.assign([TopicPartition(topic, pid, OFFSET_BEGINNING) for pid in pending])
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"registry topic {topic!r} not read to its end in {timeout_s}s")
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition())
+                    continue
+                raise RuntimeError(f"reading {topic}: {err}")
+            key = msg.key()
+            champion = snapshot.apply(key.decode() if key else None, msg.value())
+            if champion is not None and on_record is not None:
+                on_record(champion)
+    finally:
+        consumer.close()
+    return snapshot

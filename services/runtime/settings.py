@@ -1,0 +1,118 @@
+"""Settings of every service: one frozen pydantic-settings object each, env prefix DRIFTLINE_.
+
+Nested fields use a double underscore: DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS=host:9092.
+Any librdkafka option passes through DRIFTLINE_KAFKA__CLIENT as JSON, e.g.
+DRIFTLINE_KAFKA__CLIENT='{"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512"}',
+with the secrets in their own SecretStr fields so they never appear in logs or reprs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.contracts import MODEL_NAMES
+from schemas.topics import Topics
+
+Modality = Literal["sensor", "image"]
+LIBRDKAFKA_LOGGER = "driftline.librdkafka"
+
+
+def default_artifact_root() -> str:
+    """file:// URI of .driftline/artifacts under the working directory."""
+    return (Path.cwd() / ".driftline" / "artifacts").resolve().as_uri()
+
+
+class KafkaSettings(BaseModel):
+    """How to reach Kafka; `client` is passed to librdkafka unchanged."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = ""
+    client: dict[str, str] = Field(default_factory=dict)
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_key_password: SecretStr | None = None
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    def client_config(self, **overrides: Any) -> dict[str, Any]:
+        """librdkafka configuration: defaults, then the pass-through options, then overrides."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            # librdkafka's own log lines go through Python logging, not straight to stderr.
+            "logger": logging.getLogger(LIBRDKAFKA_LOGGER),
+        }
+        conf.update(self.client)
+        if self.sasl_username is not None:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_key_password is not None:
+            conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        conf.update(overrides)
+        return conf
+
+
+class DriftlineSettings(BaseSettings):
+    """Fields every service has."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DRIFTLINE_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    log_level: str = "INFO"
+    metrics_port: int | None = Field(default=None, description="Serve /metrics here; off if unset")
+
+
+class SimulatorSettings(DriftlineSettings):
+    """`driftline simulate sensors`."""
+
+    assets: int = Field(default=50, ge=1, description="Insulators in the fleet")
+    rate: float = Field(default=200.0, gt=0, description="Windows per second, whole fleet")
+    count: int | None = Field(default=None, ge=1, description="Stop after this many windows")
+    seed: int = 7
+    fault_fraction: float = Field(default=0.4, ge=0, le=1)
+
+
+class InferenceSettings(DriftlineSettings):
+    """`driftline infer`: one consumer of one modality."""
+
+    modality: Modality = "sensor"
+    model_name: str | None = None
+    group_id: str | None = None
+    max_batch: int = Field(default=256, ge=1)
+    max_wait_ms: int = Field(default=20, ge=0)
+    exactly_once: bool = False
+    max_value_bytes: int = Field(default=1 << 20, ge=1)
+    intra_op_threads: int = Field(default=1, ge=1)
+    registry_timeout_s: float = Field(default=30.0, gt=0)
+    service_name: str = "inference"
+
+    @property
+    def effective_model_name(self) -> str:
+        return self.model_name or MODEL_NAMES[self.modality]
+
+    @property
+    def effective_group_id(self) -> str:
+        return self.group_id or f"driftline-inference-{self.modality}"
+
+
+class TrainerSettings(DriftlineSettings):
+    """`driftline train`."""
+
+    artifact_root: str = Field(default_factory=default_artifact_root)
+    seed: int = 7
+    epochs: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    learning_rate: float = Field(default=3e-3, gt=0)
+    bootstrap_windows: int = Field(default=8000, ge=100)
+    device: Literal["auto", "cpu", "cuda"] = "auto"

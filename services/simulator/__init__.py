@@ -1,0 +1,1 @@
+"""Synthetic insulator fleets: sensor windows, labels and drift scenarios."""

@@ -1,0 +1,98 @@
+"""The real Kafka and Redis, started once per test session on free ports, and per-test topics.
+
+Set DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS and DRIFTLINE_REDIS_URL to reuse running services.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from services.runtime.kafka import admin, create_topics
+from services.runtime.localstack import LocalStack, StackPorts, free_port
+from services.runtime.settings import KafkaSettings
+
+TEST_PARTITIONS = 3
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    bootstrap_servers: str
+    redis_url: str
+
+
+def _free_ports() -> StackPorts:
+    while True:
+        ports = StackPorts(kafka=free_port(), controller=free_port(), redis=free_port())
+        if len({ports.kafka, ports.controller, ports.redis}) == 3:
+            return ports
+
+
+@pytest.fixture(scope="session")
+def endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
+    bootstrap = os.environ.get("DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS")
+    redis_url = os.environ.get("DRIFTLINE_REDIS_URL")
+    if bootstrap and redis_url:
+        yield Endpoints(bootstrap, redis_url)
+        return
+    stack = LocalStack(Path(tmp_path_factory.mktemp("stack")), _free_ports())
+    status = stack.up()
+    try:
+        yield Endpoints(bootstrap or status.bootstrap_servers, redis_url or status.redis_url)
+    finally:
+        stack.down()
+
+
+@pytest.fixture
+def kafka(endpoints: Endpoints) -> Iterator[KafkaSettings]:
+    """Kafka settings with a topic prefix of this test's own, every topic created."""
+    settings = KafkaSettings(
+        bootstrap_servers=endpoints.bootstrap_servers, topic_prefix=f"t{uuid.uuid4().hex[:10]}."
+    )
+    create_topics(settings, partitions=TEST_PARTITIONS)
+    yield settings
+    client = admin(settings)
+    mine = [t for t in client.list_topics(timeout=10).topics if t.startswith(settings.topic_prefix)]
+    if mine:
+        for future in client.delete_topics(mine, operation_timeout=30).values():
+            future.result(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def tiny_sensor_model() -> object:
+    """A small SensorCNN trained for a few seconds on simulated windows (built, not downloaded)."""
+    from services.simulator.fleet import labelled_dataset
+    from trainer.bootstrap import train_sensor_model
+    from trainer.fit import FitConfig
+
+    x, y = labelled_dataset(2400, seed=11)
+    return train_sensor_model(x, y, FitConfig(epochs=3, batch_size=128, seed=11))
+
+
+@pytest.fixture
+def sensor_champion(kafka: KafkaSettings, tiny_sensor_model: object, tmp_path: Path) -> object:
+    """Version 1 of insulator-sensor, published to this test's registry topic."""
+    from schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES
+    from schemas.messages import STATUS_CHAMPION, Lineage
+    from trainer.bootstrap import TrainedModel
+    from trainer.publish import publish_version
+
+    assert isinstance(tiny_sensor_model, TrainedModel)
+    return publish_version(
+        kafka=kafka,
+        artifact_root=(tmp_path / "artifacts").as_uri(),
+        name=MODEL_NAMES["sensor"],
+        version=1,
+        modality="sensor",
+        exported=tiny_sensor_model.exported,
+        model=tiny_sensor_model.model,
+        classes=list(INSULATOR_CLASSES),
+        metrics={"holdout_macro_f1": tiny_sensor_model.report.holdout_macro_f1},
+        lineage=Lineage(source="test"),
+        status=STATUS_CHAMPION,
+    )

@@ -1,0 +1,49 @@
+"""Settings read DRIFTLINE_ env vars, pass librdkafka options through and hide secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.runtime.settings import InferenceSettings, KafkaSettings, SimulatorSettings
+
+
+def test_nested_env_and_passthrough(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS", "broker-1:9093,broker-2:9093")
+    monkeypatch.setenv("DRIFTLINE_KAFKA__TOPIC_PREFIX", "staging.")
+    monkeypatch.setenv(
+        "DRIFTLINE_KAFKA__CLIENT",
+        '{"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512"}',
+    )
+    monkeypatch.setenv("DRIFTLINE_KAFKA__SASL_USERNAME", "svc-inference")
+    monkeypatch.setenv("DRIFTLINE_KAFKA__SASL_PASSWORD", "s3cret")
+    monkeypatch.setenv("DRIFTLINE_MAX_BATCH", "64")
+    settings = InferenceSettings()
+    assert settings.max_batch == 64
+    assert settings.kafka.topics.sensor_windows == "staging.sensor.windows"
+    conf = settings.kafka.client_config(**{"group.id": "g"})
+    assert conf.pop("logger").name == "driftline.librdkafka"
+    assert conf == {
+        "bootstrap.servers": "broker-1:9093,broker-2:9093",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "svc-inference",
+        "sasl.password": "s3cret",
+        "group.id": "g",
+    }
+    assert "s3cret" not in repr(settings)
+    assert "s3cret" not in str(settings.model_dump())
+
+
+def test_settings_are_frozen_and_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = SimulatorSettings()
+    with pytest.raises(ValueError, match="frozen"):
+        settings.rate = 5  # type: ignore[misc]
+    monkeypatch.setenv("DRIFTLINE_RATE", "-3")
+    with pytest.raises(ValueError, match="greater than 0"):
+        SimulatorSettings()
+
+
+def test_defaults_name_the_model_and_group_per_modality() -> None:
+    settings = InferenceSettings(modality="sensor", kafka=KafkaSettings())
+    assert settings.effective_model_name == "insulator-sensor"
+    assert settings.effective_group_id == "driftline-inference-sensor"

@@ -1,0 +1,1 @@
+"""The trainer: datasets from labelled windows, torch models, ONNX export, gate and publish."""

@@ -1,0 +1,64 @@
+"""Torch models: the sensor 1D-CNN, normalising its input in the graph so ONNX takes raw data."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Leakage current and partial discharge are positive and heavy-tailed: log1p them first.
+LOG_CHANNELS = 2
+
+
+class SensorCNN(nn.Module):
+    """A small 1D-CNN over [batch, channels, samples] windows; returns logits."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, channels: int, n_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1, channels, 1))
+        self.register_buffer("std", torch.ones(1, channels, 1))
+        self.features = nn.Sequential(
+            nn.Conv1d(channels, 32, kernel_size=5, padding=2),
+            nn.ReLU(),
+            nn.Conv1d(32, 32, kernel_size=5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(32, 64, kernel_size=3, padding=1),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(64 * 2, n_classes)
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw samples to the normalised features the convolutions see."""
+        logged = torch.log1p(torch.clamp(x[:, :LOG_CHANNELS], min=0.0))
+        z = torch.cat([logged, x[:, LOG_CHANNELS:]], dim=1)
+        return (z - self.mean) / self.std
+
+    @torch.no_grad()
+    def fit_normalisation(self, x: torch.Tensor) -> None:
+        """Set the per-channel mean and std from training windows."""
+        self.mean.zero_()
+        self.std.fill_(1.0)
+        z = self.transform(x)
+        self.mean.copy_(z.mean(dim=(0, 2), keepdim=True))
+        self.std.copy_(z.std(dim=(0, 2), keepdim=True).clamp_min(1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(self.transform(x))
+        # Mean and max over time: the mean sees baselines, the max sees pulses and bursts.
+        pooled = torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1)
+        logits: torch.Tensor = self.head(pooled)
+        return logits
+
+
+class WithProbabilities(nn.Module):
+    """The served graph: logits through softmax, so consumers read probabilities directly."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x), dim=1)
