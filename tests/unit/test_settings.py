@@ -47,3 +47,20 @@ def test_defaults_name_the_model_and_group_per_modality() -> None:
     settings = InferenceSettings(modality="sensor", kafka=KafkaSettings())
     assert settings.effective_model_name == "insulator-sensor"
     assert settings.effective_group_id == "driftline-inference-sensor"
+
+
+def test_command_line_flags_override_env_without_dropping_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.cli import build_parser
+    from services.commands.args import settings_from
+
+    monkeypatch.setenv("DRIFTLINE_KAFKA__TOPIC_PREFIX", "blue.")
+    monkeypatch.setenv("DRIFTLINE_MAX_WAIT_MS", "7")
+    args = build_parser().parse_args(
+        ["infer", "--bootstrap-servers", "10.0.0.9:9092", "--max-batch", "32"]
+    )
+    settings = settings_from(InferenceSettings, args, ["max_batch", "max_wait_ms"])
+    assert settings.kafka.bootstrap_servers == "10.0.0.9:9092"
+    assert settings.kafka.topic_prefix == "blue."
+    assert (settings.max_batch, settings.max_wait_ms) == (32, 7)
