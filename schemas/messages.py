@@ -133,6 +133,21 @@ STATUS_REJECTED = "rejected"
 STATUS_RETIRED = "retired"
 
 
+class FeatureHistogram(msgspec.Struct, frozen=True, kw_only=True):
+    """A binned distribution: inner edges, and one fraction per bin (outer bins open)."""
+
+    name: str
+    edges: list[float]
+    fractions: list[float]
+
+
+class ReferenceProfile(msgspec.Struct, frozen=True, kw_only=True):
+    """What the training data and the holdout confidences looked like, for drift tests."""
+
+    count: int
+    features: list[FeatureHistogram]
+
+
 class ModelVersion(Message, frozen=True, kw_only=True):
     """An immutable model version: its artifact, signatures, metrics and lineage."""
 
@@ -152,6 +167,24 @@ class ModelVersion(Message, frozen=True, kw_only=True):
     signing_key_id: str | None = None
     weights_uri: str | None = None
     metrics: dict[str, float] = msgspec.field(default_factory=dict)
+    reference: ReferenceProfile | None = None
+
+
+class DriftSignal(Message, frozen=True, kw_only=True):
+    """Whether a model version's recent inputs or confidences drifted from its reference."""
+
+    avro_name: ClassVar[str] = "DriftSignal"
+    model_name: str
+    model_version: int
+    statistic: str
+    score: float
+    threshold: float
+    drifted: bool
+    window_start_ms: int
+    window_end_ms: int
+    sample_count: int
+    feature_scores: dict[str, float] = msgspec.field(default_factory=dict)
+    live_accuracy: float | None = None
 
 
 class Alert(Message, frozen=True, kw_only=True):
@@ -191,6 +224,7 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     Label,
     LabelledWindow,
     ModelVersion,
+    DriftSignal,
     Alert,
     DeadLetter,
 )

@@ -14,6 +14,7 @@ FEEDBACK_LABELS = "feedback.labels"
 TRAINING_WINDOWS = "training.windows"
 MODELS_REGISTRY = "models.registry"
 ALERTS = "alerts"
+DRIFT_SIGNALS = "drift.signals"
 DLQ_SUFFIX = ".dlq"
 
 
@@ -57,6 +58,7 @@ TOPIC_TABLE: tuple[TopicSpec, ...] = (
         MODELS_REGISTRY, "model name", "ModelVersion", partitions=1, cleanup_policy="compact"
     ),
     TopicSpec(ALERTS, "asset_id", "Alert", partitions=3, retention_ms=30 * DAY_MS),
+    TopicSpec(DRIFT_SIGNALS, "model name", "DriftSignal", partitions=1, retention_ms=30 * DAY_MS),
 )
 
 DLQ_SOURCES = (SENSOR_WINDOWS, CAMERA_IMAGES, FEEDBACK_LABELS, TRAINING_WINDOWS, INFERENCE_RESULTS)
@@ -119,3 +121,7 @@ class Topics:
     @property
     def alerts(self) -> str:
         return self.name(ALERTS)
+
+    @property
+    def drift_signals(self) -> str:
+        return self.name(DRIFT_SIGNALS)
