@@ -19,6 +19,12 @@ SENSOR_SAMPLES = 64
 SENSOR_SAMPLE_RATE_HZ = 1.0
 
 SENSOR_INPUT_NAME = "samples"
+
+# One CameraImage as the image model sees it: float32 [batch, 3, IMAGE_SIZE, IMAGE_SIZE],
+# RGB, NCHW, scaled to 0..1 (uint8 / 255). Decoders resize photos to IMAGE_SIZE x IMAGE_SIZE.
+IMAGE_SIZE = 64
+IMAGE_CHANNELS = 3
+IMAGE_INPUT_NAME = "image"
 PROBABILITIES_OUTPUT_NAME = "probabilities"
 
 MODEL_NAMES: dict[str, str] = {

@@ -18,6 +18,8 @@ UNKNOWN_CONTENT_TYPE = "unknown_content_type"
 BAD_IMAGE = "bad_image"
 UNKNOWN_EVENT = "unknown_event"
 SCORING_FAILED = "scoring_failed"
+UNKNOWN_CLASS = "unknown_class"
+MISSING_INPUT = "missing_input"
 
 REASONS = (
     UNDECODABLE,
@@ -30,6 +32,8 @@ REASONS = (
     BAD_IMAGE,
     UNKNOWN_EVENT,
     SCORING_FAILED,
+    UNKNOWN_CLASS,
+    MISSING_INPUT,
 )
 
 MAX_MESSAGE_HEADER_CHARS = 1000

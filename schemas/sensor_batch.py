@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-
 import numpy as np
-import numpy.typing as npt
 
 from schemas import codec
+from schemas.batch import DecodedBatch
 from schemas import deadletter as dl
 from schemas.messages import SensorWindow
-
-
-@dataclass(frozen=True)
-class SensorBatch:
-    """The decodable part of a batch, as arrays, plus the failures by input position."""
-
-    positions: list[int]
-    event_ids: list[str]
-    asset_ids: list[str]
-    event_time_ms: npt.NDArray[np.int64]
-    samples: npt.NDArray[np.float32]
-    failures: list[tuple[int, dl.CodecError]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.positions)
 
 
 def decode_sensor_batch(
@@ -35,7 +18,7 @@ def decode_sensor_batch(
     channels: int,
     n_samples: int,
     max_value_bytes: int = 1 << 20,
-) -> SensorBatch:
+) -> DecodedBatch:
     """Decode every value; those of the wrong shape or with NaN/inf samples become failures.
 
     The fields of each record are read by fastavro (C); the samples of the whole batch are
@@ -103,11 +86,11 @@ def decode_sensor_batch(
         times = [times[i] for i in keep.tolist()]
         array = array[keep]
     failures.sort(key=lambda item: item[0])
-    return SensorBatch(
+    return DecodedBatch(
         positions=positions,
         event_ids=event_ids,
         asset_ids=asset_ids,
         event_time_ms=np.asarray(times, dtype=np.int64),
-        samples=array,
+        inputs=array,
         failures=failures,
     )

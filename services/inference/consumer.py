@@ -1,20 +1,20 @@
-"""The sensor inference consumer: consume a batch, decode, score, produce, then commit.
+"""The inference consumer: consume a batch, decode, score, produce, then commit.
 
-Delivery (at-least-once): a batch's input offsets are committed only after every result and
-every dead letter of that batch is acknowledged by the broker. A crash before the commit
-replays the batch, so a result may repeat but is never lost. Batches are processed whole
-inside the poll loop, so a partition revoked by a rebalance (the callbacks run inside
-consume()) never has a half-done batch: what was taken was either committed already or is
-left uncommitted for the next owner.
+Batches are processed whole inside the poll loop. Rebalance callbacks run inside consume(),
+so a revoked partition never has a half-done batch: what was taken was committed (or its
+transaction committed) before the next consume() call, or is abandoned uncommitted when the
+batch fails, and the partition's next owner replays it. Which guarantee the commit gives is
+the Delivery's business (see delivery.py).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -24,25 +24,27 @@ from schemas import codec
 from schemas import deadletter as dl
 from schemas import headers as h
 from schemas.avro import encode_record
-from schemas.contracts import SENSOR_CHANNELS, SENSOR_SAMPLES
-from schemas.messages import MODALITY_SENSOR
-from schemas.sensor_batch import SensorBatch, decode_sensor_batch
+from schemas.batch import DecodedBatch
 from services.core.scoring import commit_offsets, rewind_offsets, top1
+from services.inference.delivery import Delivery, RewindBatch, for_settings
 from services.inference.model import LoadedModel
-from services.runtime.kafka import (
-    DeliveryTracker,
-    consumer_config,
-    flush_or_raise,
-    position,
-    producer,
-)
+from services.inference.watcher import ModelSlot
+from services.runtime.kafka import consumer_config, position
 from services.runtime.metrics import Health, InferenceMetrics
 from services.runtime.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 
 AVRO_HEADERS: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
-RETRY_BACKOFF_S = 1.0
+RETRY_BACKOFF_S = 0.5
+
+
+class Decoder(Protocol):
+    """Turns a batch of record values into model inputs plus failures by position."""
+
+    def __call__(
+        self, values: Sequence[bytes | None], content_types: Sequence[str | None]
+    ) -> DecodedBatch: ...
 
 
 @dataclass(frozen=True)
@@ -54,43 +56,68 @@ class BatchStats:
     inference_s: float
 
 
-class SensorInferenceConsumer:
-    """Scores sensor.windows with one loaded model; results to inference.results."""
+class InferenceConsumer:
+    """Scores one modality's topic with whatever model the slot holds."""
 
     def __init__(
         self,
         settings: InferenceSettings,
-        model: LoadedModel,
+        source_base: str,
+        decoder: Decoder,
+        slot: ModelSlot,
         metrics: InferenceMetrics,
         health: Health | None = None,
     ) -> None:
         self.settings = settings
-        self.model = model
+        self.decoder = decoder
+        self.slot = slot
         self.metrics = metrics
         self.health = health
         topics = settings.kafka.topics
-        self.source = topics.sensor_windows
+        self.modality = settings.modality
+        self.source = topics.name(source_base)
         self.results_topic = topics.inference_results
-        self.dlq_topic = topics.dlq(self.source[len(settings.kafka.topic_prefix) :])
+        self.dlq_topic = topics.dlq(source_base)
         self.assigned: set[tuple[str, int]] = set()
-        self._producer = producer(settings.kafka)
-        self._tracker = DeliveryTracker()
+        self._lag_series: set[tuple[str, str]] = set()
 
     def _on_assign(self, _c: Consumer, parts: list[TopicPartition]) -> None:
         self.assigned.update((p.topic, p.partition) for p in parts)
-        log.info("assigned %s", sorted(p.partition for p in parts))
+        log.info("assigned partitions %s", sorted(p.partition for p in parts))
 
     def _on_revoke(self, _c: Consumer, parts: list[TopicPartition]) -> None:
         self.assigned.difference_update((p.topic, p.partition) for p in parts)
-        log.info("revoked %s", sorted(p.partition for p in parts))
+        for p in parts:
+            series = (p.topic, str(p.partition))
+            if series in self._lag_series:
+                self.metrics.consumer_lag.remove(*series)
+                self._lag_series.discard(series)
+        log.info("revoked partitions %s", sorted(p.partition for p in parts))
+
+    def _on_stats(self, stats_json: str) -> None:
+        stats = json.loads(stats_json)
+        for topic, tstats in stats.get("topics", {}).items():
+            for pid, pstats in tstats.get("partitions", {}).items():
+                lag = pstats.get("consumer_lag", -1)
+                if pid == "-1" or lag is None or lag < 0:
+                    continue
+                self.metrics.consumer_lag.labels(topic, pid).set(lag)
+                self._lag_series.add((topic, pid))
 
     def run(
-        self,
-        stop: Callable[[], bool],
-        on_batch: Callable[[BatchStats], None] | None = None,
+        self, stop: Callable[[], bool], on_batch: Callable[[BatchStats], None] | None = None
     ) -> None:
-        """Consume until stop() is true, then finish the batch in hand and leave the group."""
-        consumer = Consumer(consumer_config(self.settings.kafka, self.settings.effective_group_id))
+        """Consume until stop() is true, finish the batch in hand, then leave the group."""
+        extra: dict[str, Any] = {}
+        if self.settings.statistics_interval_ms:
+            extra = {
+                "statistics.interval.ms": self.settings.statistics_interval_ms,
+                "stats_cb": self._on_stats,
+            }
+        consumer = Consumer(
+            consumer_config(self.settings.kafka, self.settings.effective_group_id, **extra)
+        )
+        delivery = for_settings(self.settings, consumer)
         consumer.subscribe(
             [self.source],
             on_assign=self._on_assign,
@@ -106,20 +133,20 @@ class SensorInferenceConsumer:
                 if not msgs:
                     continue
                 try:
-                    stats = self.process(consumer, msgs)
-                except KafkaException as exc:
-                    # Results or dead letters were not all acknowledged: commit nothing, rewind
-                    # to the batch's first offsets and try again (at-least-once).
-                    log.warning("batch delivery failed, rewinding to retry: %s", exc)
+                    stats = self.process(consumer, delivery, msgs)
+                except (RewindBatch, KafkaException, BufferError) as exc:
+                    log.warning("batch not committed, rewinding to retry it: %s", exc)
                     self.metrics.batch_failures.labels("deliver").inc()
+                    if not isinstance(exc, RewindBatch):
+                        delivery.abandon()
                     self._rewind(consumer, msgs)
                     time.sleep(RETRY_BACKOFF_S)
                     continue
                 if on_batch is not None:
                     on_batch(stats)
         finally:
+            delivery.close()
             consumer.close()
-            self._producer.flush(10)
 
     def _rewind(self, consumer: Consumer, msgs: list[Message]) -> None:
         consumed = [position(m) for m in msgs if m.error() is None]
@@ -127,7 +154,7 @@ class SensorInferenceConsumer:
             if (topic, partition) in self.assigned:
                 consumer.seek(TopicPartition(topic, partition, offset))
 
-    def process(self, consumer: Consumer, msgs: list[Message]) -> BatchStats:
+    def process(self, consumer: Consumer, delivery: Delivery, msgs: list[Message]) -> BatchStats:
         """Score one batch, dead-letter its bad records, deliver everything, then commit."""
         good: list[Message] = []
         for m in msgs:
@@ -136,24 +163,21 @@ class SensorInferenceConsumer:
                 good.append(m)
             else:
                 log.warning("consumer error: %s", err)
+        model = self.slot.model  # one reference per batch: a swap lands between batches
+        assert model is not None, "the service starts consuming only once a model is loaded"
         if not good:
-            return BatchStats(len(msgs), 0, 0, self.model.version.version, 0.0)
+            return BatchStats(len(msgs), 0, 0, model.version.version, 0.0)
         self.metrics.consumed.labels(self.source).inc(len(good))
-        batch = decode_sensor_batch(
-            [m.value() for m in good],
-            [codec.content_type_of(m.headers()) for m in good],
-            channels=len(SENSOR_CHANNELS),
-            n_samples=SENSOR_SAMPLES,
-            max_value_bytes=self.settings.max_value_bytes,
+        batch = self.decoder(
+            [m.value() for m in good], [codec.content_type_of(m.headers()) for m in good]
         )
-        model = self.model  # one reference for the whole batch: a swap lands between batches
-        inference_s = 0.0
         failures = list(batch.failures)
-        self._tracker.reset()
+        inference_s = 0.0
+        delivery.begin()
         if len(batch):
             t0 = time.perf_counter()
             try:
-                probs = model.predict(batch.samples)
+                probs: npt.NDArray[np.float32] | None = model.predict(batch.inputs)
             except Exception as exc:  # a model that cannot score a valid batch
                 log.exception("scoring failed for %d events", len(batch))
                 failures += [
@@ -162,21 +186,22 @@ class SensorInferenceConsumer:
                 probs = None
             inference_s = time.perf_counter() - t0
             if probs is not None:
-                self._produce_results(batch, probs, model)
-                self.metrics.inference_seconds.labels(MODALITY_SENSOR).observe(inference_s)
-                self.metrics.batch_size.labels(MODALITY_SENSOR).observe(len(batch))
+                self._produce_results(delivery, batch, probs, model)
+                self.metrics.inference_seconds.labels(self.modality).observe(inference_s)
+                self.metrics.batch_size.labels(self.modality).observe(len(batch))
         for pos, error in failures:
-            self._dead_letter(good[pos], error)
-        flush_or_raise(self._producer, self._tracker)
+            self._dead_letter(delivery, good[pos], error)
         offsets = commit_offsets(position(m) for m in good)
-        consumer.commit(
-            offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
-        )
+        delivery.commit([TopicPartition(t, p, o) for (t, p), o in offsets.items()])
         scored = len(good) - len(failures)
         return BatchStats(len(good), scored, len(failures), model.version.version, inference_s)
 
     def _produce_results(
-        self, batch: SensorBatch, probs: npt.NDArray[np.float32], model: LoadedModel
+        self,
+        delivery: Delivery,
+        batch: DecodedBatch,
+        probs: npt.NDArray[np.float32],
+        model: LoadedModel,
     ) -> None:
         mv = model.version
         classes = mv.classes
@@ -184,14 +209,15 @@ class SensorInferenceConsumer:
         now_ms = int(time.time() * 1000)
         record: dict[str, Any] = {
             "schema_version": 1,
-            "modality": MODALITY_SENSOR,
+            "modality": self.modality,
             "model_name": mv.name,
             "model_version": mv.version,
             "classes": classes,
             "scored_time_ms": now_ms,
         }
         rows = probs.astype("<f4", copy=False)
-        produce = self._producer.produce
+        produce = delivery.produce
+        topic = self.results_topic
         event_times = batch.event_time_ms.tolist()
         # One Avro record per event is the contract; everything else here is per batch.
         for i, (event_id, asset_id, cls, conf) in enumerate(
@@ -203,25 +229,16 @@ class SensorInferenceConsumer:
             record["probabilities"] = rows[i].tobytes()
             record["predicted_class"] = classes[cls]
             record["confidence"] = conf
-            produce(
-                self.results_topic,
-                key=asset_id,
-                value=encode_record("InferenceResult", record),
-                headers=AVRO_HEADERS,
-                on_delivery=self._tracker,
-            )
+            produce(topic, asset_id, encode_record("InferenceResult", record), AVRO_HEADERS)
         m = self.metrics
-        m.produced.labels(self.results_topic).inc(len(batch))
-        m.model_version.labels(mv.name).set(mv.version)
+        m.produced.labels(topic).inc(len(batch))
         counts = np.bincount(index, minlength=len(classes))
         for c in np.flatnonzero(counts).tolist():
             m.predictions.labels(mv.name, classes[c]).inc(int(counts[c]))
         m.confidence.observe_many((mv.name, str(mv.version)), confidence)
-        m.end_to_end.observe_many(
-            (MODALITY_SENSOR,), (now_ms - batch.event_time_ms).clip(0) / 1000.0
-        )
+        m.end_to_end.observe_many((self.modality,), (now_ms - batch.event_time_ms).clip(0) / 1000.0)
 
-    def _dead_letter(self, msg: Message, error: dl.CodecError) -> None:
+    def _dead_letter(self, delivery: Delivery, msg: Message, error: dl.CodecError) -> None:
         topic, partition, offset = position(msg)
         letter = dl.dead_letter(
             topic=topic,
@@ -232,12 +249,8 @@ class SensorInferenceConsumer:
             key=msg.key(),
             value=msg.value(),
         )
-        self._producer.produce(
-            self.dlq_topic,
-            key=msg.key(),
-            value=msg.value(),
-            headers=dl.to_headers(letter, msg.headers()),
-            on_delivery=self._tracker,
+        delivery.produce(
+            self.dlq_topic, msg.key(), msg.value(), dl.to_headers(letter, msg.headers())
         )
         self.metrics.dead_letters.labels(topic, error.error_class).inc()
         log.info(

@@ -9,15 +9,29 @@ import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 
-from schemas.contracts import SENSOR_CHANNELS, SENSOR_SAMPLES
-from schemas.messages import MODALITY_SENSOR, ModelVersion
-from services.runtime.artifacts import ArtifactStore, fetch_verified
+from schemas.contracts import IMAGE_CHANNELS, IMAGE_SIZE, SENSOR_CHANNELS, SENSOR_SAMPLES
+from schemas.messages import MODALITY_IMAGE, MODALITY_SENSOR, ModelVersion
+from services.runtime.artifacts import ArtifactError, ArtifactStore, fetch_verified
+from services.runtime.signing import SignatureError, verify
 
 CANARY_BATCH = 4
 
 
+# Bounded rejection reasons: they label the swap metric.
+REJECT_FETCH = "fetch"
+REJECT_DIGEST = "sha256"
+REJECT_SIGNATURE = "signature"
+REJECT_GRAPH = "graph"
+REJECT_CONTRACT = "contract"
+REJECT_CANARY = "canary"
+
+
 class ModelRejected(RuntimeError):
-    """A model version that must not serve; the reason says why."""
+    """A model version that must not serve; `reason` is one of the REJECT_* codes."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -59,7 +73,9 @@ def expected_input_shape(modality: str) -> tuple[int, ...]:
     """The per-event input shape of a modality's contract (batch axis excluded)."""
     if modality == MODALITY_SENSOR:
         return (len(SENSOR_CHANNELS), SENSOR_SAMPLES)
-    raise ModelRejected(f"modality {modality!r} has no serving contract yet")
+    if modality == MODALITY_IMAGE:
+        return (IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
+    raise ModelRejected(REJECT_CONTRACT, f"modality {modality!r} has no serving contract")
 
 
 def _check_graph(data: bytes) -> onnx.ModelProto:
@@ -67,52 +83,79 @@ def _check_graph(data: bytes) -> onnx.ModelProto:
         proto = onnx.load_from_string(data)
         onnx.checker.check_model(proto)
     except Exception as exc:  # protobuf and checker errors vary by version
-        raise ModelRejected(f"not a valid ONNX graph: {exc}") from exc
+        raise ModelRejected(REJECT_GRAPH, f"not a valid ONNX graph: {exc}") from exc
     for tensor in proto.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            raise ModelRejected(f"initializer {tensor.name!r} points at external data; refused")
+            raise ModelRejected(
+                REJECT_GRAPH, f"initializer {tensor.name!r} points at external data; refused"
+            )
     return proto
 
 
 def _check_contract(session: ort.InferenceSession, mv: ModelVersion) -> tuple[str, str]:
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) != 1:
-        raise ModelRejected(f"expected 1 input and 1 output, got {len(inputs)} and {len(outputs)}")
+        raise ModelRejected(
+            REJECT_CONTRACT, f"expected 1 input and 1 output, got {len(inputs)} and {len(outputs)}"
+        )
     want = expected_input_shape(mv.modality)
     shape = tuple(inputs[0].shape)
     if inputs[0].type != "tensor(float)" or len(shape) != len(want) + 1 or shape[1:] != want:
         raise ModelRejected(
+            REJECT_CONTRACT,
             f"input {inputs[0].name} is {inputs[0].type} {list(shape)}, "
-            f"the {mv.modality} contract is float32 [batch, {', '.join(map(str, want))}]"
+            f"the {mv.modality} contract is float32 [batch, {', '.join(map(str, want))}]",
         )
     if isinstance(shape[0], int) and shape[0] != -1:
-        raise ModelRejected(f"input batch axis is fixed at {shape[0]}; it must be dynamic")
+        raise ModelRejected(
+            REJECT_CONTRACT, f"input batch axis is fixed at {shape[0]}; it must be dynamic"
+        )
     out_shape = tuple(outputs[0].shape)
     if len(out_shape) != 2 or out_shape[1] != len(mv.classes):
         raise ModelRejected(
-            f"output {outputs[0].name} is {list(out_shape)}, expected [batch, {len(mv.classes)}]"
+            REJECT_CONTRACT,
+            f"output {outputs[0].name} is {list(out_shape)}, expected [batch, {len(mv.classes)}]",
         )
     return inputs[0].name, outputs[0].name
 
 
-def load(mv: ModelVersion, store: ArtifactStore, intra_op_threads: int = 1) -> LoadedModel:
-    """Fetch, verify and warm up a version; raises ModelRejected (or ArtifactError) if unfit."""
-    data = fetch_verified(store, mv.artifact_uri, mv.sha256)
+def load(
+    mv: ModelVersion,
+    store: ArtifactStore,
+    intra_op_threads: int = 1,
+    public_key: str | None = None,
+) -> LoadedModel:
+    """Fetch, verify, check and warm up a version; raises ModelRejected if it must not serve.
+
+    Order: bytes and digest first, then the signature over the digest (when a public key is
+    configured), then the graph, the I/O contract of the modality and a canary batch. Only a
+    version that passes all of them is returned; the caller swaps it in between two batches.
+    """
+    try:
+        data = fetch_verified(store, mv.artifact_uri, mv.sha256)
+    except ArtifactError as exc:
+        reason = REJECT_DIGEST if "sha256 mismatch" in str(exc) else REJECT_FETCH
+        raise ModelRejected(reason, str(exc)) from exc
+    if public_key is not None:
+        try:
+            verify(public_key, mv.sha256, mv.signature)
+        except (SignatureError, ValueError) as exc:
+            raise ModelRejected(REJECT_SIGNATURE, f"{mv.name} v{mv.version}: {exc}") from exc
     _check_graph(data)
     try:
         session = ort.InferenceSession(
             data, sess_options=session_options(intra_op_threads), providers=providers()
         )
     except Exception as exc:
-        raise ModelRejected(f"ONNX Runtime cannot load it: {exc}") from exc
+        raise ModelRejected(REJECT_GRAPH, f"ONNX Runtime cannot load it: {exc}") from exc
     input_name, output_name = _check_contract(session, mv)
     model = LoadedModel(mv, session, input_name, output_name)
     canary = np.zeros((CANARY_BATCH, *expected_input_shape(mv.modality)), dtype=np.float32)
     probs = model.predict(canary)
     if probs.shape != (CANARY_BATCH, len(mv.classes)) or not np.isfinite(probs).all():
         raise ModelRejected(
-            f"canary batch gave {probs.shape} with non-finite or wrong-sized output"
+            REJECT_CANARY, f"canary batch gave {probs.shape} with non-finite or wrong-sized output"
         )
     if not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
-        raise ModelRejected("outputs are not probabilities (rows do not sum to 1)")
+        raise ModelRejected(REJECT_CANARY, "outputs are not probabilities (rows do not sum to 1)")
     return model

@@ -1,58 +1,73 @@
-"""`driftline infer`: find the champion in the registry, load it, serve /metrics, run the loop."""
+"""`driftline infer`: follow the registry, load the champion, serve /metrics, run the loop."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
-from schemas.messages import ModelVersion
-from services.inference.consumer import BatchStats, SensorInferenceConsumer
-from services.inference.model import LoadedModel, ModelRejected, load
+from schemas.contracts import SENSOR_CHANNELS, SENSOR_SAMPLES
+from schemas.messages import MODALITY_SENSOR
+from schemas.sensor_batch import decode_sensor_batch
+from schemas.topics import CAMERA_IMAGES, SENSOR_WINDOWS
+from services.inference.consumer import BatchStats, Decoder, InferenceConsumer
+from services.inference.images import decode_image_batch
+from services.inference.watcher import ModelSlot, RegistryWatcher
 from services.runtime import metrics as m
-from services.runtime import registry
-from services.runtime.artifacts import ArtifactError, FsspecArtifactStore
 from services.runtime.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
-
-REGISTRY_POLL_S = 2.0
 
 
 class NoModelError(RuntimeError):
     """The registry has no usable version of the model this consumer serves."""
 
 
-def wait_for_champion(settings: InferenceSettings, stop: Callable[[], bool]) -> ModelVersion:
-    """Read the registry from the beginning until it names a champion for our model."""
-    name = settings.effective_model_name
-    topic = settings.kafka.topics.models_registry
-    deadline = time.monotonic() + settings.registry_timeout_s
-    while not stop():
-        snapshot = registry.read_snapshot(
-            settings.kafka, topic, timeout_s=settings.registry_timeout_s
+def decoder_for(settings: InferenceSettings) -> tuple[str, Decoder]:
+    """The source topic (base name) and the batch decoder of the settings' modality."""
+    if settings.modality == MODALITY_SENSOR:
+        return SENSOR_WINDOWS, functools.partial(
+            decode_sensor_batch,
+            channels=len(SENSOR_CHANNELS),
+            n_samples=SENSOR_SAMPLES,
+            max_value_bytes=settings.max_value_bytes,
         )
-        champion = snapshot.champions.get(name)
-        if champion is not None:
-            return champion
-        if time.monotonic() > deadline:
-            break
-        log.info("no version of %s in %s yet; waiting", name, topic)
-        time.sleep(REGISTRY_POLL_S)
-    raise NoModelError(
-        f"no champion version of {name!r} in {topic!r} after {settings.registry_timeout_s:.0f}s; "
-        "train one with `driftline train --bootstrap`"
+    return CAMERA_IMAGES, functools.partial(
+        decode_image_batch,
+        max_value_bytes=settings.max_value_bytes,
+        max_image_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        allowed_uri_prefixes=tuple(settings.image_uri_prefixes),
     )
 
 
-def load_champion(settings: InferenceSettings, champion: ModelVersion) -> LoadedModel:
-    store = FsspecArtifactStore(champion.artifact_uri.rsplit("/", 1)[0])
-    try:
-        return load(champion, store, settings.intra_op_threads)
-    except (ArtifactError, ModelRejected) as exc:
-        raise NoModelError(f"{champion.name} v{champion.version} cannot serve: {exc}") from exc
+def _wait_for_model(
+    settings: InferenceSettings, slot: ModelSlot, watcher: RegistryWatcher, stop: Callable[[], bool]
+) -> bool:
+    """Block until a model serves; False if asked to stop first. Raises NoModelError."""
+    deadline = time.monotonic() + settings.registry_timeout_s
+    name = settings.effective_model_name
+    while not slot.wait_loaded(0.2):
+        if stop():
+            return False
+        if watcher.error is not None:
+            raise NoModelError(f"cannot read the registry: {watcher.error}")
+        if time.monotonic() > deadline:
+            why = "; ".join(f"v{v}: {r}" for (v, _), r in watcher.rejected.items())
+            raise NoModelError(
+                f"no servable version of {name!r} in {settings.kafka.topics.models_registry!r} "
+                f"after {settings.registry_timeout_s:.0f}s"
+                + (
+                    f" (rejected: {why})"
+                    if why
+                    else "; train one with `driftline train --bootstrap`"
+                )
+            )
+    return True
 
 
 def run(
@@ -61,21 +76,30 @@ def run(
     on_batch: Callable[[BatchStats], None] | None = None,
     metrics_registry: CollectorRegistry | None = None,
 ) -> None:
-    """Serve the modality's champion model until stop() is true."""
-    if settings.modality != "sensor":
-        raise NotImplementedError(f"modality {settings.modality!r} is not served yet")
+    """Serve the modality's champion, following the registry, until stop() is true."""
     reg = metrics_registry or CollectorRegistry()
     metrics = m.InferenceMetrics(reg)
-    consumer_ref: list[SensorInferenceConsumer] = []
-    health = m.Health(ready=lambda: bool(consumer_ref and consumer_ref[0].assigned))
+    slot = ModelSlot()
+    watcher_stop = threading.Event()
+    watcher = RegistryWatcher(settings, slot, metrics, watcher_stop)
+    source, decoder = decoder_for(settings)
+    consumer = InferenceConsumer(settings, source, decoder, slot, metrics)
+    health = m.Health(ready=lambda: slot.model is not None and bool(consumer.assigned))
+    consumer.health = health
     server = m.serve(reg, health, settings.metrics_port) if settings.metrics_port else None
+    watcher.start()
     try:
-        champion = wait_for_champion(settings, stop)
-        model = load_champion(settings, champion)
-        log.info("serving %s v%d from %s", champion.name, champion.version, champion.artifact_uri)
-        consumer = SensorInferenceConsumer(settings, model, metrics, health)
-        consumer_ref.append(consumer)
-        consumer.run(stop, on_batch)
+        if not _wait_for_model(settings, slot, watcher, stop):
+            return
+
+        def stopping() -> bool:
+            if watcher.error is not None:
+                raise NoModelError(f"lost the registry: {watcher.error}")
+            return stop()
+
+        consumer.run(stopping, on_batch)
     finally:
+        watcher_stop.set()
+        watcher.join(timeout=10)
         if server is not None:
             server.shutdown()

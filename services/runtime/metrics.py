@@ -27,6 +27,10 @@ CONFIDENCE = "driftline_prediction_confidence"
 PREDICTIONS = "driftline_predictions_total"
 MODEL_VERSION = "driftline_model_version"
 BATCH_FAILURES = "driftline_batch_failures_total"
+MODEL_SWAPS = "driftline_model_swaps_total"
+MODEL_SWAP_SECONDS = "driftline_model_swap_seconds"
+CONSUMER_LAG = "driftline_consumer_lag"
+READY = "driftline_ready"
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -120,8 +124,27 @@ class InferenceMetrics:
         )
         self.batch_failures = Counter(
             BATCH_FAILURES,
-            "Batches retried after a delivery failure",
+            "Batches rewound and retried, by the stage that failed",
             ["stage"],
+            registry=registry,
+        )
+        self.swaps = Counter(
+            MODEL_SWAPS,
+            "Model version loads: outcome ok or rejected, with a bounded reason",
+            ["model", "outcome", "reason"],
+            registry=registry,
+        )
+        self.swap_seconds = Histogram(
+            MODEL_SWAP_SECONDS,
+            "Fetch, verify, check and warm up a version, until it serves",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            CONSUMER_LAG,
+            "Records behind the partition end, from librdkafka statistics",
+            ["topic", "partition"],
             registry=registry,
         )
 

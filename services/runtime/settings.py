@@ -9,6 +9,7 @@ with the secrets in their own SecretStr fields so they never appear in logs or r
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,12 +90,32 @@ class InferenceSettings(DriftlineSettings):
     modality: Modality = "sensor"
     model_name: str | None = None
     group_id: str | None = None
-    max_batch: int = Field(default=256, ge=1)
-    max_wait_ms: int = Field(default=20, ge=0)
-    exactly_once: bool = False
-    max_value_bytes: int = Field(default=1 << 20, ge=1)
+    max_batch: int = Field(default=256, ge=1, description="Largest micro-batch")
+    max_wait_ms: int = Field(default=20, ge=0, description="Longest wait to fill a batch")
+    exactly_once: bool = Field(
+        default=False, description="One Kafka transaction per batch (read_committed readers)"
+    )
+    instance_id: str = Field(
+        default_factory=socket.gethostname,
+        description="Stable per instance: names the transactional id, so a restart fences "
+        "the previous incarnation's open transaction at once",
+    )
+    transaction_timeout_ms: int = Field(default=30_000, ge=1000)
+    max_value_bytes: int = Field(default=1 << 20, ge=1, description="Larger records dead-letter")
+    max_image_bytes: int = Field(default=4 << 20, ge=1)
+    max_image_pixels: int = Field(default=4096 * 4096, ge=1, description="Decompression-bomb limit")
+    image_uri_prefixes: list[str] = Field(
+        default_factory=list,
+        description="Stores that CameraImage.image_uri may point into (e.g. s3://bucket/); "
+        "references elsewhere are dead-lettered",
+    )
     intra_op_threads: int = Field(default=1, ge=1)
     registry_timeout_s: float = Field(default=30.0, gt=0)
+    public_key: str | None = Field(
+        default=None,
+        description="ed25519 public key (PEM text or a path): refuse unsigned or forged versions",
+    )
+    statistics_interval_ms: int = Field(default=5000, ge=0, description="librdkafka stats (lag)")
     service_name: str = "inference"
 
     @property
@@ -104,6 +125,10 @@ class InferenceSettings(DriftlineSettings):
     @property
     def effective_group_id(self) -> str:
         return self.group_id or f"driftline-inference-{self.modality}"
+
+    @property
+    def transactional_id(self) -> str:
+        return f"{self.effective_group_id}-{self.instance_id}"
 
 
 class TrainerSettings(DriftlineSettings):

@@ -10,9 +10,9 @@ from confluent_kafka.admin import ConfigResource, ResourceType
 
 from schemas.messages import STATUS_CHAMPION, STATUS_REJECTED, ModelVersion
 from schemas.topics import all_specs
-from services.inference.model import load
+from services.inference.model import REJECT_DIGEST, REJECT_FETCH, ModelRejected, load
 from services.runtime import registry
-from services.runtime.artifacts import ArtifactError, FsspecArtifactStore
+from services.runtime.artifacts import FsspecArtifactStore
 from services.runtime.kafka import admin, create_topics, producer
 from services.runtime.settings import KafkaSettings
 
@@ -58,8 +58,10 @@ def test_a_tampered_or_missing_artifact_is_refused(sensor_champion: ModelVersion
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+    with pytest.raises(ModelRejected, match="sha256 mismatch") as caught:
         load(sensor_champion, store)
+    assert caught.value.reason == REJECT_DIGEST
     path.unlink()
-    with pytest.raises(ArtifactError, match="cannot read"):
+    with pytest.raises(ModelRejected, match="cannot read") as caught:
         load(sensor_champion, store)
+    assert caught.value.reason == REJECT_FETCH

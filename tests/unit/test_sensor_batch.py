@@ -37,9 +37,9 @@ def test_good_batch_matches_per_message_decode() -> None:
         msgs.append(encode_record("SensorWindow", record))
     batch = decode_sensor_batch(msgs, [None] * len(msgs), channels=C, n_samples=S)
     assert batch.failures == []
-    assert batch.samples.shape == (50, C, S)
+    assert batch.inputs.shape == (50, C, S)
     oracle = np.stack([codec.decode(SensorWindow, m).array() for m in msgs])
-    np.testing.assert_array_equal(batch.samples, oracle)
+    np.testing.assert_array_equal(batch.inputs, oracle)
     assert batch.event_ids == [f"e-{i}" for i in range(50)]
     assert batch.asset_ids == [f"a-{i % 7}" for i in range(50)]
     assert batch.positions == list(range(50))
@@ -79,8 +79,8 @@ def test_bad_records_are_separated_with_reasons_and_positions() -> None:
     batch = decode_sensor_batch(values, ctypes, channels=C, n_samples=S, max_value_bytes=4096)
     assert batch.positions == [0, 5, 7]
     assert batch.event_ids == ["e-0", "e-5", "j"]
-    assert batch.samples.shape == (3, C, S)
-    np.testing.assert_array_equal(batch.samples[2], np.ones((C, S), dtype=np.float32))
+    assert batch.inputs.shape == (3, C, S)
+    np.testing.assert_array_equal(batch.inputs[2], np.ones((C, S), dtype=np.float32))
     reasons = {pos: err.error_class for pos, err in batch.failures}
     assert reasons == {
         1: dl.UNDECODABLE,
@@ -97,4 +97,4 @@ def test_bad_records_are_separated_with_reasons_and_positions() -> None:
 def test_empty_batch() -> None:
     batch = decode_sensor_batch([], [], channels=C, n_samples=S)
     assert len(batch) == 0
-    assert batch.samples.shape == (0, C, S)
+    assert batch.inputs.shape == (0, C, S)

@@ -1,0 +1,29 @@
+"""A decoded batch: model inputs as one array, event metadata, and failures by input position."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from schemas.deadletter import CodecError
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """The decodable part of a batch of Kafka values, ready for the model.
+
+    `positions[i]` is the index in the consumed batch of the event whose input is `inputs[i]`;
+    `failures` holds (position, reason) for every value that could not become an input.
+    """
+
+    positions: list[int]
+    event_ids: list[str]
+    asset_ids: list[str]
+    event_time_ms: npt.NDArray[np.int64]
+    inputs: npt.NDArray[np.float32]
+    failures: list[tuple[int, CodecError]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.positions)
