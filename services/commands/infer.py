@@ -37,7 +37,7 @@ def register(sub: Any) -> None:
         "Runtime and publish one InferenceResult per event. Input offsets are committed only "
         "after the results are acknowledged (at-least-once). Bad records go to <topic>.dlq.",
     )
-    p.add_argument("--modality", choices=["sensor"], default=None, help="what to score (sensor)")
+    p.add_argument("--modality", choices=["sensor", "image"], help="what to score (sensor)")
     p.add_argument("--max-batch", type=int, help="largest batch (default 256)")
     p.add_argument("--max-wait-ms", type=int, help="longest wait to fill a batch (default 20)")
     p.add_argument("--group-id", help="consumer group (default driftline-inference-<modality>)")

@@ -103,3 +103,4 @@ def run(
         watcher.join(timeout=10)
         if server is not None:
             server.shutdown()
+            server.server_close()

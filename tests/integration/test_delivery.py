@@ -1,0 +1,115 @@
+"""Kill -9 mid-stream and restart: at-least-once loses nothing; exactly-once also repeats nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer
+
+from schemas import codec
+from schemas.messages import InferenceResult, ModelVersion
+from services.runtime.settings import KafkaSettings, SimulatorSettings
+from services.simulator import sensors
+from tests.integration.kafka_io import drain
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+N = 6000
+
+
+def _count_uncommitted(kafka: KafkaSettings, topic: str, at_least: int, timeout_s: float) -> int:
+    """Results visible to a read_uncommitted reader: shows the consumer is mid-stream."""
+    consumer = Consumer(
+        kafka.client_config(
+            **{
+                "group.id": f"peek-{uuid.uuid4().hex[:6]}",
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_uncommitted",
+                "enable.auto.commit": False,
+            }
+        )
+    )
+    consumer.subscribe([topic])
+    seen = 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while seen < at_least and time.monotonic() < deadline:
+            seen += len([m for m in consumer.consume(500, timeout=0.2) if m.error() is None])
+    finally:
+        consumer.close()
+    return seen
+
+
+def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "infer",
+                "--modality",
+                "sensor",
+                "--max-batch",
+                "50",
+                "--max-wait-ms",
+                "5",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
+def test_sigkill_and_restart(
+    kafka: KafkaSettings, sensor_champion: ModelVersion, tmp_path: Path, exactly_once: bool
+) -> None:
+    report = sensors.run(
+        SimulatorSettings(kafka=kafka, count=N, rate=50_000, assets=30, seed=5),
+        progress=False,
+        keep_truth=True,
+    )
+    env = {
+        **os.environ,
+        "DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "DRIFTLINE_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
+        "DRIFTLINE_EXACTLY_ONCE": "true" if exactly_once else "false",
+        "DRIFTLINE_INSTANCE_ID": "instance-a",
+        "DRIFTLINE_LOG_LEVEL": "INFO",
+    }
+    log = tmp_path / "infer.log"
+    first = _start(env, log)
+    try:
+        seen = _count_uncommitted(kafka, kafka.topics.inference_results, 1000, timeout_s=90)
+        assert seen >= 1000, f"consumer made no progress before the kill: {log.read_text()[-2000:]}"
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+
+    second = _start(env, log)
+    try:
+        records = drain(kafka, kafka.topics.inference_results, expect=N, timeout_s=150)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=60)
+    assert second.returncode == 0, log.read_text()[-3000:]
+
+    ids = Counter(codec.decode(InferenceResult, m.value()).event_id for m in records)
+    sent = {t.event_id for t in report.truth}
+    assert set(ids) == sent, f"lost {len(sent - set(ids))} events"
+    duplicated = sum(c - 1 for c in ids.values())
+    if exactly_once:
+        assert duplicated == 0, f"{duplicated} results duplicated under exactly-once"
+        assert len(records) == N
+    else:
+        assert len(records) == N + duplicated
