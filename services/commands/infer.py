@@ -38,8 +38,12 @@ def register(sub: Any) -> None:
         "after the results are acknowledged (at-least-once). Bad records go to <topic>.dlq.",
     )
     p.add_argument("--modality", choices=["sensor", "image"], help="what to score (sensor)")
-    p.add_argument("--max-batch", type=int, help="largest batch (default 256)")
-    p.add_argument("--max-wait-ms", type=int, help="longest wait to fill a batch (default 20)")
+    p.add_argument("--max-batch", type=int, help="largest batch (default: sensor 256, image 32)")
+    p.add_argument(
+        "--max-wait-ms",
+        type=int,
+        help="longest wait from a batch's first event (sensor 20, image 50)",
+    )
     p.add_argument("--group-id", help="consumer group (default driftline-inference-<modality>)")
     p.add_argument("--model-name", help="registry model to serve (default per modality)")
     p.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz here")

@@ -25,6 +25,7 @@ from schemas import deadletter as dl
 from schemas import headers as h
 from schemas.avro import encode_record
 from schemas.batch import DecodedBatch
+from services.core.batching import Batcher, BatchPolicy
 from services.core.scoring import commit_offsets, rewind_offsets, top1
 from services.inference.delivery import Delivery, RewindBatch, for_settings
 from services.inference.model import LoadedModel
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 AVRO_HEADERS: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
 RETRY_BACKOFF_S = 0.5
+IDLE_POLL_S = 0.1
 
 
 class Decoder(Protocol):
@@ -80,6 +82,9 @@ class InferenceConsumer:
         self.dlq_topic = topics.dlq(source_base)
         self.assigned: set[tuple[str, int]] = set()
         self._lag_series: set[tuple[str, str]] = set()
+        self._batcher: Batcher[Message] = Batcher(
+            BatchPolicy(settings.batch_size, settings.batch_wait_s)
+        )
 
     def _on_assign(self, _c: Consumer, parts: list[TopicPartition]) -> None:
         self.assigned.update((p.topic, p.partition) for p in parts)
@@ -87,6 +92,12 @@ class InferenceConsumer:
 
     def _on_revoke(self, _c: Consumer, parts: list[TopicPartition]) -> None:
         self.assigned.difference_update((p.topic, p.partition) for p in parts)
+        # Events taken from a revoked partition but not yet scored are dropped uncommitted;
+        # its next owner reads them again from the last committed offset.
+        revoked = {(p.topic, p.partition) for p in parts}
+        dropped = self._batcher.discard(lambda m: (m.topic(), m.partition()) in revoked)
+        if dropped:
+            log.info("dropped %d unscored events of revoked partitions", dropped)
         for p in parts:
             series = (p.topic, str(p.partition))
             if series in self._lag_series:
@@ -124,14 +135,18 @@ class InferenceConsumer:
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
         )
-        timeout = self.settings.max_wait_ms / 1000.0
+        batcher = self._batcher
         try:
             while not stop():
                 if self.health is not None:
                     self.health.tick()
-                msgs = consumer.consume(num_messages=self.settings.max_batch, timeout=timeout)
-                if not msgs:
+                wait = batcher.wait_s(time.monotonic(), IDLE_POLL_S)
+                batcher.add(
+                    consumer.consume(num_messages=batcher.room(), timeout=wait), time.monotonic()
+                )
+                if not batcher.ready(time.monotonic()):
                     continue
+                msgs = batcher.take()
                 try:
                     stats = self.process(consumer, delivery, msgs)
                 except (RewindBatch, KafkaException, BufferError) as exc:

@@ -21,6 +21,9 @@ from schemas.topics import Topics
 
 Modality = Literal["sensor", "image"]
 LIBRDKAFKA_LOGGER = "driftline.librdkafka"
+# Micro-batch defaults per modality: sensor windows are tiny, photos cost ~1 ms each to decode.
+DEFAULT_MAX_BATCH = {"sensor": 256, "image": 32}
+DEFAULT_MAX_WAIT_MS = {"sensor": 20, "image": 50}
 
 
 def default_artifact_root() -> str:
@@ -90,8 +93,12 @@ class InferenceSettings(DriftlineSettings):
     modality: Modality = "sensor"
     model_name: str | None = None
     group_id: str | None = None
-    max_batch: int = Field(default=256, ge=1, description="Largest micro-batch")
-    max_wait_ms: int = Field(default=20, ge=0, description="Longest wait to fill a batch")
+    max_batch: int | None = Field(
+        default=None, ge=1, description="Largest micro-batch (sensor 256, image 32)"
+    )
+    max_wait_ms: int | None = Field(
+        default=None, ge=0, description="Longest wait from a batch's first event (20 / 50 ms)"
+    )
     exactly_once: bool = Field(
         default=False, description="One Kafka transaction per batch (read_committed readers)"
     )
@@ -127,17 +134,63 @@ class InferenceSettings(DriftlineSettings):
         return self.group_id or f"driftline-inference-{self.modality}"
 
     @property
+    def batch_size(self) -> int:
+        return self.max_batch or DEFAULT_MAX_BATCH[self.modality]
+
+    @property
+    def batch_wait_s(self) -> float:
+        wait_ms = (
+            self.max_wait_ms if self.max_wait_ms is not None else DEFAULT_MAX_WAIT_MS[self.modality]
+        )
+        return wait_ms / 1000.0
+
+    @property
     def transactional_id(self) -> str:
         return f"{self.effective_group_id}-{self.instance_id}"
 
 
 class TrainerSettings(DriftlineSettings):
-    """`driftline train`."""
+    """`driftline train`: the retraining service, its triggers, gate, publishing and bootstrap."""
 
     artifact_root: str = Field(default_factory=default_artifact_root)
     seed: int = 7
     epochs: int = Field(default=8, ge=1)
     batch_size: int = Field(default=128, ge=1)
     learning_rate: float = Field(default=3e-3, gt=0)
+    image_learning_rate: float = Field(default=1e-2, gt=0)
     bootstrap_windows: int = Field(default=8000, ge=100)
+    bootstrap_images: int = Field(default=2000, ge=100)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    image_width: int = Field(
+        default=16, ge=2, description="Channels of the image CNN's first layer"
+    )
+    group_id: str = "driftline-trainer"
+    # Triggers (services.core.triggers).
+    min_new_labels: int = Field(default=500, ge=1, description="Train after this many new labels")
+    min_labels: int = Field(default=200, ge=10, description="Never train on fewer examples")
+    min_drift_labels: int = Field(default=50, ge=1, description="New labels a drift signal needs")
+    max_age_s: float | None = Field(default=24 * 3600.0, gt=0, description="Retrain older models")
+    retry_after_s: float = Field(default=300.0, ge=0, description="Wait after a failed run")
+    # Training set and gate (services.core.gate).
+    max_sensor_examples: int = Field(default=20000, ge=100)
+    max_image_examples: int = Field(default=5000, ge=100)
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
+    min_holdout: int = Field(default=50, ge=1)
+    gate_metric: Literal["macro_f1", "accuracy"] = "macro_f1"
+    gate_margin: float = Field(
+        default=0.01,
+        ge=-1,
+        le=1,
+        description="Challenger must win by this much (negative: may lose by at most that much)",
+    )
+    gate_min_score: float = Field(default=0.3, ge=0, le=1, description="Never promote below this")
+    # Signing: the ed25519 private key as PEM text or a path to a PEM file (kept secret).
+    signing_key: SecretStr | None = None
+    # Verify the champion before warm-starting from it, like every consumer does.
+    public_key: str | None = None
+    registry_timeout_s: float = Field(default=30.0, gt=0)
+    poll_timeout_s: float = Field(default=0.5, gt=0)
+    service_name: str = "trainer"
+
+    def max_examples(self, modality: str) -> int:
+        return self.max_image_examples if modality == "image" else self.max_sensor_examples
