@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from services.commands import demo, dlq, infer, models, simulate, stack, topics, train
+from services.commands import bench, demo, dlq, infer, models, simulate, stack, topics, train
 
 EXAMPLES = """\
 a first run, on one machine:
@@ -26,7 +26,7 @@ every setting also reads from the environment, prefix DRIFTLINE_, e.g.
 """
 
 
-COMMANDS = (stack, topics, simulate, infer, dlq, train, models, demo)
+COMMANDS = (stack, topics, simulate, infer, dlq, train, models, demo, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -82,6 +82,8 @@ class InferenceConsumer:
         self.dlq_topic = topics.dlq(source_base)
         self.assigned: set[tuple[str, int]] = set()
         self._lag_series: set[tuple[str, str]] = set()
+        self._delivery: Delivery | None = None
+        self._pending_rewind: dict[tuple[str, int], int] | None = None
         self._batcher: Batcher[Message] = Batcher(
             BatchPolicy(settings.batch_size, settings.batch_wait_s)
         )
@@ -98,6 +100,15 @@ class InferenceConsumer:
         dropped = self._batcher.discard(lambda m: (m.topic(), m.partition()) in revoked)
         if dropped:
             log.info("dropped %d unscored events of revoked partitions", dropped)
+        # Scored batches still waiting for their acks are finished and committed now, while
+        # the partitions are still ours; if that fails they are replayed by their next owner
+        # (and, for partitions we keep, by us after a rewind).
+        if self._delivery is not None:
+            try:
+                self._delivery.drain()
+            except RewindBatch as exc:
+                log.warning("in-flight batches not committed at revocation: %s", exc)
+                self._pending_rewind = exc.rewind
         for p in parts:
             series = (p.topic, str(p.partition))
             if series in self._lag_series:
@@ -128,7 +139,7 @@ class InferenceConsumer:
         consumer = Consumer(
             consumer_config(self.settings.kafka, self.settings.effective_group_id, **extra)
         )
-        delivery = for_settings(self.settings, consumer)
+        delivery = self._delivery = for_settings(self.settings, consumer)
         consumer.subscribe(
             [self.source],
             on_assign=self._on_assign,
@@ -140,6 +151,10 @@ class InferenceConsumer:
             while not stop():
                 if self.health is not None:
                     self.health.tick()
+                if self._pending_rewind:
+                    batcher.take()
+                    self._rewind(consumer, [], self._pending_rewind)
+                    self._pending_rewind = None
                 wait = batcher.wait_s(time.monotonic(), IDLE_POLL_S)
                 batcher.add(
                     consumer.consume(num_messages=batcher.room(), timeout=wait), time.monotonic()
@@ -154,18 +169,27 @@ class InferenceConsumer:
                     self.metrics.batch_failures.labels("deliver").inc()
                     if not isinstance(exc, RewindBatch):
                         delivery.abandon()
-                    self._rewind(consumer, msgs)
+                    rewind = exc.rewind if isinstance(exc, RewindBatch) else None
+                    self._rewind(consumer, msgs, rewind)
                     time.sleep(RETRY_BACKOFF_S)
                     continue
                 if on_batch is not None:
                     on_batch(stats)
         finally:
             delivery.close()
+            self._delivery = None
             consumer.close()
 
-    def _rewind(self, consumer: Consumer, msgs: list[Message]) -> None:
-        consumed = [position(m) for m in msgs if m.error() is None]
-        for (topic, partition), offset in rewind_offsets(consumed).items():
+    def _rewind(
+        self,
+        consumer: Consumer,
+        msgs: list[Message],
+        earlier: dict[tuple[str, int], int] | None = None,
+    ) -> None:
+        starts = rewind_offsets(position(m) for m in msgs if m.error() is None)
+        for key, offset in (earlier or {}).items():
+            starts[key] = min(offset, starts.get(key, offset))
+        for (topic, partition), offset in starts.items():
             if (topic, partition) in self.assigned:
                 consumer.seek(TopicPartition(topic, partition, offset))
 
@@ -206,8 +230,11 @@ class InferenceConsumer:
                 self.metrics.batch_size.labels(self.modality).observe(len(batch))
         for pos, error in failures:
             self._dead_letter(delivery, good[pos], error)
-        offsets = commit_offsets(position(m) for m in good)
-        delivery.commit([TopicPartition(t, p, o) for (t, p), o in offsets.items()])
+        consumed = [position(m) for m in good]
+        offsets = commit_offsets(consumed)
+        delivery.commit(
+            [TopicPartition(t, p, o) for (t, p), o in offsets.items()], rewind_offsets(consumed)
+        )
         scored = len(good) - len(failures)
         return BatchStats(len(good), scored, len(failures), model.version.version, inference_s)
 

@@ -14,12 +14,15 @@ incarnation and aborts its open transaction immediately instead of after the tim
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from schemas import headers as h
-from services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
+from services.runtime.kafka import producer
 from services.runtime.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -27,8 +30,19 @@ log = logging.getLogger(__name__)
 COMMIT_RETRIES = 5
 
 
+Offsets = dict[tuple[str, int], int]
+
+
 class RewindBatch(Exception):
-    """The batch was not committed: seek back to its first offsets and process it again."""
+    """Outputs were not all committed: seek back and process again.
+
+    `rewind` names where to seek per partition when it differs from the current batch's
+    first offsets (a pipelined batch that failed after later ones were taken).
+    """
+
+    def __init__(self, message: str, rewind: Offsets | None = None) -> None:
+        super().__init__(message)
+        self.rewind = rewind
 
 
 class Delivery(Protocol):
@@ -36,42 +50,107 @@ class Delivery(Protocol):
     def produce(
         self, topic: str, key: bytes | str | None, value: bytes | None, headers: h.HeaderList
     ) -> None: ...
-    def commit(self, offsets: list[TopicPartition]) -> None: ...
+    def commit(self, offsets: list[TopicPartition], starts: Offsets) -> None: ...
+    def drain(self) -> None: ...
     def abandon(self) -> None: ...
     def close(self) -> None: ...
 
 
+@dataclass
+class _InFlight:
+    """One batch whose outputs are produced and whose offsets wait for their acks."""
+
+    offsets: list[TopicPartition] = field(default_factory=list)
+    starts: Offsets = field(default_factory=dict)
+    produced: int = 0
+    acked: int = 0
+    error: str | None = None
+
+    def on_delivery(self, err: KafkaError | None, _msg: object) -> None:
+        if err is None:
+            self.acked += 1
+        elif self.error is None:
+            self.error = str(err)
+
+    @property
+    def done(self) -> bool:
+        return self.error is not None or self.acked >= self.produced
+
+
 class AtLeastOnce:
-    """Produce, flush, check every delivery report, then commit the input offsets."""
+    """Commit a batch's input offsets only once every one of its outputs is acknowledged.
+
+    Pipelined: while batch k's outputs travel to the broker, batch k+1 is decoded and scored.
+    Offsets are committed strictly in batch order, each only after all of that batch's
+    delivery reports came back without error. When one fails, every batch still in flight
+    is given up and the consumer rewinds to the oldest one's first offsets: outputs may be
+    sent twice (at-least-once), none is skipped. At most MAX_IN_FLIGHT batches wait.
+    """
+
+    MAX_IN_FLIGHT = 2
 
     def __init__(self, settings: InferenceSettings, consumer: Consumer) -> None:
         self.consumer = consumer
         self.producer: Producer = producer(settings.kafka)
-        self.tracker = DeliveryTracker()
+        self.in_flight: deque[_InFlight] = deque()
+        self.current = _InFlight()
 
     def begin(self) -> None:
-        self.tracker.reset()
+        self.current = _InFlight()
 
     def produce(
         self, topic: str, key: bytes | str | None, value: bytes | None, headers: h.HeaderList
     ) -> None:
+        self.current.produced += 1
         self.producer.produce(
-            topic, key=key, value=value, headers=headers, on_delivery=self.tracker
+            topic, key=key, value=value, headers=headers, on_delivery=self.current.on_delivery
         )
 
-    def commit(self, offsets: list[TopicPartition]) -> None:
-        try:
-            flush_or_raise(self.producer, self.tracker)
-        except KafkaException as exc:
-            raise RewindBatch(f"results not all delivered: {exc}") from exc
-        self.consumer.commit(offsets=offsets, asynchronous=False)
+    def commit(self, offsets: list[TopicPartition], starts: Offsets) -> None:
+        self.current.offsets, self.current.starts = offsets, starts
+        self.in_flight.append(self.current)
+        self.current = _InFlight()
+        self.producer.poll(0)
+        while len(self.in_flight) > self.MAX_IN_FLIGHT and not self.in_flight[0].done:
+            self.producer.poll(0.05)
+        self._settle()
+
+    def _settle(self) -> None:
+        while self.in_flight and self.in_flight[0].done:
+            batch = self.in_flight[0]
+            if batch.error is not None:
+                self._give_up(f"outputs not delivered: {batch.error}")
+            # Acknowledged: the commit may be asynchronous. If it is lost, the batch is
+            # replayed (a duplicate), never skipped.
+            self.consumer.commit(offsets=batch.offsets, asynchronous=True)
+            self.in_flight.popleft()
+
+    def _give_up(self, why: str) -> None:
+        rewind: Offsets = {}
+        for batch in self.in_flight:
+            for key, offset in batch.starts.items():
+                rewind[key] = min(offset, rewind.get(key, offset))
+        self.in_flight.clear()
+        raise RewindBatch(why, rewind)
+
+    def drain(self, timeout_s: float = 30.0) -> None:
+        """Wait for every batch in flight and commit it (on revocation and at shutdown)."""
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < deadline:
+            self.producer.poll(0.05)
+            self._settle()
+        if self.in_flight:
+            self._give_up(f"{len(self.in_flight)} batches unacknowledged after {timeout_s}s")
 
     def abandon(self) -> None:
-        # Records already produced stay produced; the replay may duplicate them.
-        self.tracker.reset()
+        # Outputs already produced stay produced; the replay may duplicate them.
+        self.current = _InFlight()
 
     def close(self) -> None:
-        self.producer.flush(10)
+        try:
+            self.drain(10.0)
+        except RewindBatch as exc:
+            log.warning("closing with batches uncommitted (they will be replayed): %s", exc)
 
 
 class ExactlyOnce:
@@ -101,7 +180,8 @@ class ExactlyOnce:
     ) -> None:
         self.producer.produce(topic, key=key, value=value, headers=headers)
 
-    def commit(self, offsets: list[TopicPartition]) -> None:
+    def commit(self, offsets: list[TopicPartition], starts: Offsets) -> None:
+        del starts  # a failed transaction rewinds to the current batch's own first offsets
         try:
             self.producer.send_offsets_to_transaction(
                 offsets, self.consumer.consumer_group_metadata()
@@ -137,6 +217,9 @@ class ExactlyOnce:
         except KafkaException as abort_exc:
             log.error("abort failed, rebuilding the transactional producer: %s", abort_exc)
             self.producer = self._new_producer()
+
+    def drain(self) -> None:
+        """Nothing waits between batches: each transaction is committed before the next."""
 
     def abandon(self) -> None:
         try:

@@ -135,7 +135,10 @@ class InferenceSettings(DriftlineSettings):
 
     @property
     def batch_size(self) -> int:
-        return self.max_batch or DEFAULT_MAX_BATCH[self.modality]
+        if self.max_batch:
+            return self.max_batch
+        # A transaction costs a few broker round trips: exactly-once spreads it over more events.
+        return DEFAULT_MAX_BATCH[self.modality] * (4 if self.exactly_once else 1)
 
     @property
     def batch_wait_s(self) -> float:

@@ -1,0 +1,1 @@
+"""Benchmarks behind `driftline bench TARGET`: one module per target."""

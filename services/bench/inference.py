@@ -1,0 +1,607 @@
+"""`driftline bench inference`: how fast driftline scores a Kafka stream, against its limits.
+
+One run, the same events and the same model for every row:
+  B0     raw ONNX Runtime on pre-decoded batches (best batch size): the compute limit
+  B1     Kafka passthrough (consume, produce the same bytes, commit): the transport limit
+  L      1 / (1/B0 + 1/B1): the combined limit when both share the cores
+  ALO    the pipeline, at-least-once;  EOS  the pipeline, exactly-once
+  naive  poll one JSON message, score it alone, produce, commit, repeat
+then p50/p99 end-to-end latency at constant rates of 50% and 80% of the pipeline's maximum,
+a hot swap under load (time until the new version scores, events lost and duplicated), and
+resident memory over repeated swaps.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from schemas import codec
+from schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES, SENSOR_CHANNELS
+from schemas.messages import (
+    MODALITY_IMAGE,
+    MODALITY_SENSOR,
+    STATUS_CHAMPION,
+    CameraImage,
+    InferenceResult,
+    Lineage,
+    ModelVersion,
+    SensorWindow,
+)
+from schemas.topics import CAMERA_IMAGES, SENSOR_WINDOWS
+from services.bench.harness import AVRO, JSON, Reader, bench_kafka, preload, rss_bytes, write_report
+from services.bench.load import latency_run
+from services.core.scoring import commit_offsets, top1
+from services.inference.consumer import BatchStats, InferenceConsumer
+from services.inference.model import LoadedModel, load
+from services.inference.service import decoder_for
+from services.inference.watcher import ModelSlot, RegistryWatcher
+from services.runtime import registry
+from services.runtime.artifacts import FsspecArtifactStore, sha256_hex
+from services.runtime.kafka import (
+    DeliveryTracker,
+    consumer_config,
+    flush_or_raise,
+    position,
+    producer,
+)
+from services.runtime.metrics import InferenceMetrics
+from services.runtime.settings import InferenceSettings, KafkaSettings
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Workload:
+    modality: str
+    source_base: str
+    keys: list[str]
+    event_ids: list[str]
+    avro: list[bytes]
+    json: list[bytes]
+    inputs: npt.NDArray[np.float32]  # decoded, for B0
+    onnx: bytes
+    classes: list[str]
+
+
+def _sensor_workload(n: int, seed: int, say: Say) -> Workload:
+    import torch
+
+    from services.simulator.fleet import generate_windows, labelled_dataset
+    from trainer.export import export_classifier
+    from trainer.fit import FitConfig, fit
+    from trainer.models import SensorCNN
+
+    say("training the bench sensor model (3 epochs on 6000 simulated windows)")
+    torch.manual_seed(seed)
+    x, y = labelled_dataset(6000, seed)
+    net = SensorCNN(len(SENSOR_CHANNELS), len(INSULATOR_CLASSES))
+    net.fit_normalisation(torch.from_numpy(x))
+    fit(
+        net,
+        x[:5000],
+        y[:5000],
+        x[5000:],
+        y[5000:],
+        len(INSULATOR_CLASSES),
+        FitConfig(epochs=3, seed=seed),
+    )
+    exported = export_classifier(net, x[:64], "samples")
+    rng = np.random.default_rng(seed + 1)
+    windows = generate_windows(rng, rng.integers(0, 4, n))
+    keys = [f"insulator-{i % 500:05d}" for i in range(n)]
+    ids = [f"e{i}" for i in range(n)]
+    now = int(time.time() * 1000)
+    avro, js = [], []
+    for i in range(n):
+        msg = SensorWindow(
+            event_id=ids[i],
+            asset_id=keys[i],
+            sensor_id="s0",
+            event_time_ms=now,
+            sample_rate_hz=1.0,
+            channels=list(SENSOR_CHANNELS),
+            n_samples=windows.shape[2],
+            samples=windows[i].tobytes(),
+        )
+        avro.append(codec.encode(msg))
+        js.append(msgspec.json.encode({**codec.to_record(msg), "samples": windows[i].tolist()}))
+    return Workload(
+        MODALITY_SENSOR,
+        SENSOR_WINDOWS,
+        keys,
+        ids,
+        avro,
+        js,
+        windows,
+        exported.onnx_bytes,
+        list(INSULATOR_CLASSES),
+    )
+
+
+def _image_workload(n: int, seed: int, say: Say) -> Workload:
+    import torch
+
+    from services.simulator.images import encode_jpeg, generate_images
+    from trainer.export import export_classifier
+    from trainer.models import ImageCNN
+
+    say("building the bench image model (untrained weights: speed does not depend on them)")
+    torch.manual_seed(seed)
+    net = ImageCNN(len(INSULATOR_CLASSES)).eval()
+    rng = np.random.default_rng(seed)
+    photos = generate_images(rng, rng.integers(0, 4, n))
+    inputs = np.ascontiguousarray(photos.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+    exported = export_classifier(net, inputs[:8], "image")
+    keys = [f"insulator-{i % 500:05d}" for i in range(n)]
+    ids = [f"i{i}" for i in range(n)]
+    now = int(time.time() * 1000)
+    avro, js = [], []
+    for i in range(n):
+        msg = CameraImage(
+            event_id=ids[i],
+            asset_id=keys[i],
+            camera_id="cam-1",
+            event_time_ms=now,
+            content_type="image/jpeg",
+            image=encode_jpeg(photos[i]),
+        )
+        avro.append(codec.encode(msg))
+        js.append(codec.encode(msg, content_type="application/json"))
+    return Workload(
+        MODALITY_IMAGE,
+        CAMERA_IMAGES,
+        keys,
+        ids,
+        avro,
+        js,
+        inputs,
+        exported.onnx_bytes,
+        list(INSULATOR_CLASSES),
+    )
+
+
+def _publish(kafka: KafkaSettings, w: Workload, root: Path, version: int) -> ModelVersion:
+    name = MODEL_NAMES[w.modality]
+    uri = FsspecArtifactStore(root.as_uri()).put(f"{name}/v{version}/model.onnx", w.onnx)
+    mv = ModelVersion(
+        name=name,
+        version=version,
+        modality=w.modality,
+        artifact_uri=uri,
+        sha256=sha256_hex(w.onnx),
+        inputs=[],
+        outputs=[],
+        classes=w.classes,
+        lineage=Lineage(source="bench"),
+        status=STATUS_CHAMPION,
+        created_time_ms=int(time.time() * 1000),
+    )
+    registry.publish(producer(kafka), kafka.topics.models_registry, mv)
+    return mv
+
+
+def _b0(model: LoadedModel, inputs: npt.NDArray[np.float32]) -> tuple[float, int, dict[int, float]]:
+    rates: dict[int, float] = {}
+    for size in (1, 16, 64, 256, 1024):
+        batches = [inputs[i : i + size] for i in range(0, min(len(inputs), 20 * size + 2000), size)]
+        model.predict(batches[0])
+        t0 = time.perf_counter()
+        done = 0
+        for b in batches:
+            model.predict(b)
+            done += len(b)
+        rates[size] = done / (time.perf_counter() - t0)
+    best = max(rates, key=lambda k: rates[k])
+    return rates[best], best, rates
+
+
+def _run_consumer_until(
+    settings: InferenceSettings, source_base: str, n: int, slot: ModelSlot
+) -> float:
+    """Run the real consumer until n events are committed; events per second."""
+    _, decoder = decoder_for(settings)
+    consumer = InferenceConsumer(
+        settings, source_base, decoder, slot, InferenceMetrics(CollectorRegistry())
+    )
+    done = 0
+    first: list[float] = []
+
+    def on_batch(stats: BatchStats) -> None:
+        nonlocal done
+        if not first:
+            first.append(time.perf_counter())
+        done += stats.consumed
+
+    started = time.perf_counter()
+    consumer.run(lambda: done >= n, on_batch)
+    return n / (time.perf_counter() - (first[0] if first else started))
+
+
+def _b1(kafka: KafkaSettings, w: Workload, n: int, batch: int) -> float:
+    """Consume, produce the same bytes, flush, commit: the transport alone."""
+    consumer = Consumer(consumer_config(kafka, f"bench-b1-{uuid.uuid4().hex[:6]}"))
+    consumer.subscribe([kafka.topics.name(w.source_base)])
+    prod = producer(kafka)
+    tracker = DeliveryTracker()
+    out = kafka.topics.name("bench.passthrough")
+    from schemas.topics import TopicSpec
+    from services.runtime.kafka import create_topics
+
+    create_topics(kafka, [TopicSpec("bench.passthrough", "asset_id", "bytes", partitions=3)])
+    done, first = 0, 0.0
+    while done < n:
+        msgs = consumer.consume(batch, timeout=0.05)
+        if not msgs:
+            continue
+        first = first or time.perf_counter()
+        tracker.reset()
+        for m in msgs:
+            prod.produce(
+                out, key=m.key(), value=m.value(), headers=m.headers(), on_delivery=tracker
+            )
+        flush_or_raise(prod, tracker)
+        offsets = commit_offsets(position(m) for m in msgs)
+        consumer.commit(
+            offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
+        )
+        done += len(msgs)
+    rate = done / (time.perf_counter() - first)
+    consumer.close()
+    return rate
+
+
+def _naive(kafka: KafkaSettings, w: Workload, model: LoadedModel, n: int) -> float:
+    """The common first attempt: one message at a time, JSON, batch of 1, commit each."""
+    topic = kafka.topics.name(w.source_base + ".json")
+    from schemas.topics import TopicSpec
+    from services.runtime.kafka import create_topics
+
+    create_topics(kafka, [TopicSpec(w.source_base + ".json", "asset_id", "json", partitions=3)])
+    preload(kafka, topic, list(zip(w.keys[:n], w.json[:n], strict=True)), JSON)
+    consumer = Consumer(consumer_config(kafka, f"bench-naive-{uuid.uuid4().hex[:6]}"))
+    consumer.subscribe([topic])
+    prod = producer(kafka)
+    results = kafka.topics.inference_results
+    kind = SensorWindow if w.modality == MODALITY_SENSOR else CameraImage
+    done, first = 0, 0.0
+    while done < n:
+        m = consumer.poll(0.1)
+        if m is None or m.error() is not None:
+            continue
+        first = first or time.perf_counter()
+        msg = msgspec.json.decode(m.value() or b"")
+        if kind is SensorWindow:
+            x = np.asarray(msg["samples"], dtype=np.float32)[None]
+        else:
+            from services.inference.images import decode_image
+
+            img = codec.decode(CameraImage, m.value(), "application/json")
+            pixels = decode_image(img.image or b"", img.content_type, max_pixels=1 << 24)
+            x = pixels.transpose(2, 0, 1)[None].astype(np.float32) * np.float32(1 / 255)
+        probs = model.predict(x)
+        idx, conf = top1(probs)
+        prod.produce(
+            results,
+            key=m.key(),
+            value=msgspec.json.encode(
+                {
+                    "event_id": msg["event_id"],
+                    "predicted_class": w.classes[int(idx[0])],
+                    "confidence": float(conf[0]),
+                }
+            ),
+        )
+        prod.flush()
+        consumer.commit(message=m, asynchronous=False)
+        done += 1
+    rate = done / (time.perf_counter() - first)
+    consumer.close()
+    return rate
+
+
+def _paced_send(
+    kafka: KafkaSettings,
+    w: Workload,
+    rate: float,
+    seconds: float,
+    sent_at: dict[str, float],
+    stop: threading.Event,
+) -> int:
+    """Send at a constant rate, fresh event ids, recording each send time."""
+    prod = producer(kafka, **{"linger.ms": 1})
+    topic = kafka.topics.name(w.source_base)
+    kind: type[SensorWindow] | type[CameraImage] = (
+        SensorWindow if w.modality == MODALITY_SENSOR else CameraImage
+    )
+    base: list[SensorWindow | CameraImage] = [codec.decode(kind, v) for v in w.avro[:500]]
+    run = uuid.uuid4().hex[:6]
+    start = time.perf_counter()
+    i = 0
+    while not stop.is_set():
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            break
+        due = int(elapsed * rate) + 1
+        while i < due:
+            msg = msgspec.structs.replace(
+                base[i % len(base)], event_id=f"{run}-{i}", event_time_ms=int(time.time() * 1000)
+            )
+            sent_at[msg.event_id] = time.perf_counter()
+            prod.produce(topic, key=msg.asset_id, value=codec.encode(msg), headers=AVRO)
+            i += 1
+        prod.poll(0)
+        time.sleep(max(0.0, (i / rate) - (time.perf_counter() - start)))
+    prod.flush(30)
+    return i
+
+
+@dataclass
+class Live:
+    """A consumer service running in a thread (with its registry watcher) on one prefix."""
+
+    kafka: KafkaSettings
+    settings: InferenceSettings
+    slot: ModelSlot
+    stop: threading.Event
+    threads: list[threading.Thread]
+
+    @classmethod
+    def start(cls, kafka: KafkaSettings, w: Workload, exactly_once: bool = False) -> Live:
+        settings = InferenceSettings(
+            kafka=kafka,
+            modality=w.modality,
+            exactly_once=exactly_once,
+            statistics_interval_ms=0,
+            group_id=f"live-{uuid.uuid4().hex[:6]}",
+        )
+        slot, stop = ModelSlot(), threading.Event()
+        metrics = InferenceMetrics(CollectorRegistry())
+        watcher = RegistryWatcher(settings, slot, metrics, stop)
+        watcher.start()
+        slot.wait_loaded(60)
+        _, decoder = decoder_for(settings)
+        consumer = InferenceConsumer(settings, w.source_base, decoder, slot, metrics)
+        t = threading.Thread(target=consumer.run, args=(stop.is_set,), daemon=True)
+        t.start()
+        return cls(kafka, settings, slot, stop, [watcher, t])
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+
+def _latency(
+    bootstrap: str, partitions: int, w: Workload, root: Path, rate: float, seconds: float
+) -> dict[str, float]:
+    kafka = bench_kafka(bootstrap, partitions)
+    _publish(kafka, w, root, 1)
+    live = Live.start(kafka, w)
+    try:
+        return latency_run(
+            bootstrap,
+            kafka.topics.name(w.source_base),
+            kafka.topics.inference_results,
+            w.avro[:500],
+            w.modality,
+            rate,
+            seconds,
+            uuid.uuid4().hex[:6],
+        )
+    finally:
+        live.close()
+
+
+def _swap_under_load(
+    bootstrap: str, partitions: int, w: Workload, root: Path, rate: float
+) -> dict[str, float]:
+    kafka = bench_kafka(bootstrap, partitions)
+    _publish(kafka, w, root, 1)
+    live = Live.start(kafka, w)
+    sent_at: dict[str, float] = {}
+    seen: dict[str, int] = {}
+    first_v2: list[float] = []
+
+    def got(value: bytes, now: float) -> None:
+        r = codec.decode(InferenceResult, value)
+        seen[r.event_id] = seen.get(r.event_id, 0) + 1
+        if r.model_version == 2 and not first_v2:
+            first_v2.append(now)
+
+    reader = Reader(kafka, kafka.topics.inference_results, got).start()
+    stop = threading.Event()
+    sender_out: list[int] = []
+    sender = threading.Thread(
+        target=lambda: sender_out.append(_paced_send(kafka, w, rate, 8.0, sent_at, stop))
+    )
+    sender.start()
+    time.sleep(3.0)
+    published = time.perf_counter()
+    _publish(kafka, w, root, 2)
+    sender.join()
+    deadline = time.monotonic() + 20
+    while len(seen) < len(sent_at) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    reader.stop.set()
+    live.close()
+    lost = len(set(sent_at) - set(seen))
+    dup = sum(c - 1 for c in seen.values())
+    return {
+        "rate_per_s": rate,
+        "sent": len(sent_at),
+        "new_version_scoring_after_s": (first_v2[0] - published) if first_v2 else float("nan"),
+        "lost": lost,
+        "duplicated": dup,
+    }
+
+
+def _swap_memory(w: Workload, root: Path, swaps: int) -> dict[str, float]:
+    store = FsspecArtifactStore(root.as_uri())
+    name = MODEL_NAMES[w.modality]
+    uri = store.put(f"{name}/mem/model.onnx", w.onnx)
+    mv = ModelVersion(
+        name=name,
+        version=1,
+        modality=w.modality,
+        artifact_uri=uri,
+        sha256=sha256_hex(w.onnx),
+        inputs=[],
+        outputs=[],
+        classes=w.classes,
+        lineage=Lineage(source="bench"),
+        status=STATUS_CHAMPION,
+        created_time_ms=0,
+    )
+    slot = ModelSlot()
+    batch = w.inputs[:64]
+    rss: list[int] = []
+    for i in range(swaps):
+        slot.swap(load(msgspec.structs.replace(mv, version=i + 1), store))
+        model = slot.model
+        assert model is not None
+        model.predict(batch)
+        rss.append(rss_bytes())
+    mib = 1024 * 1024
+    return {
+        "swaps": swaps,
+        "rss_after_first_mib": rss[0] / mib,
+        "rss_after_10_mib": rss[min(9, swaps - 1)] / mib,
+        "rss_after_last_mib": rss[-1] / mib,
+        "growth_after_10_mib": (rss[-1] - rss[min(9, swaps - 1)]) / mib,
+    }
+
+
+def run(
+    modality: str,
+    events: int,
+    naive_events: int,
+    partitions: int,
+    bootstrap: str | None,
+    out: Path | None,
+    say: Say,
+) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    w = (_sensor_workload if modality == MODALITY_SENSOR else _image_workload)(events, 7, say)
+    kafka = bench_kafka(bootstrap, partitions)
+    boot = kafka.bootstrap_servers
+    root = Path(tempfile.mkdtemp(prefix="driftline-bench-"))
+    mv = _publish(kafka, w, root, 1)
+    say(f"preloading {events} {modality} events on {kafka.topics.name(w.source_base)}")
+    preload(kafka, kafka.topics.name(w.source_base), list(zip(w.keys, w.avro, strict=True)), AVRO)
+    model = load(mv, FsspecArtifactStore(root.as_uri()))
+    slot = ModelSlot()
+    slot.swap(model)
+    report: dict[str, Any] = {
+        "modality": modality,
+        "events": events,
+        "partitions": partitions,
+        "bytes_per_event": statistics.mean(len(v) for v in w.avro[:1000]),
+    }
+    say("B0: raw ONNX Runtime")
+    b0, b0_batch, b0_rates = _b0(model, w.inputs)
+    report["B0"] = {"events_per_s": b0, "best_batch": b0_batch, "by_batch": b0_rates}
+    settings = InferenceSettings(kafka=kafka, modality=modality, statistics_interval_ms=0)
+    say("B1: Kafka passthrough")
+    b1 = _b1(kafka, w, events, settings.batch_size)
+    report["B1"] = {"events_per_s": b1}
+    limit = 1 / (1 / b0 + 1 / b1)
+    report["L"] = {"events_per_s": limit}
+    say("pipeline, at-least-once")
+    alo = _run_consumer_until(
+        settings.model_copy(update={"group_id": f"alo-{uuid.uuid4().hex[:6]}"}),
+        w.source_base,
+        events,
+        slot,
+    )
+    say("pipeline, exactly-once")
+    eos = _run_consumer_until(
+        settings.model_copy(
+            update={
+                "group_id": f"eos-{uuid.uuid4().hex[:6]}",
+                "exactly_once": True,
+                "instance_id": "bench",
+            }
+        ),
+        w.source_base,
+        events,
+        slot,
+    )
+    say(f"naive consumer ({naive_events} events)")
+    naive = _naive(kafka, w, model, naive_events)
+    report["pipeline"] = {
+        "at_least_once_per_s": alo,
+        "exactly_once_per_s": eos,
+        "naive_per_s": naive,
+        "alo_over_L": alo / limit,
+        "eos_over_alo": eos / alo,
+        "alo_over_naive": alo / naive,
+    }
+    report["latency"] = []
+    for share in (0.5, 0.8):
+        say(f"latency at {share:.0%} of the pipeline's maximum ({alo * share:,.0f}/s)")
+        report["latency"].append(
+            {"load": share, **_latency(boot, partitions, w, root, alo * share, 10.0)}
+        )
+    say("hot swap under load")
+    report["swap"] = _swap_under_load(boot, partitions, w, root, alo * 0.5)
+    say("resident memory over 50 swaps")
+    report["swap_memory"] = _swap_memory(w, root, 50)
+    report["seconds"] = time.perf_counter() - t_start
+    report["json"] = str(write_report(report, out, f"inference-{modality}"))
+    return report
+
+
+def print_table(r: dict[str, Any], write: Callable[[str], Any] = sys.stdout.write) -> None:
+    p = r["pipeline"]
+    rows = [
+        (f"B0 raw ONNX Runtime (batch {r['B0']['best_batch']})", r["B0"]["events_per_s"]),
+        ("B1 Kafka passthrough", r["B1"]["events_per_s"]),
+        ("L = 1/(1/B0 + 1/B1)", r["L"]["events_per_s"]),
+        ("pipeline at-least-once", p["at_least_once_per_s"]),
+        ("pipeline exactly-once", p["exactly_once_per_s"]),
+        ("naive consumer", p["naive_per_s"]),
+    ]
+    write(
+        f"\n{r['modality']} events, {r['events']} preloaded, {r['partitions']} partitions, "
+        f"{r['bytes_per_event']:.0f} B/event\n"
+    )
+    for label, v in rows:
+        write(f"  {label:34} {v:12,.0f} events/s\n")
+    write(f"  {'ALO / L':34} {p['alo_over_L']:12.2f}   (goal >= 0.7)\n")
+    write(f"  {'EOS / ALO':34} {p['eos_over_alo']:12.2f}   (goal >= 0.8)\n")
+    write(f"  {'ALO / naive':34} {p['alo_over_naive']:12.1f}x  (goal >= 5x)\n")
+    for lat in r["latency"]:
+        write(
+            f"  latency at {lat['load']:.0%} load ({lat['rate_per_s']:,.0f}/s): "
+            f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms "
+            f"({lat['received']}/{lat['sent']} received)\n"
+        )
+    s = r["swap"]
+    write(
+        f"  hot swap at {s['rate_per_s']:,.0f}/s: new version scoring after "
+        f"{s['new_version_scoring_after_s']:.2f} s, "
+        f"lost {s['lost']}, duplicated {s['duplicated']}\n"
+    )
+    m = r["swap_memory"]
+    write(
+        f"  RSS over {m['swaps']} swaps: {m['rss_after_first_mib']:.0f} MiB after 1, "
+        f"{m['rss_after_10_mib']:.0f} after 10, {m['rss_after_last_mib']:.0f} after {m['swaps']} "
+        f"(growth after 10: {m['growth_after_10_mib']:+.1f} MiB)\n"
+    )
+    write(f"  took {r['seconds']:.0f} s; JSON: {r['json']}\n")

@@ -1,0 +1,152 @@
+"""Load generation and result reading for latency runs, in processes of their own.
+
+The system under test (the consumer) runs in the bench process; the world around it (a paced
+producer and a results reader) runs in separate processes, so their Python work never holds
+the consumer's GIL. Both share the wall clock: latency = reader's arrival time minus the
+event's scheduled send time (the sender keeps to its schedule; lateness is reported).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from schemas import codec
+from schemas.messages import CameraImage, InferenceResult, SensorWindow
+
+CTX = mp.get_context("spawn")
+
+
+def _sender(
+    bootstrap: str,
+    topic: str,
+    base: list[bytes],
+    modality: str,
+    rate: float,
+    seconds: float,
+    start_at: float,
+    run_id: str,
+    conn: Connection,
+) -> None:
+    import msgspec
+
+    from schemas import headers as h
+    from services.runtime.kafka import producer
+    from services.runtime.settings import KafkaSettings
+
+    kind: type[SensorWindow] | type[CameraImage] = (
+        SensorWindow if modality == "sensor" else CameraImage
+    )
+    decoded = [codec.decode(kind, v) for v in base]
+    n = int(rate * seconds)
+    planned = [start_at + i / rate for i in range(n)]
+    values = [
+        codec.encode(
+            msgspec.structs.replace(
+                decoded[i % len(decoded)],
+                event_id=f"{run_id}-{i}",
+                event_time_ms=int(planned[i] * 1000),
+            )
+        )
+        for i in range(n)
+    ]
+    keys = [decoded[i % len(decoded)].asset_id for i in range(n)]
+    prod = producer(KafkaSettings(bootstrap_servers=bootstrap), **{"linger.ms": 1})
+    headers: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
+    conn.send("ready")
+    late = 0.0
+    i = 0
+    while i < n:
+        # Every millisecond, send whatever is due: constant rate without a wake-up per event.
+        now = time.time()
+        while i < n and planned[i] <= now:
+            late = max(late, now - planned[i])
+            prod.produce(topic, key=keys[i], value=values[i], headers=headers)
+            i += 1
+        prod.poll(0)
+        if i < n:
+            time.sleep(max(0.0, min(0.001, planned[i] - time.time())))
+    prod.flush(30)
+    ids = (f"{run_id}-{i}" for i in range(n))
+    conn.send({"sent": n, "max_late_s": late, "planned": dict(zip(ids, planned, strict=True))})
+
+
+def _reader(bootstrap: str, topic: str, expect: int, timeout_s: float, conn: Connection) -> None:
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    from services.runtime.settings import KafkaSettings
+
+    consumer = Consumer(
+        KafkaSettings(bootstrap_servers=bootstrap).client_config(
+            **{
+                "group.id": f"bench-latency-{uuid.uuid4().hex[:6]}",
+                "auto.offset.reset": "latest",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 2,
+                "isolation.level": "read_committed",
+            }
+        )
+    )
+    consumer.subscribe([topic])
+    arrived: dict[str, float] = {}
+    assigned_at = time.time()
+    while not consumer.assignment() and time.time() - assigned_at < 30:
+        consumer.poll(0.1)
+    conn.send("ready")
+    deadline = time.time() + timeout_s
+    while len(arrived) < expect and time.time() < deadline:
+        for m in consumer.consume(1000, timeout=0.05):
+            if m.error() is None and m.value():
+                now = time.time()
+                arrived.setdefault(codec.decode(InferenceResult, m.value() or b"").event_id, now)
+    consumer.close()
+    conn.send(arrived)
+
+
+def latency_run(
+    bootstrap: str,
+    source_topic: str,
+    results_topic: str,
+    base: list[bytes],
+    modality: str,
+    rate: float,
+    seconds: float,
+    run_id: str,
+) -> dict[str, Any]:
+    """Send at `rate` for `seconds` from a separate process and time each result's arrival."""
+    n = int(rate * seconds)
+    r_parent, r_child = CTX.Pipe()
+    reader = CTX.Process(
+        target=_reader, args=(bootstrap, results_topic, n, seconds + 60, r_child), daemon=True
+    )
+    reader.start()
+    assert r_parent.recv() == "ready"
+    s_parent, s_child = CTX.Pipe()
+    start_at = time.time() + 3.0 + n / 200_000  # time to pre-encode
+    sender = CTX.Process(
+        target=_sender,
+        args=(bootstrap, source_topic, base, modality, rate, seconds, start_at, run_id, s_child),
+        daemon=True,
+    )
+    sender.start()
+    assert s_parent.recv() == "ready"
+    sent = s_parent.recv()
+    arrived: dict[str, float] = r_parent.recv()
+    sender.join(10)
+    reader.join(10)
+    planned: dict[str, float] = sent["planned"]
+    # In send order, so dropping the first 10% drops the warm-up, not the fastest events.
+    in_order = sorted((planned[k], arrived[k] - planned[k]) for k in arrived if k in planned)
+    ordered = sorted(lat for _, lat in in_order[len(in_order) // 10 :]) or [float("nan")]
+    return {
+        "rate_per_s": rate,
+        "sent": sent["sent"],
+        "received": len(arrived),
+        "sender_max_late_ms": 1000 * sent["max_late_s"],
+        "p50_ms": 1000 * ordered[len(ordered) // 2],
+        "p99_ms": 1000 * ordered[max(0, int(len(ordered) * 0.99) - 1)],
+    }

@@ -1,0 +1,116 @@
+"""`driftline bench TARGET`: measure a part of driftline on this machine.
+
+Each target is its own module in services.bench and registers its flags here; this module
+only dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from services.commands.args import add_kafka_flags, settings_from
+
+
+def _trainer(args: argparse.Namespace) -> int:
+    from services.bench import trainer
+    from services.runtime.settings import TrainerSettings
+
+    settings = settings_from(TrainerSettings, args, ["epochs", "device", "seed"])
+    return trainer.main(
+        settings,
+        sensor_windows=args.sensor_windows,
+        images=args.images,
+        stream_events=args.stream_events,
+        use_kafka=not args.no_kafka,
+        json_path=args.json,
+    )
+
+
+def _add_trainer(targets: Any) -> None:
+    p = targets.add_parser(
+        "trainer",
+        help="retraining time, export+check+publish time, inference throughput during training",
+    )
+    p.add_argument("--sensor-windows", type=int, default=10_000, help="default 10000")
+    p.add_argument("--images", type=int, default=2_000, help="default 2000")
+    p.add_argument("--epochs", type=int, help="training epochs (default 8)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (auto)")
+    p.add_argument("--seed", type=int, help="random seed (default 7)")
+    p.add_argument(
+        "--stream-events", type=int, default=50_000, help="backlog the consumer scores (50000)"
+    )
+    p.add_argument(
+        "--no-kafka", action="store_true", help="skip the throughput part and the Kafka publish"
+    )
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    add_kafka_flags(p)
+    p.set_defaults(target=_trainer)
+
+
+def _inference(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from services.bench import inference
+
+    modalities = ["sensor", "image"] if args.modality == "both" else [args.modality]
+    for modality in modalities:
+        events = args.events or (40_000 if modality == "sensor" else 4_000)
+        naive = args.naive_events or min(events, 2_000 if modality == "sensor" else 500)
+        report = inference.run(
+            modality,
+            events,
+            naive,
+            args.partitions,
+            args.bootstrap_servers,
+            Path(args.json) if args.json else None,
+            say=lambda line: print(f"bench: {line}", file=sys.stderr),
+        )
+        inference.print_table(report)
+    return 0
+
+
+def _add_inference(targets: Any) -> None:
+    p = targets.add_parser(
+        "inference",
+        help="scoring throughput against its limits, latency, hot swap, memory over swaps",
+        description="B0 (raw ONNX Runtime), B1 (Kafka passthrough), their combined limit L, "
+        "the pipeline at-least-once and exactly-once, a naive consumer, p50/p99 latency at 50% "
+        "and 80% load, a hot swap under load, and resident memory over 50 swaps. Runs on the "
+        "local stack (started if needed) or on --bootstrap-servers, with topics of its own.",
+    )
+    p.add_argument("--modality", choices=["sensor", "image", "both"], default="sensor")
+    p.add_argument("--events", type=int, help="events to preload (sensor 40000, image 4000)")
+    p.add_argument("--naive-events", type=int, help="events for the naive consumer")
+    p.add_argument("--partitions", type=int, default=3, help="partitions per topic (3)")
+    p.add_argument("--bootstrap-servers", help="Kafka to use (default: the local stack)")
+    p.add_argument("--json", help="report path (default .driftline/bench/inference-*.json)")
+    p.set_defaults(target=_inference)
+
+
+def run(args: argparse.Namespace) -> int:
+    code: int = args.target(args)
+    return code
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("bench", help="benchmark a part of driftline on this machine")
+    targets = p.add_subparsers(dest="bench_target", required=True, metavar="TARGET")
+    _add_inference(targets)
+    _add_trainer(targets)
+    p.set_defaults(func=run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run as `python -m services.commands.bench TARGET ...` too."""
+    parser = argparse.ArgumentParser(prog="driftline")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
