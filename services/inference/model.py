@@ -81,14 +81,19 @@ def expected_input_shape(modality: str) -> tuple[int, ...]:
 def _check_graph(data: bytes) -> onnx.ModelProto:
     try:
         proto = onnx.load_from_string(data)
-        onnx.checker.check_model(proto)
-    except Exception as exc:  # protobuf and checker errors vary by version
+    except Exception as exc:  # protobuf errors vary by version
         raise ModelRejected(REJECT_GRAPH, f"not a valid ONNX graph: {exc}") from exc
+    # A served graph is one self-contained file: a reference to external data could make the
+    # runtime read any path on this machine, so it is refused before anything else looks.
     for tensor in proto.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             raise ModelRejected(
                 REJECT_GRAPH, f"initializer {tensor.name!r} points at external data; refused"
             )
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # checker errors vary by version
+        raise ModelRejected(REJECT_GRAPH, f"not a valid ONNX graph: {exc}") from exc
     return proto
 
 
