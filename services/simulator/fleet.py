@@ -106,3 +106,38 @@ def labelled_dataset(
     rng = np.random.default_rng(seed)
     classes = rng.permutation(np.arange(n) % len(INSULATOR_CLASSES)).astype(np.int64)
     return generate_windows(rng, classes, world), classes
+
+
+# Per-hour chances that an insulator's condition moves on, from row to column:
+# dirt builds up and rain washes it off; cracks grow; a cracked or dirty disc may flash over.
+TRANSITIONS_PER_HOUR = np.array(
+    [
+        [0.0, 0.30, 0.05, 0.0],  # healthy -> contaminated, cracked
+        [0.40, 0.0, 0.0, 0.05],  # contaminated -> healthy (washed), flashover
+        [0.0, 0.0, 0.0, 0.10],  # cracked -> flashover
+        [0.0, 0.0, 0.0, 0.0],  # flashover damage stays until replaced
+    ]
+)
+
+
+class Fleet:
+    """N insulators whose conditions evolve over (simulated) time."""
+
+    def __init__(self, rng: np.random.Generator, assets: int, fault_fraction: float) -> None:
+        self.rng = rng
+        self.ids = [f"insulator-{i:05d}" for i in range(assets)]
+        self.conditions = draw_classes(rng, assets, fault_fraction)
+
+    def evolve(self, hours: float) -> int:
+        """Advance every insulator by `hours`; returns how many changed condition."""
+        if hours <= 0:
+            return 0
+        chances = 1.0 - np.exp(-TRANSITIONS_PER_HOUR[self.conditions] * hours)
+        leave = self.rng.random(len(self.conditions)) < chances.sum(axis=1)
+        if not leave.any():
+            return 0
+        rows = chances[leave]
+        cumulative = np.cumsum(rows / rows.sum(axis=1, keepdims=True), axis=1)
+        draws = self.rng.random(len(rows))[:, None]
+        self.conditions[leave] = (draws > cumulative).sum(axis=1)
+        return int(leave.sum())

@@ -1,15 +1,23 @@
-"""`driftline simulate sensors`: publish SensorWindow events for a fleet at a paced rate."""
+"""`driftline simulate`: a fleet's sensor windows, camera photos and delayed field labels.
+
+Events are sent at constant rates with accurate pacing (every millisecond, whatever is due),
+so latency can be measured against a known load. The world follows a drift scenario (see
+scenario.py); the fleet's conditions may evolve; a share of events is labelled after a
+random delay, as field inspections would, on feedback.labels keyed by event id.
+"""
 
 from __future__ import annotations
 
+import heapq
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from schemas import codec
 from schemas import headers as h
 from schemas.avro import encode_record
 from schemas.contracts import (
@@ -18,11 +26,15 @@ from schemas.contracts import (
     SENSOR_SAMPLE_RATE_HZ,
     SENSOR_SAMPLES,
 )
+from schemas.messages import CameraImage, Label
 from services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
 from services.runtime.settings import SimulatorSettings
-from services.simulator.fleet import draw_classes, generate_windows
+from services.simulator import scenario as scenarios
+from services.simulator.fleet import Fleet, generate_windows
+from services.simulator.images import encode_jpeg, encode_png, generate_images
 
-TICK_S = 0.02
+TICK_S = 0.001
+AVRO: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
 
 
 @dataclass(frozen=True)
@@ -39,10 +51,139 @@ class SimulationReport:
     sent: int
     seconds: float
     truth: list[SentWindow]
+    images: int = 0
+    labels: int = 0
+    phases: list[tuple[float, str]] = field(default_factory=list)
 
 
-def _asset_ids(n: int) -> list[str]:
-    return [f"insulator-{i:05d}" for i in range(n)]
+@dataclass(order=True)
+class _PendingLabel:
+    due: float
+    label: Label = field(compare=False)
+
+
+class _Stream:
+    """The state of one simulation run."""
+
+    def __init__(self, settings: SimulatorSettings, keep_truth: bool) -> None:
+        self.s = settings
+        self.rng = np.random.default_rng(settings.seed)
+        self.fleet = Fleet(self.rng, settings.assets, settings.fault_fraction)
+        scenario = scenarios.load(settings.scenario)
+        if settings.drift_at_s is not None:
+            scenario = scenarios.shifted(scenario, settings.drift_at_s)
+        self.scenario = scenario
+        topics = settings.kafka.topics
+        self.sensor_topic, self.image_topic = topics.sensor_windows, topics.camera_images
+        self.label_topic = topics.feedback_labels
+        self.prod = producer(settings.kafka)
+        self.tracker = DeliveryTracker()
+        self.run_id = uuid.uuid4().hex[:12]
+        self.keep_truth = keep_truth
+        self.truth: list[SentWindow] = []
+        self.labels: list[_PendingLabel] = []
+        self.windows = self.images = self.labelled = 0
+        self.phases: list[tuple[float, str]] = []
+        self.encode_image = encode_jpeg if settings.image_format == "jpeg" else encode_png
+        self.image_ctype = "image/jpeg" if settings.image_format == "jpeg" else "image/png"
+
+    def _after_send(self, event_id: str, asset: int, t: float) -> None:
+        true_class = INSULATOR_CLASSES[int(self.fleet.conditions[asset])]
+        if self.keep_truth:
+            self.truth.append(SentWindow(event_id, self.fleet.ids[asset], true_class))
+        s = self.s
+        if s.label_fraction and self.rng.random() < s.label_fraction:
+            delay = self.rng.uniform(
+                s.label_delay_min_s, max(s.label_delay_min_s, s.label_delay_max_s)
+            )
+            label = Label(
+                event_id=event_id,
+                true_class=true_class,
+                source="simulator",
+                label_time_ms=0,
+                asset_id=self.fleet.ids[asset],
+            )
+            heapq.heappush(self.labels, _PendingLabel(t + delay, label))
+
+    def send_windows(self, n: int, t: float) -> None:
+        picks = self.rng.integers(0, len(self.fleet.ids), n)
+        world = self.scenario.phase_at(t).sensor
+        windows = generate_windows(self.rng, self.fleet.conditions[picks], world)
+        now_ms = int(time.time() * 1000)
+        channels = list(SENSOR_CHANNELS)
+        for i, asset in enumerate(picks.tolist()):
+            event_id = f"{self.run_id}-{self.windows + i}"
+            asset_id = self.fleet.ids[asset]
+            record = {
+                "schema_version": 1,
+                "event_id": event_id,
+                "asset_id": asset_id,
+                "sensor_id": f"{asset_id}-s0",
+                "event_time_ms": now_ms,
+                "sample_rate_hz": SENSOR_SAMPLE_RATE_HZ,
+                "channels": channels,
+                "n_samples": SENSOR_SAMPLES,
+                "samples": windows[i].tobytes(),
+            }
+            self.prod.produce(
+                self.sensor_topic,
+                key=asset_id,
+                value=encode_record("SensorWindow", record),
+                headers=AVRO,
+                on_delivery=self.tracker,
+            )
+            self._after_send(event_id, asset, t)
+        self.windows += n
+
+    def send_images(self, n: int, t: float) -> None:
+        picks = self.rng.integers(0, len(self.fleet.ids), n)
+        world = self.scenario.phase_at(t).image
+        photos = generate_images(self.rng, self.fleet.conditions[picks], world)
+        now_ms = int(time.time() * 1000)
+        for i, asset in enumerate(picks.tolist()):
+            event_id = f"{self.run_id}-img{self.images + i}"
+            msg = CameraImage(
+                event_id=event_id,
+                asset_id=self.fleet.ids[asset],
+                camera_id=f"{self.fleet.ids[asset]}-cam",
+                event_time_ms=now_ms,
+                content_type=self.image_ctype,
+                image=self.encode_image(photos[i]),
+            )
+            self.prod.produce(
+                self.image_topic,
+                key=msg.asset_id,
+                value=codec.encode(msg),
+                headers=AVRO,
+                on_delivery=self.tracker,
+            )
+            self._after_send(event_id, asset, t)
+        self.images += n
+
+    def send_due_labels(self, t: float) -> None:
+        now_ms = int(time.time() * 1000)
+        while self.labels and self.labels[0].due <= t:
+            pending = heapq.heappop(self.labels)
+            label = Label(
+                event_id=pending.label.event_id,
+                true_class=pending.label.true_class,
+                source=pending.label.source,
+                label_time_ms=now_ms,
+                asset_id=pending.label.asset_id,
+            )
+            self.prod.produce(
+                self.label_topic,
+                key=label.event_id,
+                value=codec.encode(label),
+                headers=AVRO,
+                on_delivery=self.tracker,
+            )
+            self.labelled += 1
+
+    def note_phase(self, t: float) -> None:
+        phase = self.scenario.phase_at(t)
+        if not self.phases or self.phases[-1][1] != phase.name:
+            self.phases.append((t, phase.name))
 
 
 def run(
@@ -52,69 +193,60 @@ def run(
     progress: bool = True,
     keep_truth: bool = False,
 ) -> SimulationReport:
-    """Publish windows at settings.rate until settings.count are sent or stop() says so."""
-    rng = np.random.default_rng(settings.seed)
-    assets = _asset_ids(settings.assets)
-    conditions = draw_classes(rng, settings.assets, settings.fault_fraction)
-    topic = settings.kafka.topics.sensor_windows
-    prod = producer(settings.kafka)
-    tracker = DeliveryTracker()
-    run_id = uuid.uuid4().hex[:12]
-    headers: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
-    channels = list(SENSOR_CHANNELS)
-    truth: list[SentWindow] = []
-    sent = 0
-    start = time.monotonic()
-    last_report = start
+    """Send events at the configured rates until `count` are sent (then the labels still due)
+    or stop() says so."""
+    st = _Stream(settings, keep_truth)
     target = settings.count
-    while (target is None or sent < target) and not stop():
+    start = time.monotonic()
+    last_report = last_evolve = start
+    total_rate = settings.rate + settings.image_rate
+    if total_rate <= 0:
+        raise ValueError("nothing to simulate: rate and image_rate are both 0")
+    while not stop():
         now = time.monotonic()
-        due = int((now - start) * settings.rate) + 1 - sent
-        if target is not None:
-            due = min(due, target - sent)
-        if due <= 0:
-            time.sleep(min(TICK_S, (sent + 1) / settings.rate - (now - start)))
-            continue
-        picks = rng.integers(0, len(assets), due)
-        windows = generate_windows(rng, conditions[picks])
-        now_ms = int(time.time() * 1000)
-        for i, asset_index in enumerate(picks.tolist()):
-            event_id = f"{run_id}-{sent + i}"
-            record = {
-                "schema_version": 1,
-                "event_id": event_id,
-                "asset_id": assets[asset_index],
-                "sensor_id": f"{assets[asset_index]}-s0",
-                "event_time_ms": now_ms,
-                "sample_rate_hz": SENSOR_SAMPLE_RATE_HZ,
-                "channels": channels,
-                "n_samples": SENSOR_SAMPLES,
-                "samples": windows[i].tobytes(),
-            }
-            prod.produce(
-                topic,
-                key=assets[asset_index],
-                value=encode_record("SensorWindow", record),
-                headers=headers,
-                on_delivery=tracker,
-            )
-            if keep_truth:
-                truth.append(
-                    SentWindow(
-                        event_id,
-                        assets[asset_index],
-                        INSULATOR_CLASSES[int(conditions[asset_index])],
-                    )
-                )
-        sent += due
-        prod.poll(0)
+        t = now - start
+        st.note_phase(t)
+        if settings.evolve_per_s:
+            st.fleet.evolve((now - last_evolve) * settings.evolve_per_s)
+            last_evolve = now
+        sent = st.windows + st.images
+        done = target is not None and sent >= target
+        if done and not st.labels:
+            break
+        if not done:
+            room = None if target is None else target - sent
+            due_w = int(t * settings.rate) + 1 - st.windows if settings.rate else 0
+            due_i = int(t * settings.image_rate) + 1 - st.images if settings.image_rate else 0
+            if room is not None:
+                due_w = min(due_w, room)
+                due_i = min(due_i, room - max(due_w, 0))
+            if due_w > 0:
+                st.send_windows(due_w, t)
+            if due_i > 0:
+                st.send_images(due_i, t)
+        st.send_due_labels(t)
+        st.prod.poll(0)
         if progress and now - last_report >= 1.0:
             last_report = now
-            rate = sent / max(now - start, 1e-9)
-            sys.stderr.write(f"\rsimulate: {sent} windows sent ({rate:,.0f}/s)   ")
+            phase = st.scenario.phase_at(t).name
+            sys.stderr.write(
+                f"\rsimulate: {st.windows} windows, {st.images} photos, {st.labelled} labels "
+                f"({(st.windows + st.images) / max(t, 1e-9):,.0f}/s)  [{phase}]   "
+            )
             sys.stderr.flush()
-    flush_or_raise(prod, tracker)
+        time.sleep(TICK_S)
+    flush_or_raise(st.prod, st.tracker)
     elapsed = time.monotonic() - start
     if progress:
-        sys.stderr.write(f"\rsimulate: {sent} windows sent in {elapsed:.1f}s to {topic}\n")
-    return SimulationReport(sent=sent, seconds=elapsed, truth=truth)
+        sys.stderr.write(
+            f"\rsimulate: {st.windows} windows, {st.images} photos and {st.labelled} labels "
+            f"sent in {elapsed:.1f}s\n"
+        )
+    return SimulationReport(
+        sent=st.windows + st.images,
+        seconds=elapsed,
+        truth=st.truth,
+        images=st.images,
+        labels=st.labelled,
+        phases=st.phases,
+    )

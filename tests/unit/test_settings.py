@@ -39,7 +39,7 @@ def test_settings_are_frozen_and_validated(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(ValueError, match="frozen"):
         settings.rate = 5  # type: ignore[misc]
     monkeypatch.setenv("DRIFTLINE_RATE", "-3")
-    with pytest.raises(ValueError, match="greater than 0"):
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
         SimulatorSettings()
 
 
