@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import numpy as np
 
 from schemas import codec
-from schemas.batch import DecodedBatch
 from schemas import deadletter as dl
+from schemas.batch import DecodedBatch
 from schemas.messages import SensorWindow
 
 

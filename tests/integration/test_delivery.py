@@ -1,4 +1,4 @@
-"""Kill -9 mid-stream and restart: at-least-once loses nothing; exactly-once also repeats nothing."""
+"""Kill -9 mid-stream, restart: at-least-once loses nothing; exactly-once repeats nothing too."""
 
 from __future__ import annotations
 

@@ -41,7 +41,8 @@ def test_fleet_stream_with_labels_and_a_drift(kafka: KafkaSettings) -> None:
     assert all(codec.decode(SensorWindow, m.value()).array().shape == (4, 64) for m in windows[:5])
     photo = codec.decode(CameraImage, photos[0].value())
     assert photo.content_type == "image/jpeg"
-    assert photo.image is not None and photo.image[:2] == b"\xff\xd8"
+    assert photo.image is not None
+    assert photo.image[:2] == b"\xff\xd8"
     truth = {t.event_id: t for t in report.truth}
     assert 150 < report.labels < 290, "about half of the events are labelled"
     for m in labels:

@@ -45,5 +45,6 @@ def test_recovery_figures_and_files(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = md.read_text()
     assert "lost 0, duplicated 0" in text
-    assert "| sensor |" in text and "(yes)" in text
+    assert "| sensor |" in text
+    assert "(yes)" in text
     assert "v2 serves" in text

@@ -50,6 +50,8 @@ def test_fleet_conditions_evolve_and_flashover_is_absorbing() -> None:
     assert fleet.evolve(0) == 0
     changed = fleet.evolve(1.0)
     share = changed / 2000
-    assert 0.2 < share < 0.35, f"about 1 - exp(-0.35) of healthy insulators move in an hour: {share}"
+    assert 0.2 < share < 0.35, (
+        f"about 1 - exp(-0.35) of healthy insulators move in an hour: {share}"
+    )
     fleet.conditions[:] = FLASHOVER
     assert fleet.evolve(100.0) == 0
