@@ -106,7 +106,8 @@ def test_batch_keeps_good_images_and_names_each_failure() -> None:
     assert batch.positions == [0, 6]
     assert batch.inputs.shape == (2, 3, 64, 64)
     assert batch.inputs.dtype == np.float32
-    assert batch.inputs.min() >= 0.0 and batch.inputs.max() <= 1.0
+    assert batch.inputs.min() >= 0.0
+    assert batch.inputs.max() <= 1.0
     reasons = {pos: err.error_class for pos, err in batch.failures}
     assert reasons == {
         1: dl.BAD_IMAGE,
