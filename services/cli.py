@@ -7,7 +7,18 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from services.commands import bench, demo, dlq, infer, models, simulate, stack, topics, train
+from services.commands import (
+    alerts,
+    bench,
+    demo,
+    dlq,
+    infer,
+    models,
+    simulate,
+    stack,
+    topics,
+    train,
+)
 
 EXAMPLES = """\
 a first run, on one machine:
@@ -26,7 +37,7 @@ every setting also reads from the environment, prefix DRIFTLINE_, e.g.
 """
 
 
-COMMANDS = (stack, topics, simulate, infer, dlq, train, models, demo, bench)
+COMMANDS = (stack, topics, simulate, infer, alerts, dlq, train, models, demo, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -204,3 +204,209 @@ def serve(
     server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
+
+
+# The trainer's metrics (TrainerMetrics below).
+TRAININGS = "driftline_trainings_total"
+TRAINING_SECONDS = "driftline_training_seconds"
+TRAINING_IN_PROGRESS = "driftline_training_in_progress"
+GATE_DECISIONS = "driftline_gate_decisions_total"
+GATE_SCORE = "driftline_gate_score"
+LABELS_BUFFERED = "driftline_labels_buffered"
+LABELS_SINCE_TRAINING = "driftline_labels_since_training"
+TRAINING_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+
+class TrainerMetrics:
+    """The trainer service's collectors; labels are bounded (model, modality, outcome, role)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.consumed = Counter(EVENTS_CONSUMED, "Records consumed", ["topic"], registry=registry)
+        self.dead_letters = Counter(
+            DEAD_LETTERS, "Records dead-lettered", ["topic", "reason"], registry=registry
+        )
+        self.trainings = Counter(
+            TRAININGS,
+            "Training runs by trigger and outcome (promoted, rejected, failed, oom)",
+            ["model", "trigger", "outcome"],
+            registry=registry,
+        )
+        self.training_seconds = Histogram(
+            TRAINING_SECONDS,
+            "Wall time of a training run, fit to publish",
+            ["model"],
+            buckets=TRAINING_BUCKETS,
+            registry=registry,
+        )
+        self.in_progress = Gauge(
+            TRAINING_IN_PROGRESS, "1 while a model trains", ["model"], registry=registry
+        )
+        self.gate_decisions = Counter(
+            GATE_DECISIONS,
+            "Gate decisions (promote, reject)",
+            ["model", "decision"],
+            registry=registry,
+        )
+        self.gate_score = Gauge(
+            GATE_SCORE,
+            "Last gate scores on the holdout (role: challenger, champion)",
+            ["model", "role"],
+            registry=registry,
+        )
+        self.labels_buffered = Gauge(
+            LABELS_BUFFERED,
+            "Labelled examples in the training set",
+            ["modality"],
+            registry=registry,
+        )
+        self.labels_since_training = Gauge(
+            LABELS_SINCE_TRAINING,
+            "Labelled examples that arrived since the last training run",
+            ["modality"],
+            registry=registry,
+        )
+
+
+# The features app's metrics (FeaturesMetrics below).
+FEATURE_EVENTS = "driftline_feature_events_total"
+FEATURE_WRITES = "driftline_feature_writes_total"
+FEATURE_FLUSH_SECONDS = "driftline_feature_flush_seconds"
+FEATURE_STORE_ERRORS = "driftline_feature_store_errors_total"
+FEATURE_STORE_UP = "driftline_feature_store_up"
+FEATURE_DIRTY_WINDOWS = "driftline_feature_dirty_windows"
+JOIN_ENTRIES = "driftline_join_entries"
+LABELS_JOINED = "driftline_labels_joined_total"
+LIVE_ACCURACY = "driftline_live_accuracy"
+LIVE_ACCURACY_LABELS = "driftline_live_accuracy_labels"
+DRIFT_SCORE = "driftline_drift_score"
+DRIFT_DETECTED = "driftline_drift_detected"
+DRIFT_SAMPLES = "driftline_drift_samples"
+FLUSH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class FeaturesMetrics:
+    """The features app's collectors; labels are bounded (topic, outcome, model, version...)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.consumed = Counter(EVENTS_CONSUMED, "Records consumed", ["topic"], registry=registry)
+        self.produced = Counter(EVENTS_PRODUCED, "Records produced", ["topic"], registry=registry)
+        self.dead_letters = Counter(
+            DEAD_LETTERS, "Records dead-lettered", ["topic", "reason"], registry=registry
+        )
+        self.events = Counter(
+            FEATURE_EVENTS,
+            "Results folded into window statistics, by outcome (accepted, late, undecodable)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.writes = Counter(
+            FEATURE_WRITES,
+            "Feature hash writes sent to the store, by kind (window, latest, accuracy, drift)",
+            ["kind"],
+            registry=registry,
+        )
+        self.flush_seconds = Histogram(
+            FEATURE_FLUSH_SECONDS,
+            "Time to write one flush to the feature store",
+            buckets=FLUSH_BUCKETS,
+            registry=registry,
+        )
+        self.store_errors = Counter(
+            FEATURE_STORE_ERRORS, "Failed feature store flushes (retried)", registry=registry
+        )
+        self.store_up = Gauge(
+            FEATURE_STORE_UP, "1 when the last feature store flush succeeded", registry=registry
+        )
+        self.dirty_windows = Gauge(
+            FEATURE_DIRTY_WINDOWS,
+            "Window buckets changed but not yet in the feature store (lag)",
+            registry=registry,
+        )
+        self.join_entries = Gauge(
+            JOIN_ENTRIES, "Entries held by the label join", ["table"], registry=registry
+        )
+        self.labels = Counter(
+            LABELS_JOINED,
+            "Labels by join outcome (emit, duplicate, unknown, expired)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.live_accuracy = Gauge(
+            LIVE_ACCURACY,
+            "Rolling accuracy of a model version on joined labels",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.live_accuracy_labels = Gauge(
+            LIVE_ACCURACY_LABELS,
+            "Labels in the rolling accuracy window",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.drift_score = Gauge(
+            DRIFT_SCORE,
+            "PSI of live against reference, per feature ('max' is the version's score)",
+            ["model", "version", "feature"],
+            registry=registry,
+        )
+        self.drift_detected = Gauge(
+            DRIFT_DETECTED, "1 when the last evaluation drifted", ["model", "version"],
+            registry=registry,
+        )
+        self.drift_samples = Gauge(
+            DRIFT_SAMPLES, "Samples in the last drift evaluation", ["model", "version"],
+            registry=registry,
+        )
+
+
+# The alerting consumer's metrics (AlertsMetrics below).
+ALERTS_RAISED = "driftline_alerts_raised_total"
+ALERTS_SUPPRESSED = "driftline_alerts_suppressed_total"
+ALERT_ASSETS_TRACKED = "driftline_alert_assets_tracked"
+WEBHOOK_DELIVERIES = "driftline_webhook_deliveries_total"
+WEBHOOK_RETRIES = "driftline_webhook_retries_total"
+
+
+class AlertsMetrics:
+    """The alerting consumer's collectors; labels are bounded (severity, rule, reason, outcome)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.consumed = Counter(EVENTS_CONSUMED, "Records consumed", ["topic"], registry=registry)
+        self.produced = Counter(EVENTS_PRODUCED, "Records produced", ["topic"], registry=registry)
+        self.dead_letters = Counter(
+            DEAD_LETTERS, "Records dead-lettered", ["topic", "reason"], registry=registry
+        )
+        self.batch_failures = Counter(
+            BATCH_FAILURES,
+            "Batches rewound and retried, by the stage that failed",
+            ["stage"],
+            registry=registry,
+        )
+        self.raised = Counter(
+            ALERTS_RAISED,
+            "Alerts raised, by severity and rule (reason: k_of_n, escalation)",
+            ["severity", "reason"],
+            registry=registry,
+        )
+        self.suppressed = Counter(
+            ALERTS_SUPPRESSED,
+            "Faulty windows that raised no alert (below_k, cooldown, duplicate, late)",
+            ["reason"],
+            registry=registry,
+        )
+        self.assets_tracked = Gauge(
+            ALERT_ASSETS_TRACKED,
+            "Assets whose recent windows the alert rule holds",
+            registry=registry,
+        )
+        self.webhook_deliveries = Counter(
+            WEBHOOK_DELIVERIES,
+            "Alert webhook deliveries: delivered, rejected (4xx), failed (retries spent), skipped",
+            ["outcome"],
+            registry=registry,
+        )
+        self.webhook_retries = Counter(
+            WEBHOOK_RETRIES,
+            "Webhook attempts retried after a 429, 5xx or network error",
+            registry=registry,
+        )

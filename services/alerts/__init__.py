@@ -1,0 +1,1 @@
+"""The alerting consumer: faulty predictions in, debounced alerts (and webhook calls) out."""

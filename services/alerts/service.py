@@ -1,0 +1,62 @@
+"""`driftline alerts`: build the rule, the webhook and the metrics server, then run the loop."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry
+
+from services.alerts.consumer import AlertsConsumer, BatchStats
+from services.alerts.settings import AlertsSettings
+from services.alerts.webhook import HttpPost, WebhookSender
+from services.runtime import metrics as m
+
+log = logging.getLogger(__name__)
+
+
+def webhook_for(
+    settings: AlertsSettings, metrics: m.AlertsMetrics, post: HttpPost | None = None
+) -> WebhookSender | None:
+    """The webhook sender of the settings, or None when no URL is configured."""
+    if settings.webhook_url is None:
+        return None
+    return WebhookSender(
+        settings.webhook_url.get_secret_value(),
+        timeout_s=settings.webhook_timeout_s,
+        retries=settings.webhook_retries,
+        backoff_base_s=settings.webhook_backoff_base_s,
+        backoff_max_s=settings.webhook_backoff_max_s,
+        post=post,
+        on_retry=metrics.webhook_retries.inc,
+    )
+
+
+def run(
+    settings: AlertsSettings,
+    stop: Callable[[], bool],
+    on_batch: Callable[[BatchStats], None] | None = None,
+    metrics_registry: CollectorRegistry | None = None,
+) -> None:
+    """Raise alerts from inference results until stop() is true."""
+    reg = metrics_registry or CollectorRegistry()
+    metrics = m.AlertsMetrics(reg)
+    webhook = webhook_for(settings, metrics)
+    consumer = AlertsConsumer(settings, metrics, webhook)
+    health = m.Health(ready=lambda: bool(consumer.assigned))
+    consumer.health = health
+    server = m.serve(reg, health, settings.metrics_port) if settings.metrics_port else None
+    log.info(
+        "alerting on %s: %d of the last %d windows, cooldown %.0fs, webhook %s",
+        consumer.source,
+        settings.k,
+        settings.n,
+        settings.cooldown_s,
+        webhook.target if webhook is not None else "off",
+    )
+    try:
+        consumer.run(stop, on_batch)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()

@@ -1,0 +1,81 @@
+"""Settings of `driftline alerts`: the alert rule, the webhook and the consumer."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
+
+from schemas.contracts import FAULTY_CLASSES
+from services.core.alerting import AlertRules
+from services.runtime.settings import DriftlineSettings
+
+
+class AlertsSettings(DriftlineSettings):
+    """`driftline alerts`: env DRIFTLINE_K, DRIFTLINE_COOLDOWN_S, DRIFTLINE_WEBHOOK_URL, ..."""
+
+    # The rule (services.core.alerting).
+    k: int = Field(default=3, ge=1, description="Faulty windows among the last n that raise")
+    n: int = Field(default=5, ge=1, description="Windows per asset the rule looks at")
+    cooldown_s: float = Field(
+        default=300.0, ge=0, description="Event time after an alert before the next (per asset)"
+    )
+    min_confidence: float = Field(
+        default=0.5, ge=0, le=1, description="Less confident fault predictions count as healthy"
+    )
+    critical_count: int | None = Field(
+        default=None, ge=1, description="Cracked windows of the last n that make it critical (n)"
+    )
+    faulty_classes: list[str] = Field(default_factory=lambda: list(FAULTY_CLASSES))
+    max_assets: int = Field(default=100_000, ge=1, description="Assets tracked (LRU beyond)")
+
+    # The webhook: HTTP POST of each alert as JSON. The URL may hold a token: kept secret.
+    webhook_url: SecretStr | None = None
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_retries: int = Field(default=3, ge=0, description="Retries after the first attempt")
+    webhook_backoff_base_s: float = Field(default=0.5, gt=0)
+    webhook_backoff_max_s: float = Field(default=10.0, gt=0)
+    webhook_batch_budget_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Webhook time per batch; alerts left when it is spent are skipped (they "
+        "are on the alerts topic): keeps a dead webhook from stalling the consumer past "
+        "max.poll.interval.ms",
+    )
+
+    # The consumer.
+    group_id: str = "driftline-alerts"
+    max_batch: int = Field(default=500, ge=1)
+    max_wait_ms: int = Field(default=100, ge=0)
+    replay_lookback: int = Field(
+        default=5000,
+        ge=0,
+        description="Records per partition re-read before the committed offset on assignment, "
+        "to rebuild the rule's state (no output) so a replay raises the same alerts",
+    )
+    flush_timeout_s: float = Field(default=30.0, gt=0)
+    service_name: str = "alerts"
+
+    @model_validator(mode="after")
+    def _k_within_n(self) -> Self:
+        if self.k > self.n:
+            raise ValueError(f"k ({self.k}) must not exceed n ({self.n})")
+        if self.critical_count is not None and self.critical_count > self.n:
+            raise ValueError(f"critical_count ({self.critical_count}) must not exceed n")
+        return self
+
+    @property
+    def rules(self) -> AlertRules:
+        return AlertRules(
+            k=self.k,
+            n=self.n,
+            cooldown_ms=round(self.cooldown_s * 1000),
+            min_confidence=self.min_confidence,
+            faulty_classes=frozenset(self.faulty_classes),
+            critical_count=self.critical_count,
+            max_assets=self.max_assets,
+        )
+
+    @property
+    def batch_wait_s(self) -> float:
+        return self.max_wait_ms / 1000.0

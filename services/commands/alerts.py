@@ -1,0 +1,70 @@
+"""`driftline alerts`: the alerting consumer."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from services.commands.args import add_kafka_flags, settings_from
+
+FLAGS = [
+    "k",
+    "n",
+    "cooldown_s",
+    "min_confidence",
+    "webhook_url",
+    "webhook_timeout_s",
+    "webhook_retries",
+    "group_id",
+    "max_batch",
+    "max_wait_ms",
+    "replay_lookback",
+    "metrics_port",
+]
+
+
+def run(args: argparse.Namespace) -> int:
+    from services.alerts import service
+    from services.alerts.settings import AlertsSettings
+    from services.runtime import logs
+    from services.runtime.shutdown import StopFlag
+
+    settings = settings_from(AlertsSettings, args, FLAGS)
+    logs.configure(settings.log_level)
+    service.run(settings, StopFlag().install())
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "alerts",
+        help="raise alerts for assets that keep being scored faulty",
+        description="Read inference.results and raise an Alert on `alerts` when k of an "
+        "asset's last n windows are predicted faulty, at most once per cooldown (an escalation "
+        "to a higher severity passes it); optionally POST each alert to a webhook. Offsets are "
+        "committed after the alerts are acknowledged and the webhook answered or gave up "
+        "(at-least-once; alert ids are deterministic, so duplicates can be dropped).",
+    )
+    p.add_argument("--k", type=int, help="faulty windows among the last n that raise (3)")
+    p.add_argument("--n", type=int, help="windows per asset the rule looks at (5)")
+    p.add_argument("--cooldown-s", type=float, help="event-time seconds between alerts (300)")
+    p.add_argument(
+        "--min-confidence", type=float, help="weaker fault predictions count as healthy (0.5)"
+    )
+    p.add_argument(
+        "--webhook-url",
+        help="POST each alert here as JSON (prefer DRIFTLINE_WEBHOOK_URL: it may hold a token)",
+    )
+    p.add_argument("--webhook-timeout-s", type=float, help="per attempt (5)")
+    p.add_argument("--webhook-retries", type=int, help="retries after the first attempt (3)")
+    p.add_argument("--group-id", help="consumer group (driftline-alerts)")
+    p.add_argument("--max-batch", type=int, help="largest batch (500)")
+    p.add_argument("--max-wait-ms", type=int, help="longest wait from a batch's first record (100)")
+    p.add_argument(
+        "--replay-lookback",
+        type=int,
+        help="records per partition re-read on assignment to rebuild state (5000)",
+    )
+    p.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz here")
+    add_kafka_flags(p)
+    p.set_defaults(func=run)
