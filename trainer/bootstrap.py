@@ -1,4 +1,9 @@
-"""Bootstrap: train the first sensor model on simulated windows, so a fresh install scores."""
+"""Bootstrap: train the first version of each model on simulated data, so a fresh install scores.
+
+The data comes in as arrays (the composition root in services.demo draws it from the
+simulator; the trainer never imports the simulator). A bootstrap run is an ordinary training
+run: the same split, export checks, gate, signing and publish order as retraining.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +14,20 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES, SENSOR_CHANNELS, SENSOR_INPUT_NAME
-from schemas.messages import MODALITY_SENSOR, STATUS_CHAMPION, Lineage, ModelVersion
-from services.runtime import registry
+from schemas.contracts import INSULATOR_CLASSES, SENSOR_CHANNELS, SENSOR_INPUT_NAME
+from schemas.messages import MODALITY_IMAGE, MODALITY_SENSOR
+from services.runtime.artifacts import FsspecArtifactStore
 from services.runtime.settings import TrainerSettings
+from trainer.dataset import LabelledSet
 from trainer.export import ExportedModel, export_classifier
 from trainer.fit import EpochReport, FitConfig, FitReport, fit
 from trainer.models import SensorCNN
-from trainer.publish import publish_version
+from trainer.publish import KafkaRegistryWriter, RegistryWriter
+from trainer.runs import RunOutcome, TrainingRun
 
 HOLDOUT_FRACTION = 0.2
 BOOTSTRAP_SOURCE = "bootstrap:simulated"
+TRIGGER_BOOTSTRAP = "bootstrap"
 
 
 @dataclass(frozen=True)
@@ -35,7 +43,10 @@ def train_sensor_model(
     config: FitConfig,
     on_epoch: Callable[[EpochReport], None] | None = None,
 ) -> TrainedModel:
-    """Fit a SensorCNN on time-ordered windows (the last 20% held out) and export it to ONNX."""
+    """Fit a SensorCNN on time-ordered windows (the last 20% held out) and export it to ONNX.
+
+    No gate and no publishing: for tests and benchmarks that need a served model quickly.
+    """
     torch.manual_seed(config.seed)
     split = int(len(x) * (1 - HOLDOUT_FRACTION))
     model = SensorCNN(len(SENSOR_CHANNELS), len(INSULATOR_CLASSES))
@@ -47,39 +58,33 @@ def train_sensor_model(
     return TrainedModel(model, report, exported)
 
 
-def bootstrap_sensor(
+def bootstrap(
     settings: TrainerSettings,
-    x: npt.NDArray[np.float32],
+    modality: str,
+    x: npt.NDArray[np.float32] | npt.NDArray[np.uint8],
     y: npt.NDArray[np.int64],
     on_epoch: Callable[[EpochReport], None] | None = None,
-) -> ModelVersion:
-    """Train on (x, y) and publish the result as the next champion version of the sensor model."""
-    config = FitConfig(
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        seed=settings.seed,
-        device=settings.device,
+    registry: RegistryWriter | None = None,
+) -> RunOutcome:
+    """Train on simulated (x, y) and publish: champion if it passes the gate, else rejected.
+
+    Sensor x is float32 [N, channels, samples]; image x is uint8 photos [N, H, W, 3].
+    """
+    if modality == MODALITY_IMAGE:
+        photos: npt.NDArray[np.uint8] = np.asarray(x, dtype=np.uint8)
+        x = np.ascontiguousarray(photos.transpose(0, 3, 1, 2))
+    elif modality != MODALITY_SENSOR:
+        raise ValueError(f"no model for modality {modality!r}")
+    runner = TrainingRun(
+        settings,
+        registry or KafkaRegistryWriter(settings.kafka, settings.registry_timeout_s),
+        FsspecArtifactStore(settings.artifact_root),
     )
-    trained = train_sensor_model(x, y, config, on_epoch)
-    name = MODEL_NAMES[MODALITY_SENSOR]
-    snapshot = registry.read_snapshot(settings.kafka, settings.kafka.topics.models_registry)
-    return publish_version(
-        kafka=settings.kafka,
-        artifact_root=settings.artifact_root,
-        name=name,
-        version=snapshot.latest_version(name) + 1,
-        modality=MODALITY_SENSOR,
-        exported=trained.exported,
-        model=trained.model,
-        classes=list(INSULATOR_CLASSES),
-        metrics={
-            "holdout_accuracy": trained.report.holdout_accuracy,
-            "holdout_macro_f1": trained.report.holdout_macro_f1,
-            "parity_max_abs_diff": trained.exported.parity_max_abs_diff,
-            "train_seconds": trained.report.seconds,
-            "train_windows": float(int(len(x) * (1 - HOLDOUT_FRACTION))),
-        },
-        lineage=Lineage(source=BOOTSTRAP_SOURCE, seed=settings.seed),
-        status=STATUS_CHAMPION,
+    return runner.run(
+        modality,
+        LabelledSet.from_arrays(x, y),
+        source=BOOTSTRAP_SOURCE,
+        trigger=TRIGGER_BOOTSTRAP,
+        on_epoch=on_epoch,
+        record_offsets=False,
     )

@@ -62,3 +62,55 @@ class WithProbabilities(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.model(x), dim=1)
+
+
+class ImageCNN(nn.Module):
+    """A small 2D-CNN over [batch, 3, H, W] RGB photos scaled to 0..1; returns logits.
+
+    `width` is the channel count of the first layer; later layers double it. It is read back
+    from saved weights (see image_width_of), so a warm start rebuilds the same network.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, n_classes: int, width: int = 16) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.full((1, 3, 1, 1), 0.5))
+        self.register_buffer("std", torch.full((1, 3, 1, 1), 0.25))
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(3, w, kernel_size=5, stride=2, padding=2, bias=False),
+            nn.BatchNorm2d(w),
+            nn.ReLU(),
+            nn.Conv2d(w, w * 2, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(w * 2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(w * 2, w * 4, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(w * 4),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(w * 4, w * 4, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(w * 4),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(w * 8, n_classes)
+
+    @torch.no_grad()
+    def fit_normalisation(self, x: torch.Tensor) -> None:
+        """Set the per-channel mean and std from training images."""
+        self.mean.copy_(x.mean(dim=(0, 2, 3), keepdim=True))
+        self.std.copy_(x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features((x - self.mean) / self.std)
+        # Mean and max over the image: grime tints the whole string, a crack is a few pixels.
+        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        logits: torch.Tensor = self.head(pooled)
+        return logits
+
+
+def image_width_of(state: dict[str, torch.Tensor]) -> int:
+    """The `width` an ImageCNN state dict was built with."""
+    return int(state["features.0.weight"].shape[0])

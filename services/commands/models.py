@@ -1,35 +1,137 @@
-"""`driftline models`: read the model registry."""
+"""`driftline models`: list and show the registry's versions; promote one; roll back."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 from services.commands.args import add_kafka_flags, settings_from
 
+if TYPE_CHECKING:
+    from schemas.messages import ModelVersion
+    from services.runtime.registry import RegistrySnapshot
 
-def run(args: argparse.Namespace) -> int:
-    from services.runtime import registry
-    from services.runtime.settings import DriftlineSettings
 
-    settings = settings_from(DriftlineSettings, args)
-    snapshot = registry.read_snapshot(settings.kafka, settings.kafka.topics.models_registry)
+def _list(snapshot: RegistrySnapshot) -> int:
     if not snapshot.versions:
         print("no model versions yet; run `driftline train --bootstrap`")
         return 0
-    print(f"{'model':20} {'version':>7}  {'status':10} {'serving':7} {'macro-F1':>8}  artifact")
+    print(
+        f"{'model':18} {'version':>7}  {'status':10} {'serving':7} {'macro-F1':>8} "
+        f"{'champion':>8} {'signed':6} source"
+    )
     for name, versions in sorted(snapshot.versions.items()):
         champion = snapshot.champions.get(name)
         for v, mv in sorted(versions.items()):
             serving = "yes" if champion is not None and champion.version == v else ""
             f1 = mv.metrics.get("holdout_macro_f1")
+            vs = mv.metrics.get("champion_holdout_macro_f1")
             f1_text = f"{f1:8.3f}" if f1 is not None else f"{'-':>8}"
-            print(f"{name:20} {v:7d}  {mv.status:10} {serving:7} {f1_text}  {mv.artifact_uri}")
+            vs_text = f"{vs:8.3f}" if vs is not None else f"{'-':>8}"
+            signed = "yes" if mv.signature else ""
+            print(
+                f"{name:18} {v:7d}  {mv.status:10} {serving:7} {f1_text} {vs_text} "
+                f"{signed:6} {mv.lineage.source}"
+            )
+    return 0
+
+
+def _show(mv: ModelVersion, serving: bool) -> int:
+    print(f"{mv.name} v{mv.version}  status {mv.status}{'  (serving)' if serving else ''}")
+    print(f"  modality   {mv.modality}")
+    print(f"  artifact   {mv.artifact_uri}")
+    print(f"  sha256     {mv.sha256}")
+    print(f"  weights    {mv.weights_uri or '-'}")
+    sig = f"ed25519, key {mv.signing_key_id}" if mv.signature else "unsigned"
+    print(f"  signature  {sig}")
+    for spec in mv.inputs:
+        print(f"  input      {spec.name} {spec.dtype} {spec.shape}")
+    for spec in mv.outputs:
+        print(f"  output     {spec.name} {spec.dtype} {spec.shape}")
+    print(f"  classes    {', '.join(mv.classes)}")
+    lin = mv.lineage
+    ranges = ", ".join(f"p{r.partition}[{r.start_offset},{r.end_offset})" for r in lin.ranges)
+    parent = f"  parent v{lin.parent_version}" if lin.parent_version is not None else ""
+    print(f"  lineage    {lin.source} {ranges or '(no offsets)'}{parent}  seed {lin.seed}")
+    for key, value in sorted(mv.metrics.items()):
+        print(f"  metric     {key:28} {value:.4f}")
+    if mv.reference is not None:
+        names = ", ".join(f.name for f in mv.reference.features[:4])
+        more = len(mv.reference.features) - 4
+        extra = f" (+{more} more)" if more > 0 else ""
+        print(f"  reference  {mv.reference.count} examples; {names}{extra}")
+    return 0
+
+
+def _find(snapshot: RegistrySnapshot, spec: str, default_model: str) -> ModelVersion | None:
+    """VERSION as "3" (of --model) or "insulator-image/v3"."""
+    name, _, number = spec.rpartition("/")
+    name = name or default_model
+    try:
+        version = int(number.lstrip("v"))
+    except ValueError:
+        return None
+    return snapshot.versions.get(name, {}).get(version)
+
+
+def run(args: argparse.Namespace) -> int:
+    from schemas.contracts import MODEL_NAMES
+    from schemas.messages import STATUS_REJECTED
+    from services.runtime import registry
+    from services.runtime.kafka import producer
+    from services.runtime.settings import DriftlineSettings
+
+    settings = settings_from(DriftlineSettings, args)
+    topic = settings.kafka.topics.models_registry
+    snapshot = registry.read_snapshot(settings.kafka, topic)
+    model = MODEL_NAMES.get(args.model, args.model)
+    if args.action == "list":
+        return _list(snapshot)
+    if args.action == "rollback":
+        current = snapshot.champions.get(model)
+        target = registry.rollback_target(snapshot, model)
+        if current is None or target is None:
+            print(f"driftline models: {model} has no earlier served version", file=sys.stderr)
+            return 1
+        registry.promote(producer(settings.kafka), topic, target, current)
+        print(f"rolled back {model}: v{current.version} retired, v{target.version} serves")
+        return 0
+    if args.version is None:
+        print(f"driftline models {args.action}: give a VERSION", file=sys.stderr)
+        return 2
+    mv = _find(snapshot, args.version, model)
+    if mv is None:
+        print(f"driftline models: no version {args.version!r} of {model}", file=sys.stderr)
+        return 1
+    champion = snapshot.champions.get(mv.name)
+    if args.action == "show":
+        return _show(mv, champion is not None and champion.version == mv.version)
+    if champion is not None and champion.version == mv.version:
+        print(f"{mv.name} v{mv.version} already serves")
+        return 0
+    if mv.status == STATUS_REJECTED:
+        print(f"note: the gate rejected {mv.name} v{mv.version}; promoting it by hand")
+    registry.promote(producer(settings.kafka), topic, mv, champion)
+    was = f" (v{champion.version} retired)" if champion is not None else ""
+    print(f"promoted {mv.name} v{mv.version}{was}")
     return 0
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("models", help="show the model registry")
-    p.add_argument("action", choices=["list"])
+    p = sub.add_parser(
+        "models",
+        help="list, show, promote or roll back model versions",
+        description="Read models.registry. promote makes a version the champion every consumer "
+        "follows; rollback promotes the champion before the current one and retires the "
+        "current one. Consumers verify the artifact (sha256, signature) before they swap.",
+    )
+    p.add_argument("action", choices=["list", "show", "promote", "rollback"])
+    p.add_argument("version", nargs="?", help='for show/promote: "3" or "insulator-image/v3"')
+    p.add_argument(
+        "--model",
+        default="sensor",
+        help="model name or modality (default sensor = insulator-sensor)",
+    )
     add_kafka_flags(p)
     p.set_defaults(func=run)

@@ -1,4 +1,4 @@
-"""`driftline train`: train and publish model versions."""
+"""`driftline train`: the retraining service, a training right now, or the bootstrap models."""
 
 from __future__ import annotations
 
@@ -8,50 +8,103 @@ from typing import Any
 
 from services.commands.args import add_kafka_flags, settings_from
 
+SETTING_FLAGS = [
+    "epochs",
+    "seed",
+    "artifact_root",
+    "device",
+    "metrics_port",
+    "min_new_labels",
+    "min_labels",
+    "max_age_s",
+    "gate_margin",
+    "gate_metric",
+    "holdout_fraction",
+]
+FAILED_OUTCOMES = ("failed", "oom", "cancelled")
 
-def run(args: argparse.Namespace) -> int:
-    if not args.bootstrap:
-        print(
-            "driftline train: only --bootstrap is available so far "
-            "(retraining on labelled windows comes with the trainer service)",
-            file=sys.stderr,
-        )
-        return 2
+
+def _bootstrap(args: argparse.Namespace) -> int:
     from schemas.contracts import MODEL_NAMES
-    from services.demo import bootstrap_sensor_model
+    from schemas.messages import MODALITIES
+    from services.demo import bootstrap_model
     from services.runtime import registry
     from services.runtime.settings import TrainerSettings
 
-    settings = settings_from(TrainerSettings, args, ["epochs", "seed", "artifact_root", "device"])
-    if args.if_missing:
-        snapshot = registry.read_snapshot(settings.kafka, settings.kafka.topics.models_registry)
-        current = snapshot.champions.get(MODEL_NAMES["sensor"])
-        if current is not None:
+    settings = settings_from(TrainerSettings, args, SETTING_FLAGS)
+    modalities = [args.modality] if args.modality else list(MODALITIES)
+    snapshot = registry.read_snapshot(settings.kafka, settings.kafka.topics.models_registry)
+    code = 0
+    for modality in modalities:
+        current = snapshot.champions.get(MODEL_NAMES[modality])
+        if args.if_missing and current is not None:
             print(f"{current.name} v{current.version} already serves; nothing to bootstrap")
-            return 0
-    mv = bootstrap_sensor_model(settings, windows=args.windows)
-    print(
-        f"published {mv.name} v{mv.version} ({mv.status}): "
-        f"holdout accuracy {mv.metrics['holdout_accuracy']:.3f}, "
-        f"macro-F1 {mv.metrics['holdout_macro_f1']:.3f}, artifact {mv.artifact_uri}"
+            continue
+        count = args.windows if modality == "sensor" else args.images
+        outcome = bootstrap_model(settings, modality, count)
+        print(
+            outcome.summary()
+            + (f", artifact {outcome.version.artifact_uri}" if outcome.version else "")
+        )
+        if outcome.version is None or outcome.outcome in FAILED_OUTCOMES:
+            code = 1
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.bootstrap:
+        return _bootstrap(args)
+    from services.runtime import logs
+    from services.runtime.settings import TrainerSettings
+    from services.runtime.shutdown import StopFlag
+    from trainer import service
+
+    settings = settings_from(TrainerSettings, args, SETTING_FLAGS)
+    logs.configure(settings.log_level)
+    outcomes = service.run(
+        settings, StopFlag().install(), now=args.now, modality=args.modality, once=args.now
     )
-    return 0
+    for outcome in outcomes:
+        print(outcome.summary(), file=sys.stdout if outcome.ok else sys.stderr)
+    return 1 if any(o.outcome in FAILED_OUTCOMES for o in outcomes) else 0
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("train", help="train and publish model versions")
-    p.add_argument(
-        "--bootstrap", action="store_true", help="train the first sensor model on simulated data"
+    p = sub.add_parser(
+        "train",
+        help="retrain on labelled windows, gate, export, sign and publish model versions",
+        description="Without flags: the trainer service. It reads training.windows into a "
+        "bounded, time-ordered training set per modality and retrains a model when enough new "
+        "labels arrived, a drift signal came, or the model is too old; a challenger is promoted "
+        "only if it beats the champion on the most recent labelled data. --now trains at once "
+        "on what training.windows holds and exits; --bootstrap trains the first versions on "
+        "simulated data.",
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--now", action="store_true", help="train now on the labelled data, then exit"
+    )
+    mode.add_argument(
+        "--bootstrap", action="store_true", help="train the first models on simulated data"
     )
     p.add_argument(
-        "--if-missing", action="store_true", help="only when the registry has no champion yet"
+        "--if-missing", action="store_true", help="bootstrap only models with no champion yet"
     )
-    p.add_argument("--windows", type=int, default=8000, help="simulated windows (default 8000)")
+    p.add_argument("--modality", choices=["sensor", "image"], help="only this model (default all)")
+    p.add_argument("--windows", type=int, help="simulated sensor windows (default 8000)")
+    p.add_argument("--images", type=int, help="simulated photos (default 2000)")
     p.add_argument("--epochs", type=int, help="training epochs (default 8)")
     p.add_argument("--seed", type=int, help="random seed (default 7)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (auto)")
     p.add_argument(
         "--artifact-root", help="fsspec URI for artifacts (default .driftline/artifacts)"
     )
+    p.add_argument("--min-new-labels", type=int, help="retrain after this many new labels (500)")
+    p.add_argument("--min-labels", type=int, help="never train on fewer examples (200)")
+    p.add_argument("--max-age-s", type=float, help="retrain a model older than this (86400)")
+    p.add_argument("--gate-margin", type=float, help="challenger must win by this much (0.01)")
+    p.add_argument("--gate-metric", choices=["macro_f1", "accuracy"], help="gate metric")
+    p.add_argument("--holdout-fraction", type=float, help="most recent share held out (0.2)")
+    p.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz here")
     add_kafka_flags(p)
     p.set_defaults(func=run)

@@ -11,12 +11,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from schemas import codec
 from schemas import headers as h
 from schemas.deadletter import CodecError
-from schemas.messages import STATUS_CHAMPION, ModelVersion
+from schemas.messages import STATUS_CHAMPION, STATUS_RETIRED, ModelVersion
 from services.runtime.kafka import DeliveryTracker, flush_or_raise
 from services.runtime.settings import KafkaSettings
 
@@ -66,6 +67,61 @@ def publish(
     if as_champion if as_champion is not None else mv.status == STATUS_CHAMPION:
         producer.produce(topic, key=mv.name, value=value, headers=hdrs, on_delivery=tracker)
     flush_or_raise(producer, tracker)
+
+
+# A version that served once: the trainer and `models promote` retire a champion they replace.
+SERVED_STATUSES = (STATUS_CHAMPION, STATUS_RETIRED)
+
+
+def records_for(mv: ModelVersion, previous: ModelVersion | None) -> list[tuple[str, ModelVersion]]:
+    """The records that publish `mv`, in order.
+
+    A champion is written under its version key and the pointer key; the champion it replaces
+    is then re-written under its version key as retired. Readers trust only the pointer, so a
+    crash between those records leaves a consistent registry (the old record just keeps its
+    stale status).
+    """
+    records = [(version_key(mv.name, mv.version), mv)]
+    if mv.status == STATUS_CHAMPION:
+        records.append((mv.name, mv))
+        if previous is not None and previous.version != mv.version:
+            retired = msgspec.structs.replace(previous, status=STATUS_RETIRED)
+            records.append((version_key(previous.name, previous.version), retired))
+    return records
+
+
+def promote(
+    producer: Producer, topic: str, mv: ModelVersion, previous: ModelVersion | None
+) -> ModelVersion:
+    """Make `mv` the champion (its record and the pointer), retiring `previous`; wait for acks.
+
+    The registry has one partition, so these records are read back in the order written.
+    """
+    champion = msgspec.structs.replace(mv, status=STATUS_CHAMPION)
+    tracker = DeliveryTracker()
+    hdrs: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
+    for key, record in records_for(champion, previous):
+        producer.produce(
+            topic, key=key, value=codec.encode(record), headers=hdrs, on_delivery=tracker
+        )
+    flush_or_raise(producer, tracker)
+    return champion
+
+
+def rollback_target(snapshot: RegistrySnapshot, name: str) -> ModelVersion | None:
+    """The champion before the current one: the newest older version that served.
+
+    Rolling back retires the current champion, so rolling back again goes one further back.
+    """
+    current = snapshot.champions.get(name)
+    if current is None:
+        return None
+    served = [
+        mv
+        for v, mv in snapshot.versions.get(name, {}).items()
+        if v < current.version and mv.status in SERVED_STATUSES
+    ]
+    return max(served, key=lambda mv: mv.version, default=None)
 
 
 def read_snapshot(

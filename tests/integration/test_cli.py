@@ -40,7 +40,17 @@ def test_bootstrap_then_score_then_stop_cleanly(kafka: KafkaSettings, tmp_path: 
     assert created.returncode == 0, created.stderr
     assert "exists   " + kafka.topics.models_registry in created.stdout
 
-    trained = driftline("train", "--bootstrap", "--windows", "1200", "--epochs", "2", env=env)
+    trained = driftline(
+        "train",
+        "--bootstrap",
+        "--modality",
+        "sensor",
+        "--windows",
+        "1200",
+        "--epochs",
+        "2",
+        env=env,
+    )
     assert trained.returncode == 0, trained.stderr
     assert "published insulator-sensor v1 (champion)" in trained.stdout
     assert "epoch 2/2" in trained.stderr

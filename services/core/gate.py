@@ -1,0 +1,90 @@
+"""The champion gate: a challenger serves only if it beats the champion on the same recent data.
+
+Both models are scored on one time-ordered holdout, the most recent labelled examples, which
+neither was trained on: the champion was trained on data older than its own holdout, and the
+challenger's training set ends where this holdout begins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from services.core.metrics import accuracy, macro_f1
+
+METRIC_MACRO_F1 = "macro_f1"
+METRIC_ACCURACY = "accuracy"
+GATE_METRICS = (METRIC_MACRO_F1, METRIC_ACCURACY)
+DECISION_PROMOTE = "promote"
+DECISION_REJECT = "reject"
+# Scores are means of counts; this keeps "beats by exactly the margin" from failing on rounding.
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    metric: str
+    challenger: float
+    champion: float | None
+    margin: float
+    reason: str
+
+    @property
+    def decision(self) -> str:
+        return DECISION_PROMOTE if self.promote else DECISION_REJECT
+
+
+@dataclass(frozen=True)
+class ChampionGate:
+    """Promote iff challenger >= champion + margin (and >= min_score) on the chosen metric."""
+
+    margin: float = 0.01
+    metric: str = METRIC_MACRO_F1
+    min_score: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.metric not in GATE_METRICS:
+            raise ValueError(f"gate metric must be one of {GATE_METRICS}, not {self.metric!r}")
+
+    def score(
+        self, y_true: npt.NDArray[np.int64], y_pred: npt.NDArray[np.int64], n_classes: int
+    ) -> float:
+        """The gate's metric of one model's predictions on the holdout."""
+        if self.metric == METRIC_ACCURACY:
+            return accuracy(y_true, y_pred)
+        return macro_f1(y_true, y_pred, n_classes)
+
+    def decide(self, challenger: float, champion: float | None) -> GateDecision:
+        def verdict(promote: bool, reason: str) -> GateDecision:
+            return GateDecision(promote, self.metric, challenger, champion, self.margin, reason)
+
+        if not challenger + _EPS >= self.min_score:
+            return verdict(
+                False, f"{self.metric} {challenger:.4f} is below the floor {self.min_score:.4f}"
+            )
+        if champion is None:
+            return verdict(True, "no usable champion to beat")
+        if challenger + _EPS >= champion + self.margin:
+            return verdict(
+                True,
+                f"{self.metric} {challenger:.4f} >= champion {champion:.4f} + {self.margin:.4f}",
+            )
+        return verdict(
+            False, f"{self.metric} {challenger:.4f} < champion {champion:.4f} + {self.margin:.4f}"
+        )
+
+
+def time_ordered_split(
+    event_time_ms: npt.NDArray[np.int64], holdout_fraction: float, min_holdout: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(train, holdout) indices: the holdout is the most recent examples by event time.
+
+    Ties keep their input order (a stable sort), so the split is deterministic.
+    """
+    n = len(event_time_ms)
+    order = np.argsort(event_time_ms, kind="stable").astype(np.int64)
+    size = min(n, max(min_holdout, round(n * holdout_fraction)))
+    return order[: n - size], order[n - size :]

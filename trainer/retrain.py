@@ -1,0 +1,196 @@
+"""One training run: split in time, warm-start, fit, export, score both models, gate.
+
+The result is a Challenger: the exported graph, its weights, every score and the gate's
+verdict. Nothing is written anywhere here; publishing is a separate step, so a failure at any
+point of a run (including a CUDA out-of-memory error) leaves the registry untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from schemas.contracts import (
+    IMAGE_INPUT_NAME,
+    INSULATOR_CLASSES,
+    SENSOR_CHANNELS,
+    SENSOR_INPUT_NAME,
+)
+from schemas.messages import MODALITY_IMAGE, MODALITY_SENSOR, ReferenceProfile
+from services.core.gate import ChampionGate, GateDecision, time_ordered_split
+from services.core.metrics import accuracy, macro_f1
+from trainer.champion import ChampionModel
+from trainer.dataset import LabelledSet
+from trainer.export import ExportedModel, export_classifier, onnx_probabilities
+from trainer.fit import EpochReport, FitConfig, FitReport, fit
+from trainer.inputs import model_input
+from trainer.models import ImageCNN, SensorCNN, WithProbabilities, image_width_of
+from trainer.reference import reference_profile
+
+log = logging.getLogger(__name__)
+
+N_CLASSES = len(INSULATOR_CLASSES)
+EXPORT_EXAMPLES = 64
+# A warm start must reproduce the champion's served outputs this closely, or it is not used.
+WARM_START_TOLERANCE = 1e-4
+INPUT_NAMES = {MODALITY_SENSOR: SENSOR_INPUT_NAME, MODALITY_IMAGE: IMAGE_INPUT_NAME}
+
+FitFn = Callable[..., FitReport]
+
+
+class TooFewExamples(ValueError):
+    """The training set cannot be split into a training part and a holdout."""
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    fit: FitConfig
+    gate: ChampionGate
+    holdout_fraction: float = 0.2
+    min_holdout: int = 50
+    min_train: int = 20
+    image_width: int = 16
+
+
+@dataclass(frozen=True)
+class Challenger:
+    modality: str
+    model: nn.Module
+    exported: ExportedModel
+    report: FitReport
+    decision: GateDecision
+    metrics: dict[str, float]
+    reference: ReferenceProfile
+    warm_started: bool
+    champion_version: int | None
+
+
+def new_model(modality: str, image_width: int = 16) -> SensorCNN | ImageCNN:
+    if modality == MODALITY_SENSOR:
+        return SensorCNN(len(SENSOR_CHANNELS), N_CLASSES)
+    if modality == MODALITY_IMAGE:
+        return ImageCNN(N_CLASSES, image_width)
+    raise ValueError(f"no model for modality {modality!r}")
+
+
+def _warm_start(
+    modality: str,
+    champion: ChampionModel | None,
+    check_x: npt.NDArray[np.float32],
+    image_width: int,
+) -> SensorCNN | ImageCNN | None:
+    """The champion's network with its weights, if they reproduce its verified ONNX outputs."""
+    if champion is None or champion.weights is None:
+        return None
+    weights = champion.weights
+    try:
+        width = image_width_of(weights) if modality == MODALITY_IMAGE else image_width
+        model = new_model(modality, width)
+        model.load_state_dict(weights, strict=True)
+    except (RuntimeError, KeyError) as exc:
+        log.warning("champion weights do not fit the %s network, cold start: %s", modality, exc)
+        return None
+    with torch.no_grad():
+        mine = WithProbabilities(model).eval()(torch.from_numpy(check_x)).numpy()
+    served = onnx_probabilities(champion.onnx_bytes, check_x)
+    diff = float(np.abs(mine - served).max()) if mine.size else 0.0
+    if not diff <= WARM_START_TOLERANCE:
+        log.warning(
+            "champion v%d weights differ from its graph by %.2e, cold start",
+            champion.version.version,
+            diff,
+        )
+        return None
+    return model
+
+
+def _score(
+    gate: ChampionGate, y: npt.NDArray[np.int64], probs: npt.NDArray[np.float32]
+) -> tuple[float, float, float]:
+    """(gate metric, accuracy, macro-F1) of probabilities against labels."""
+    pred = probs.argmax(axis=1).astype(np.int64)
+    return gate.score(y, pred, N_CLASSES), accuracy(y, pred), macro_f1(y, pred, N_CLASSES)
+
+
+def train_challenger(
+    modality: str,
+    data: LabelledSet,
+    champion: ChampionModel | None,
+    config: RetrainConfig,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    fit_fn: FitFn = fit,
+) -> Challenger:
+    """Train a challenger on all but the most recent examples and gate it on those."""
+    started = time.monotonic()
+    train_idx, hold_idx = time_ordered_split(
+        data.event_time_ms, config.holdout_fraction, config.min_holdout
+    )
+    if len(train_idx) < config.min_train or len(hold_idx) == 0:
+        raise TooFewExamples(
+            f"{len(data)} examples leave {len(train_idx)} to train on and {len(hold_idx)} to "
+            f"hold out; need at least {config.min_train} and 1"
+        )
+    x_train = model_input(modality, data.x[train_idx])
+    y_train = data.y[train_idx]
+    x_hold = model_input(modality, data.x[hold_idx])
+    y_hold = data.y[hold_idx]
+
+    torch.manual_seed(config.fit.seed)
+    model = _warm_start(modality, champion, x_hold[:EXPORT_EXAMPLES], config.image_width)
+    warm = model is not None
+    if model is None:
+        model = new_model(modality, config.image_width)
+        model.fit_normalisation(torch.from_numpy(x_train))
+    report = fit_fn(model, x_train, y_train, x_hold, y_hold, N_CLASSES, config.fit, on_epoch)
+
+    export_started = time.monotonic()
+    exported = export_classifier(model, x_hold[:EXPORT_EXAMPLES], INPUT_NAMES[modality])
+    export_seconds = time.monotonic() - export_started
+    # Both models are scored the way consumers run them: the exported graphs in ONNX Runtime.
+    probs = onnx_probabilities(exported.onnx_bytes, x_hold)
+    score, acc, f1 = _score(config.gate, y_hold, probs)
+    metrics = {
+        "holdout_accuracy": acc,
+        "holdout_macro_f1": f1,
+        "holdout_examples": float(len(hold_idx)),
+        "train_examples": float(len(train_idx)),
+        "train_seconds": report.seconds,
+        "export_seconds": export_seconds,
+        "parity_max_abs_diff": exported.parity_max_abs_diff,
+        "warm_start": 1.0 if warm else 0.0,
+        "epochs": float(len(report.epochs)),
+        "final_loss": report.epochs[-1].loss if report.epochs else 0.0,
+    }
+    champion_score: float | None = None
+    if champion is not None:
+        try:
+            champion_probs = onnx_probabilities(champion.onnx_bytes, x_hold)
+        except Exception as exc:  # ONNX Runtime raises its own types; the champion is unusable
+            log.warning("champion v%d cannot be scored: %s", champion.version.version, exc)
+        else:
+            champion_score, c_acc, c_f1 = _score(config.gate, y_hold, champion_probs)
+            metrics["champion_holdout_accuracy"] = c_acc
+            metrics["champion_holdout_macro_f1"] = c_f1
+            metrics["champion_version"] = float(champion.version.version)
+    decision = config.gate.decide(score, champion_score)
+    metrics["gate_margin"] = decision.margin
+    metrics["gate_promoted"] = 1.0 if decision.promote else 0.0
+    metrics["run_seconds"] = time.monotonic() - started
+    return Challenger(
+        modality=modality,
+        model=model,
+        exported=exported,
+        report=report,
+        decision=decision,
+        metrics=metrics,
+        reference=reference_profile(modality, x_train, probs),
+        warm_started=warm,
+        champion_version=champion.version.version if champion is not None else None,
+    )

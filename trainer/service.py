@@ -1,0 +1,541 @@
+"""`driftline train`: consume labelled windows, decide when to retrain, train one model at a time.
+
+Reading. The trainer reads training.windows with manual partition assignment and keeps, per
+modality, a bounded training set ordered by event time. It also reads drift.signals.
+
+Restart recovery (no local state). At start it reads the registry: each model's newest version
+trained from training.windows names, in its lineage, the offset ranges it was trained on. The
+trainer re-reads every partition from the smallest of those start offsets (from the earliest
+retained offset for a partition or model with no such lineage), which rebuilds the training
+set the last run saw plus everything after it; records at or past a lineage's end offsets count
+as new labels. Drift signals are re-read from the time of each model's last run. Until the
+trainer has caught up with the end offsets it saw at start, no training is triggered, so a
+restart never trains on half its history.
+
+Dead letters. A labelled window that cannot be learned from (wrong shape, unknown class,
+missing input, undecodable) goes to training.windows.dlq with the reason. The consumer group's
+committed offsets record how far dead-lettering has got (they are committed after the dead
+letters are acknowledged), so a restart that re-reads older records does not dead-letter them
+twice.
+
+Training. A trigger (services.core.triggers) starts a run on a snapshot of the training set in
+a worker thread, at most one per model, while this loop keeps reading. A run publishes only at
+its very end (trainer.runs); a stop request cancels it between epochs, publishing nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from prometheus_client import CollectorRegistry
+
+from schemas import codec
+from schemas import deadletter as dl
+from schemas.contracts import MODEL_NAMES
+from schemas.messages import MODALITIES, DriftSignal
+from schemas.topics import TRAINING_WINDOWS
+from services.core.triggers import TRIGGER_MANUAL, TriggerPolicy, TriggerState, decide
+from services.runtime import metrics as m
+from services.runtime import registry
+from services.runtime.artifacts import FsspecArtifactStore
+from services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
+from services.runtime.settings import TrainerSettings
+from trainer.dataset import Example, TrainingBuffer
+from trainer.fit import EpochReport
+from trainer.inputs import decode_labelled
+from trainer.publish import KafkaRegistryWriter
+from trainer.runs import OUTCOME_FAILED, OUTCOME_SKIPPED, RunOutcome, TrainingRun
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+STATUS_EVERY_S = 30.0
+
+
+@dataclass
+class ModelState:
+    """What the trainer knows about one model (one modality)."""
+
+    modality: str
+    name: str
+    buffer: TrainingBuffer
+    new_labels: int = 0
+    last_run_ms: int | None = None
+    last_failure_ms: int | None = None
+    drift_pending: bool = False
+    manual: bool = False
+    # partition -> first offset not used by the last run (exclusive end of its lineage)
+    trained_through: dict[int, int] = field(default_factory=dict)
+    worker: threading.Thread | None = None
+    outcome: RunOutcome | None = None
+    labels_at_start: int = 0
+    drift_at_start: bool = False
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+
+def policy_of(settings: TrainerSettings) -> TriggerPolicy:
+    return TriggerPolicy(
+        min_new_labels=settings.min_new_labels,
+        min_labels=settings.min_labels,
+        min_drift_labels=settings.min_drift_labels,
+        max_age_s=settings.max_age_s,
+        retry_after_s=settings.retry_after_s,
+    )
+
+
+class TrainerService:
+    """The retraining service for every modality; run() until stop() is true."""
+
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        metrics: m.TrainerMetrics,
+        runner: TrainingRun | None = None,
+        on_outcome: Callable[[RunOutcome], None] | None = None,
+        health: m.Health | None = None,
+    ) -> None:
+        self.settings = settings
+        self.health = health
+        self.metrics = metrics
+        self.runner = runner or TrainingRun(
+            settings,
+            KafkaRegistryWriter(settings.kafka, settings.registry_timeout_s),
+            FsspecArtifactStore(settings.artifact_root),
+        )
+        self.on_outcome = on_outcome
+        self.policy = policy_of(settings)
+        topics = settings.kafka.topics
+        self.source = topics.training_windows
+        self.dlq_topic = topics.dlq(TRAINING_WINDOWS)
+        self.signals_topic = topics.drift_signals
+        self.states = {
+            mod: ModelState(mod, MODEL_NAMES[mod], TrainingBuffer(settings.max_examples(mod)))
+            for mod in MODALITIES
+        }
+        self.by_name = {s.name: s for s in self.states.values()}
+        self.outcomes: list[RunOutcome] = []
+        self.caught_up = threading.Event()
+        self._manual_requests: set[str] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._producer: Producer | None = None
+        self._committed: dict[int, int] = {}
+        self._catchup: dict[int, int] = {}
+
+    # -- requests from other threads -------------------------------------------------------
+
+    def request_now(self, modality: str | None = None) -> None:
+        """Train now (one modality, or every one), as soon as the training set allows."""
+        with self._lock:
+            self._manual_requests.update([modality] if modality else MODALITIES)
+
+    # -- start-up: where to read from ------------------------------------------------------
+
+    def _recover(self, snapshot: registry.RegistrySnapshot) -> dict[int, int]:
+        """Per-model state from the registry; returns the start offset per known partition."""
+        starts: dict[int, int] = {}
+        complete = True
+        for state in self.states.values():
+            versions = sorted(
+                snapshot.versions.get(state.name, {}).values(), key=lambda v: v.version
+            )
+            if versions:
+                state.last_run_ms = versions[-1].created_time_ms
+            trained = [v for v in versions if v.lineage.source == self.source]
+            if not trained:
+                complete = False
+                continue
+            last = trained[-1]
+            state.trained_through = {r.partition: r.end_offset for r in last.lineage.ranges}
+            for r in last.lineage.ranges:
+                starts[r.partition] = min(starts.get(r.partition, r.start_offset), r.start_offset)
+            log.info(
+                "%s: last trained as v%d on %s",
+                state.name,
+                last.version,
+                ", ".join(
+                    f"p{r.partition}[{r.start_offset},{r.end_offset})" for r in last.lineage.ranges
+                ),
+            )
+        return starts if complete else {}
+
+    def _assign(self, consumer: Consumer, snapshot: registry.RegistrySnapshot) -> None:
+        timeout = self.settings.registry_timeout_s
+        meta = consumer.list_topics(timeout=timeout)
+        for topic in (self.source, self.signals_topic):
+            if topic not in meta.topics or meta.topics[topic].error is not None:
+                raise RuntimeError(f"topic {topic!r} not found; run `driftline topics create`")
+        starts = self._recover(snapshot)
+        parts = sorted(meta.topics[self.source].partitions)
+        assigned: list[TopicPartition] = []
+        committed = consumer.committed(
+            [TopicPartition(self.source, p) for p in parts], timeout=timeout
+        )
+        for tp in committed:
+            self._committed[tp.partition] = max(tp.offset, 0)
+        for p in parts:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(self.source, p), timeout=timeout
+            )
+            first = max(starts[p], low) if p in starts else low
+            assigned.append(
+                TopicPartition(self.source, p, first if p in starts else OFFSET_BEGINNING)
+            )
+            if high > first:
+                self._catchup[p] = high
+        since = min((s.last_run_ms or 0 for s in self.states.values()), default=0)
+        signal_parts = [
+            TopicPartition(self.signals_topic, p, since)
+            for p in sorted(meta.topics[self.signals_topic].partitions)
+        ]
+        # The first signal at or after the oldest last run (OFFSET_END when there is none).
+        assigned.extend(consumer.offsets_for_times(signal_parts, timeout=timeout))
+        consumer.assign(assigned)
+        if not self._catchup:
+            self.caught_up.set()
+        log.info(
+            "reading %s from %s; catching up to %s",
+            self.source,
+            {tp.partition: tp.offset for tp in assigned if tp.topic == self.source},
+            self._catchup,
+        )
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self, stop: Callable[[], bool], *, once: bool = False) -> list[RunOutcome]:
+        """Consume and train until stop(); with once, train every requested model and return."""
+        consumer = Consumer(
+            self.settings.kafka.client_config(
+                **{
+                    "group.id": self.settings.group_id,
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                    "enable.partition.eof": True,
+                    "max.partition.fetch.bytes": 8 * 1024 * 1024,
+                }
+            )
+        )
+        self._producer = producer(self.settings.kafka)
+        last_status = time.monotonic()
+        try:
+            snapshot = registry.read_snapshot(
+                self.settings.kafka,
+                self.settings.kafka.topics.models_registry,
+                timeout_s=self.settings.registry_timeout_s,
+            )
+            self._assign(consumer, snapshot)
+            while not stop():
+                if self.health is not None:
+                    self.health.tick()
+                msgs = consumer.consume(BATCH, timeout=self.settings.poll_timeout_s)
+                if msgs:
+                    self._process(consumer, msgs)
+                self._collect()
+                self._maybe_train()
+                self._update_gauges()
+                if time.monotonic() - last_status > STATUS_EVERY_S:
+                    last_status = time.monotonic()
+                    self._log_status()
+                if once and self.caught_up.is_set() and self._idle():
+                    break
+        finally:
+            self._stopping.set()
+            for state in self.states.values():
+                if state.worker is not None:
+                    log.warning("%s: stopping; cancelling the training in progress", state.name)
+                    state.worker.join(timeout=60)
+            self._collect()
+            consumer.close()
+            self._producer.flush(10)
+        return self.outcomes
+
+    def _idle(self) -> bool:
+        with self._lock:
+            pending = bool(self._manual_requests)
+        return not pending and not any(s.manual or s.running for s in self.states.values())
+
+    def _process(self, consumer: Consumer, msgs: list[Message]) -> None:
+        letters: list[tuple[Message, dl.CodecError]] = []
+        advanced: dict[int, int] = {}
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    if msg.topic() == self.source:
+                        self._catchup.pop(msg.partition() or 0, None)
+                else:
+                    log.warning("consumer error: %s", err)
+                continue
+            if msg.topic() == self.signals_topic:
+                self._on_signal(msg)
+                continue
+            partition, offset = msg.partition() or 0, msg.offset() or 0
+            target = self._catchup.get(partition)
+            if target is not None and offset + 1 >= target:
+                del self._catchup[partition]
+            self.metrics.consumed.labels(self.source).inc()
+            try:
+                example = decode_labelled(msg.value(), codec.content_type_of(msg.headers()))
+            except dl.CodecError as exc:
+                if offset >= self._committed.get(partition, 0):
+                    letters.append((msg, exc))
+            else:
+                state = self.states[example.modality]
+                state.buffer.add(
+                    Example(example.event_time_ms, partition, offset, example.label, example.x)
+                )
+                if offset >= state.trained_through.get(partition, 0):
+                    state.new_labels += 1
+            advanced[partition] = max(advanced.get(partition, -1), offset + 1)
+        if letters:
+            self._dead_letter(letters)
+        # Dead letters of these offsets are acknowledged: record how far dead-lettering got.
+        commits = [
+            TopicPartition(self.source, p, o)
+            for p, o in advanced.items()
+            if o > self._committed.get(p, 0)
+        ]
+        if commits:
+            consumer.commit(offsets=commits, asynchronous=False)
+            for tp in commits:
+                self._committed[tp.partition] = tp.offset
+        if not self._catchup and not self.caught_up.is_set():
+            self.caught_up.set()
+            log.info("caught up: %s", self._buffer_text())
+
+    def _dead_letter(self, letters: list[tuple[Message, dl.CodecError]]) -> None:
+        assert self._producer is not None
+        tracker = DeliveryTracker()
+        for msg, exc in letters:
+            letter = dl.dead_letter(
+                topic=self.source,
+                partition=msg.partition() or 0,
+                offset=msg.offset() or 0,
+                error=exc,
+                service=self.settings.service_name,
+                key=msg.key(),
+                value=msg.value(),
+            )
+            self._producer.produce(
+                self.dlq_topic,
+                key=msg.key(),
+                value=msg.value(),
+                headers=dl.to_headers(letter, msg.headers()),
+                on_delivery=tracker,
+            )
+            self.metrics.dead_letters.labels(self.source, exc.error_class).inc()
+            log.warning(
+                "dead-lettered %s[%d]@%d: %s: %s",
+                self.source,
+                letter.source_partition,
+                letter.source_offset,
+                exc.error_class,
+                exc.message,
+            )
+        flush_or_raise(self._producer, tracker)
+
+    def _on_signal(self, msg: Message) -> None:
+        try:
+            signal = codec.decode(DriftSignal, msg.value(), codec.content_type_of(msg.headers()))
+        except dl.CodecError as exc:
+            log.warning("ignoring an undecodable drift signal: %s", exc)
+            return
+        state = self.by_name.get(signal.model_name)
+        if state is None or not signal.drifted:
+            return
+        if state.last_run_ms is not None and signal.window_end_ms <= state.last_run_ms:
+            return  # about data the last run already saw
+        if not state.drift_pending:
+            log.info(
+                "%s: drift signal (%s %.3f > %.3f on v%d)",
+                state.name,
+                signal.statistic,
+                signal.score,
+                signal.threshold,
+                signal.model_version,
+            )
+        state.drift_pending = True
+
+    # -- trainings ---------------------------------------------------------------------------
+
+    def _maybe_train(self) -> None:
+        with self._lock:
+            requested, self._manual_requests = self._manual_requests, set()
+        for mod in requested:
+            self.states[mod].manual = True
+        now_ms = int(time.time() * 1000)
+        for state in self.states.values():
+            reason = decide(self.policy, self._trigger_state(state), now_ms)
+            if reason is not None:
+                self._start(state, reason)
+            elif state.manual and self.caught_up.is_set() and not state.running:
+                # Asked for by hand, but the training set is too small: say so and move on.
+                state.manual = False
+                self._record(
+                    RunOutcome(
+                        state.name,
+                        state.modality,
+                        TRIGGER_MANUAL,
+                        OUTCOME_SKIPPED,
+                        0.0,
+                        error=f"only {len(state.buffer)} labelled examples; "
+                        f"training needs at least {self.policy.min_labels}",
+                    )
+                )
+
+    def _trigger_state(self, state: ModelState) -> TriggerState:
+        return TriggerState(
+            buffered=len(state.buffer),
+            new_labels=state.new_labels,
+            last_run_ms=state.last_run_ms,
+            drift_pending=state.drift_pending,
+            manual=state.manual,
+            running=state.running,
+            caught_up=self.caught_up.is_set(),
+            last_failure_ms=state.last_failure_ms,
+        )
+
+    def _start(self, state: ModelState, reason: str) -> None:
+        data = state.buffer.snapshot()
+        state.labels_at_start = state.new_labels
+        state.drift_at_start = state.drift_pending
+        state.manual = False
+        state.drift_pending = False
+        log.info(
+            "%s: training on %d examples (%s; %d new labels)",
+            state.name,
+            len(data),
+            reason,
+            state.new_labels,
+        )
+        self.metrics.in_progress.labels(state.name).set(1)
+        epochs = self.settings.epochs
+
+        def on_epoch(rep: EpochReport) -> None:
+            log.info(
+                "%s: epoch %d/%d loss %.4f accuracy %.3f (%.1fs)",
+                state.name,
+                rep.epoch,
+                epochs,
+                rep.loss,
+                rep.train_accuracy,
+                rep.seconds,
+            )
+
+        def work() -> None:
+            state.outcome = self.runner.run(
+                state.modality,
+                data,
+                source=self.source,
+                trigger=reason,
+                on_epoch=on_epoch,
+                cancelled=self._stopping.is_set,
+            )
+
+        state.outcome = None
+        state.worker = threading.Thread(target=work, name=f"train-{state.modality}", daemon=True)
+        state.worker.start()
+
+    def _collect(self) -> None:
+        """Fold the outcome of every finished run into its model's state."""
+        for state in self.states.values():
+            worker = state.worker
+            if worker is None or worker.is_alive():
+                continue
+            state.worker = None
+            self.metrics.in_progress.labels(state.name).set(0)
+            outcome = state.outcome or RunOutcome(
+                state.name, state.modality, "unknown", OUTCOME_FAILED, 0.0, error="worker died"
+            )
+            now_ms = int(time.time() * 1000)
+            if outcome.version is not None:
+                state.new_labels = max(0, state.new_labels - state.labels_at_start)
+                state.last_run_ms = outcome.version.created_time_ms
+                state.last_failure_ms = None
+                state.trained_through = {
+                    r.partition: r.end_offset for r in outcome.version.lineage.ranges
+                }
+            else:
+                state.last_failure_ms = now_ms
+                state.drift_pending = state.drift_pending or state.drift_at_start
+            self._record(outcome)
+
+    def _record(self, outcome: RunOutcome) -> None:
+        self.outcomes.append(outcome)
+        self.metrics.trainings.labels(outcome.model_name, outcome.trigger, outcome.outcome).inc()
+        if outcome.seconds:
+            self.metrics.training_seconds.labels(outcome.model_name).observe(outcome.seconds)
+        if outcome.challenger is not None:
+            decision = outcome.challenger.decision
+            self.metrics.gate_decisions.labels(outcome.model_name, decision.decision).inc()
+            self.metrics.gate_score.labels(outcome.model_name, "challenger").set(
+                decision.challenger
+            )
+            if decision.champion is not None:
+                self.metrics.gate_score.labels(outcome.model_name, "champion").set(
+                    decision.champion
+                )
+        if outcome.ok:
+            log.info("%s", outcome.summary())
+        else:
+            log.error("%s", outcome.summary())
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def _update_gauges(self) -> None:
+        for state in self.states.values():
+            self.metrics.labels_buffered.labels(state.modality).set(len(state.buffer))
+            self.metrics.labels_since_training.labels(state.modality).set(state.new_labels)
+
+    def _buffer_text(self) -> str:
+        return ", ".join(
+            f"{s.modality} {len(s.buffer)} buffered / {s.new_labels} new"
+            for s in self.states.values()
+        )
+
+    def _log_status(self) -> None:
+        running = [s.name for s in self.states.values() if s.running]
+        log.info("%s%s", self._buffer_text(), f"; training {', '.join(running)}" if running else "")
+
+
+def run(
+    settings: TrainerSettings,
+    stop: Callable[[], bool],
+    *,
+    now: bool = False,
+    modality: str | None = None,
+    once: bool = False,
+    on_outcome: Callable[[RunOutcome], None] | None = None,
+    metrics_registry: CollectorRegistry | None = None,
+) -> list[RunOutcome]:
+    """The trainer service; with once, catch up, train what was asked for, and return."""
+    reg = metrics_registry or CollectorRegistry()
+    metrics = m.TrainerMetrics(reg)
+    service = TrainerService(settings, metrics, on_outcome=on_outcome)
+    health = m.Health(ready=service.caught_up.is_set)
+    service.health = health
+    server = m.serve(reg, health, settings.metrics_port) if settings.metrics_port else None
+    if now:
+        service.request_now(modality)
+    try:
+        return service.run(stop, once=once)
+    finally:
+        if server is not None:
+            server.shutdown()
