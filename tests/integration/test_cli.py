@@ -54,7 +54,7 @@ def test_bootstrap_then_score_then_stop_cleanly(kafka: KafkaSettings, tmp_path: 
     assert trained.returncode == 0, trained.stderr
     assert "published insulator-sensor v1 (champion)" in trained.stdout
     assert "epoch 2/2" in trained.stderr
-    again = driftline("train", "--bootstrap", "--if-missing", env=env)
+    again = driftline("train", "--bootstrap", "--if-missing", "--modality", "sensor", env=env)
     assert "already serves" in again.stdout
 
     listed = driftline("models", "list", env=env)
