@@ -71,7 +71,7 @@ def test_bootstrap_then_score_then_stop_cleanly(kafka: KafkaSettings, tmp_path: 
     try:
         sim = driftline("simulate", "sensors", "--count", "600", "--rate", "2000", env=env)
         assert sim.returncode == 0, sim.stderr
-        assert "600 windows sent" in sim.stderr
+        assert "600 windows, 0 photos and 0 labels sent" in sim.stderr
         results = drain(kafka, kafka.topics.inference_results, expect=600)
         ids = [codec.decode(InferenceResult, m.value()).event_id for m in results]
         assert len(ids) == 600
