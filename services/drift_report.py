@@ -13,9 +13,13 @@ RECOVERY_GOAL = 0.95
 
 @dataclass(frozen=True)
 class Mark:
+    """Something that happened during the run; swaps are drawn with their label, rejected
+    challengers as short ticks, and everything is listed in the summary."""
+
     t_s: float
     modality: str
     text: str
+    kind: str = "swap"  # swap | rejected | info
 
 
 @dataclass
@@ -97,17 +101,15 @@ def plot(
             ax.axvline(summary.drift_at_s, color="crimson", linestyle="--", linewidth=1.2)
             ax.text(summary.drift_at_s, 0.02, " drift", color="crimson", va="bottom")
         for mark in summary.marks:
-            if mark.modality == modality:
+            if mark.modality != modality:
+                continue
+            if mark.kind == "swap":
                 ax.axvline(mark.t_s, color="grey", linestyle=":", linewidth=1)
-                ax.text(
-                    mark.t_s,
-                    0.98,
-                    f" {mark.text}",
-                    color="dimgrey",
-                    va="top",
-                    fontsize=8,
-                    rotation=90,
-                )
+                ax.text(mark.t_s, 0.03, f" {mark.text}", color="dimgrey", fontsize=8, rotation=90)
+            elif mark.kind == "rejected":
+                ax.plot([mark.t_s], [1.0], marker="v", color="darkorange", markersize=6)
+        if any(m.kind == "rejected" and m.modality == modality for m in summary.marks):
+            ax.plot([], [], "v", color="darkorange", label="challenger rejected by the gate")
         ax.set_ylim(0, 1.02)
         ax.set_xlim(0, max(summary.seconds, 1))
         ax.set_ylabel(f"{modality} accuracy")

@@ -1,6 +1,6 @@
 """Bootstrap: train the first version of each model on simulated data, so a fresh install scores.
 
-The data comes in as arrays (the composition root in services.demo draws it from the
+The data comes in as arrays (the composition root in services.bootstrap draws it from the
 simulator; the trainer never imports the simulator). A bootstrap run is an ordinary training
 run: the same split, export checks, gate, signing and publish order as retraining.
 """

@@ -27,7 +27,7 @@ FAILED_OUTCOMES = ("failed", "oom", "cancelled")
 def _bootstrap(args: argparse.Namespace) -> int:
     from schemas.contracts import MODEL_NAMES
     from schemas.messages import MODALITIES
-    from services.demo import bootstrap_model
+    from services.bootstrap import bootstrap_model
     from services.runtime import registry
     from services.runtime.settings import TrainerSettings
 

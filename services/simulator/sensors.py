@@ -44,6 +44,8 @@ class SentWindow:
     event_id: str
     asset_id: str
     true_class: str
+    modality: str = "sensor"
+    t_s: float = 0.0  # seconds since the simulation started
 
 
 @dataclass
@@ -65,7 +67,12 @@ class _PendingLabel:
 class _Stream:
     """The state of one simulation run."""
 
-    def __init__(self, settings: SimulatorSettings, keep_truth: bool) -> None:
+    def __init__(
+        self,
+        settings: SimulatorSettings,
+        keep_truth: bool,
+        on_sent: Callable[[SentWindow], None] | None = None,
+    ) -> None:
         self.s = settings
         self.rng = np.random.default_rng(settings.seed)
         self.fleet = Fleet(self.rng, settings.assets, settings.fault_fraction)
@@ -80,6 +87,7 @@ class _Stream:
         self.tracker = DeliveryTracker()
         self.run_id = uuid.uuid4().hex[:12]
         self.keep_truth = keep_truth
+        self.on_sent = on_sent
         self.truth: list[SentWindow] = []
         self.labels: list[_PendingLabel] = []
         self.windows = self.images = self.labelled = 0
@@ -87,10 +95,14 @@ class _Stream:
         self.encode_image = encode_jpeg if settings.image_format == "jpeg" else encode_png
         self.image_ctype = "image/jpeg" if settings.image_format == "jpeg" else "image/png"
 
-    def _after_send(self, event_id: str, asset: int, t: float) -> None:
+    def _after_send(self, event_id: str, asset: int, t: float, modality: str) -> None:
         true_class = INSULATOR_CLASSES[int(self.fleet.conditions[asset])]
-        if self.keep_truth:
-            self.truth.append(SentWindow(event_id, self.fleet.ids[asset], true_class))
+        if self.keep_truth or self.on_sent is not None:
+            sent = SentWindow(event_id, self.fleet.ids[asset], true_class, modality, t)
+            if self.keep_truth:
+                self.truth.append(sent)
+            if self.on_sent is not None:
+                self.on_sent(sent)
         s = self.s
         if s.label_fraction and self.rng.random() < s.label_fraction:
             delay = self.rng.uniform(
@@ -132,7 +144,7 @@ class _Stream:
                 headers=AVRO,
                 on_delivery=self.tracker,
             )
-            self._after_send(event_id, asset, t)
+            self._after_send(event_id, asset, t, "sensor")
         self.windows += n
 
     def send_images(self, n: int, t: float) -> None:
@@ -157,7 +169,7 @@ class _Stream:
                 headers=AVRO,
                 on_delivery=self.tracker,
             )
-            self._after_send(event_id, asset, t)
+            self._after_send(event_id, asset, t, "image")
         self.images += n
 
     def send_due_labels(self, t: float) -> None:
@@ -192,10 +204,11 @@ def run(
     stop: Callable[[], bool] = lambda: False,
     progress: bool = True,
     keep_truth: bool = False,
+    on_sent: Callable[[SentWindow], None] | None = None,
 ) -> SimulationReport:
     """Send events at the configured rates until `count` are sent (then the labels still due)
     or stop() says so."""
-    st = _Stream(settings, keep_truth)
+    st = _Stream(settings, keep_truth, on_sent)
     target = settings.count
     start = time.monotonic()
     last_report = last_evolve = start
