@@ -9,11 +9,12 @@ from typing import Any
 
 
 def run(args: argparse.Namespace) -> int:
-    from services import drift_demo
+    from services.demo import run as drift_demo
+    from services.demo.config import DemoConfig
     from services.runtime import localstack
     from services.simulator.scenario import ScenarioError
 
-    cfg = drift_demo.DemoConfig(
+    cfg = DemoConfig(
         scenario=args.scenario,
         drift_at_s=args.drift_at,
         duration_s=args.duration,

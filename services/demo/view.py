@@ -1,0 +1,81 @@
+"""The live terminal view of a demo run: a block of lines redrawn in place once a second."""
+
+from __future__ import annotations
+
+from typing import IO
+
+from services.demo.config import DemoConfig
+from services.demo.processes import Samples, sample_value
+from services.demo.watch import Watch
+
+
+class LiveView:
+    """A block of lines redrawn in place once a second."""
+
+    def __init__(self, stream: IO[str], enabled: bool) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.lines = 0
+
+    def draw(self, lines: list[str]) -> None:
+        if not self.enabled:
+            return
+        if self.lines:
+            self.stream.write(f"\x1b[{self.lines}F")
+        for line in lines:
+            self.stream.write("\x1b[2K" + line + "\n")
+        self.stream.flush()
+        self.lines = len(lines)
+
+
+def rates_text(cfg: DemoConfig) -> str:
+    photos = cfg.image_rate if cfg.images else 0.0
+    low, high = cfg.label_delay_s
+    return (
+        f"{cfg.rate:.0f} windows/s, {photos:.0f} photos/s, "
+        f"{cfg.label_fraction:.0%} labelled after {low:.0f}-{high:.0f} s"
+    )
+
+
+def status_lines(
+    cfg: DemoConfig, watch: Watch, phase: str, scrapes: dict[str, Samples]
+) -> list[str]:
+    t = watch.t()
+    with watch.lock:
+        ledger = watch.ledger
+        sent, scored = len(ledger.sent), len(ledger.seen)
+        lost_so_far = sum(
+            1 for e, (_, _, ts) in ledger.sent.items() if ts < t - 10 and e not in ledger.seen
+        )
+        dup = ledger.duplicated
+        lines = [
+            f"driftline demo  t={t:5.0f}s/{cfg.duration_s:.0f}s  scenario {cfg.scenario}  "
+            f"drift at {cfg.drift_at_s:.0f}s  phase: {phase}",
+            f"  events  sent {sent:,}  scored {scored:,}  not yet scored (>10s old) {lost_so_far}  "
+            f"duplicated {dup}",
+        ]
+        for modality in cfg.modalities:
+            acc, n = ledger.accuracy(modality, max(0.0, t - 30), t)
+            versions = [v for (m, v) in watch.first_seen if m == modality]
+            serving = max(versions) if versions else 0
+            feats = scrapes.get("features", {})
+            live = sample_value(feats, "driftline_live_accuracy", model=f"insulator-{modality}")
+            drift = sample_value(feats, "driftline_drift_score", model=f"insulator-{modality}")
+            lines.append(
+                f"  {modality:6}  serving v{serving}   accuracy (last 30 s, vs truth) "
+                + (f"{acc:.3f} of {n}" if n else "-")
+                + (f"   live accuracy (labels) {live:.3f}" if live is not None else "")
+                + (f"   drift score {drift:.2f}" if drift is not None else "")
+            )
+        trainer = scrapes.get("trainer", {})
+        trainings = sample_value(trainer, "driftline_trainings_total")
+        alerts = sample_value(scrapes.get("alerts", {}), "driftline_alerts_raised_total")
+        recent = list(watch.marks)[-3:]
+    lines.append(
+        f"  trainer trainings {trainings or 0:.0f}   alerts raised {alerts or 0:.0f}   "
+        + (
+            "; ".join(f"{m.t_s:.0f}s {m.modality} {m.text}" for m in recent)
+            or "no new versions yet"
+        )
+    )
+    return lines
