@@ -539,3 +539,4 @@ def run(
     finally:
         if server is not None:
             server.shutdown()
+            server.server_close()
