@@ -12,6 +12,7 @@ from services.commands import (
     bench,
     demo,
     dlq,
+    features,
     infer,
     models,
     simulate,
@@ -37,7 +38,7 @@ every setting also reads from the environment, prefix DRIFTLINE_, e.g.
 """
 
 
-COMMANDS = (stack, topics, simulate, infer, alerts, dlq, train, models, demo, bench)
+COMMANDS = (stack, topics, simulate, infer, features, alerts, dlq, train, models, demo, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -350,11 +350,15 @@ class FeaturesMetrics:
             registry=registry,
         )
         self.drift_detected = Gauge(
-            DRIFT_DETECTED, "1 when the last evaluation drifted", ["model", "version"],
+            DRIFT_DETECTED,
+            "1 when the last evaluation drifted",
+            ["model", "version"],
             registry=registry,
         )
         self.drift_samples = Gauge(
-            DRIFT_SAMPLES, "Samples in the last drift evaluation", ["model", "version"],
+            DRIFT_SAMPLES,
+            "Samples in the last drift evaluation",
+            ["model", "version"],
             registry=registry,
         )
 

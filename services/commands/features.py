@@ -1,0 +1,139 @@
+"""`driftline features [get ASSET | rebuild | bench]`: the feature store app and its tools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from services.commands.args import add_kafka_flags, settings_from
+
+SETTING_FLAGS = ["metrics_port", "role", "redis_key_prefix", "log_level"]
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from pydantic import SecretStr
+
+    from services.features.settings import FeaturesSettings
+
+    settings = settings_from(FeaturesSettings, args, SETTING_FLAGS)
+    if getattr(args, "redis_url", None):
+        settings = settings.model_copy(update={"redis_url": SecretStr(args.redis_url)})
+    return settings
+
+
+def run_app(args: argparse.Namespace) -> int:
+    from services.features import service
+    from services.runtime import logs
+
+    settings = _settings(args)
+    logs.configure(settings.log_level)
+    service.run(settings)
+    return 0
+
+
+def get(args: argparse.Namespace) -> int:
+    import redis
+
+    from services.features.reader import format_asset, read_asset
+
+    settings = _settings(args)
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
+    try:
+        features = read_asset(client, settings.redis_key_prefix, args.asset)
+    except redis.RedisError as exc:
+        print(f"driftline features get: cannot read Redis: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    if args.json:
+        out = {
+            "asset_id": features.asset_id,
+            "versions": [
+                {
+                    "model": model,
+                    "version": version,
+                    "windows": windows,
+                    "accuracy": features.accuracy.get((model, version)),
+                    "drift": features.drift.get((model, version)),
+                }
+                for (model, version), windows in sorted(features.windows.items())
+            ],
+        }
+        print(json.dumps(out, indent=2, sort_keys=True))
+    else:
+        sys.stdout.write(format_asset(features))
+    return 0 if not features.empty else 2
+
+
+def rebuild(args: argparse.Namespace) -> int:
+    from services.features.rebuild import rebuild as replay
+
+    settings = _settings(args)
+    report = replay(settings, fresh=args.fresh)
+    print(
+        f"rebuilt from {report.results:,} results and {report.labelled_windows:,} labelled "
+        f"windows in {report.seconds:.1f}s"
+    )
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from services.features import bench as features_bench
+
+    settings = _settings(args)
+    return features_bench.main(
+        settings,
+        reads=args.reads,
+        assets=args.assets,
+        events=args.events,
+        app_events=args.app_events,
+        json_path=Path(args.json) if args.json else None,
+    )
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--redis-url", help="Redis URL (default redis://127.0.0.1:6379/0)")
+    p.add_argument("--redis-key-prefix", help="prefix of every Redis key (default driftline:)")
+    add_kafka_flags(p)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "features",
+        help="feature store app: window statistics, label join, live accuracy, drift",
+        description="Without an action, run the faust app: windowed confidence statistics per "
+        "asset and model version into Redis, the label join to training.windows (unknown or "
+        "expired labels to feedback.labels.dlq), live accuracy and drift signals.",
+    )
+    _common(p)
+    p.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz here")
+    p.add_argument("--role", choices=["all", "stats", "join"], help="what this worker runs")
+    p.add_argument("--log-level", help="INFO, WARNING, ... (default INFO)")
+    p.set_defaults(func=run_app)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+
+    g = actions.add_parser("get", help="print an asset's features from Redis")
+    g.add_argument("asset", metavar="ASSET", help="asset id, e.g. insulator-00001")
+    g.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _common(g)
+    g.set_defaults(func=get)
+
+    r = actions.add_parser("rebuild", help="replay Kafka into Redis (converges to the same state)")
+    r.add_argument("--fresh", action="store_true", help="delete every key under the prefix first")
+    _common(r)
+    r.set_defaults(func=rebuild)
+
+    b = actions.add_parser("bench", help="read latency of one asset's features; stats throughput")
+    b.add_argument("--reads", type=int, default=10_000, help="reads timed (default 10000)")
+    b.add_argument("--assets", type=int, default=500, help="assets populated (default 500)")
+    b.add_argument("--events", type=int, default=200_000, help="results for the stats path")
+    b.add_argument(
+        "--app-events", type=int, default=50_000, help="results through the faust app (0: skip)"
+    )
+    b.add_argument("--json", help="also write the figures to this JSON file")
+    _common(b)
+    b.set_defaults(func=bench)

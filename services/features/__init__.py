@@ -1,0 +1,1 @@
+"""The features app (faust): windowed statistics to Redis, the label join, live accuracy, drift."""

@@ -1,0 +1,259 @@
+"""The faust app: `create_app(settings)` wires topics, tables, agents and timers to the pipeline.
+
+Agents are shims: they take batches of events, turn them into RawRecords and await the
+pipeline. Topics on our side of the contract carry Avro bytes, so every topic here is raw
+bytes in and out (decoded with schemas.codec). faust declares only its own topics: the join
+topic `<prefix><app_id>-join` and the tables' changelogs `<prefix><app_id>-<table>-changelog`
+(the broker's auto-creation is off), with `join_partitions` partitions, except the stats
+changelog, which has as many as inference.results so it stays co-partitioned with it.
+
+Tables (all in the faust store, each with its compacted changelog):
+  stats        window buckets per asset and model version (key asset|model|version|bucket)
+  join-inputs  original inputs by event id, evicted by event time
+  join-events  the prediction served and the label joined, by event id
+  join-labels  labels waiting for their input (a backlog can deliver a label first)
+  accuracy     rolling live accuracy per model version
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faust
+from confluent_kafka.admin import AdminClient
+
+from schemas import headers as h
+from schemas.messages import ModelVersion
+from services.features.accuracy import Version
+from services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
+from services.features.settings import FeaturesSettings
+from services.features.store import FeatureStore, RedisFeatureStore
+from services.features.tables import FaustTable
+from services.runtime import registry
+from services.runtime.metrics import FeaturesMetrics
+
+log = logging.getLogger(__name__)
+
+RAW: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
+
+
+class TopicOutbox:
+    """Sends through faust topics: inside an agent, faust attaches the record to the event
+    being processed and publishes it before that event's offset is committed."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+        self._topics: dict[str, Any] = {}
+
+    def declare(self, name: str, **options: Any) -> Any:
+        topic = self.app.topic(name, **RAW, **options)
+        self._topics[name] = topic
+        return topic
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: h.HeaderList,
+        *,
+        wait: bool = False,
+    ) -> None:
+        target = self._topics.get(topic)
+        if target is None:
+            target = self.declare(topic)
+        if wait:
+            # force: publish now rather than at the source's commit, and wait for the ack.
+            sent = await target.send(key=key, value=value, headers=list(headers), force=True)
+            await sent
+        else:
+            await target.send(key=key, value=value, headers=list(headers))
+
+
+def broker_urls(bootstrap_servers: str) -> list[str]:
+    return [f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server]
+
+
+def topic_partitions(settings: FeaturesSettings, topic: str) -> int:
+    """Partitions of an existing topic (the stats changelog must match inference.results)."""
+    client = AdminClient(settings.kafka.client_config())
+    meta = client.list_topics(topic, timeout=settings.registry_timeout_s)
+    found = meta.topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        raise RuntimeError(f"topic {topic!r} not found; run `driftline topics create` first")
+    return len(found.partitions)
+
+
+def records(events: Sequence[Any]) -> list[RawRecord]:
+    out = []
+    for ev in events:
+        msg = ev.message
+        headers = ev.headers
+        items = list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
+        out.append(RawRecord(msg.topic, msg.partition, msg.offset, msg.key, msg.value, items))
+    return out
+
+
+@dataclass
+class FeaturesApp:
+    """The faust app and the pipeline it drives (tests and `run` reach both)."""
+
+    app: faust.App
+    pipeline: FeaturesPipeline
+    versions: dict[Version, ModelVersion] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        tables: Any = self.app.tables
+        return bool(tables.recovery.completed.is_set())
+
+
+def create_app(settings: FeaturesSettings) -> faust.App:
+    """The faust app of these settings (metrics on a registry of its own)."""
+    from prometheus_client import CollectorRegistry
+
+    return build(settings, FeaturesMetrics(CollectorRegistry())).app
+
+
+def build(
+    settings: FeaturesSettings,
+    metrics: FeaturesMetrics,
+    store: FeatureStore | None = None,
+) -> FeaturesApp:
+    """Build the app and its pipeline; nothing connects until a faust Worker starts it."""
+    s = settings
+    topics = s.kafka.topics
+    datadir = Path(s.data_dir) / s.faust_app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
+    app = faust.App(
+        s.faust_app_id,
+        broker=broker_urls(s.kafka.bootstrap_servers),
+        store=s.table_store,
+        topic_allow_declare=True,
+        topic_replication_factor=s.replication_factor,
+        topic_partitions=s.join_partitions,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=s.commit_interval_s,
+        web_enabled=False,
+        worker_redirect_stdouts=False,
+        autodiscover=False,
+        producer_acks=-1,
+        datadir=str(datadir),
+        broker_session_timeout=s.session_timeout_s,
+        broker_heartbeat_interval=s.heartbeat_interval_s,
+        stream_buffer_maxsize=max(4096, 2 * s.batch_max),
+        producer_linger=0.005,  # changelog and join records go out in batches, not one by one
+    )
+    outbox = TopicOutbox(app)
+    results_topic = outbox.declare(topics.inference_results)
+    tables = PipelineTables()
+    stats_table = join_inputs = join_events = accuracy = None
+    if s.runs_stats:
+        stats_table = app.Table(
+            "stats",
+            key_type=bytes,
+            value_type=bytes,
+            partitions=topic_partitions(s, topics.inference_results),
+        )
+        tables.stats = FaustTable(stats_table)
+    if s.runs_join:
+        join_options: dict[str, Any] = {
+            "key_type": bytes,
+            "value_type": bytes,
+            "partitions": s.join_partitions,
+            "use_partitioner": True,  # same key hash as the join topic: co-partitioned
+        }
+        join_inputs = app.Table("join-inputs", **join_options)
+        join_events = app.Table("join-events", **join_options)
+        join_labels = app.Table("join-labels", **join_options)
+        accuracy = app.Table("accuracy", **join_options)
+        tables.inputs = FaustTable(join_inputs)
+        tables.states = FaustTable(join_events)
+        tables.parked = FaustTable(join_labels)
+        tables.accuracy = FaustTable(accuracy)
+    if store is None:
+        store = RedisFeatureStore.from_url(s.redis_url.get_secret_value(), s.redis_timeout_s)
+    features = FeaturesApp(app, FeaturesPipeline(s, metrics, store, outbox, tables))
+    pipeline = features.pipeline
+    take = {"max_": s.batch_max, "within": s.batch_wait_s}
+
+    @app.agent(results_topic, name="results")
+    async def on_results(stream: Any) -> None:
+        async for events in stream.take_events(**take):
+            await pipeline.on_results(records(events), forward=s.runs_join)
+
+    async def flush() -> None:
+        await pipeline.flush()
+
+    async def evict() -> None:
+        await pipeline.evict()
+
+    app.timer(s.flush_interval_s, name="flush")(flush)
+    app.timer(s.evict_interval_s, name="evict")(evict)
+
+    if stats_table is not None:
+
+        @stats_table.on_recover
+        async def stats_recovered() -> None:
+            pipeline.on_stats_recovered()
+
+    if s.runs_join:
+        inputs_topic = app.topic(topics.sensor_windows, topics.camera_images, **RAW)
+        labels_topic = outbox.declare(topics.feedback_labels)
+        join_topic = outbox.declare(
+            pipeline.join_topic, partitions=s.join_partitions, internal=True
+        )
+
+        @app.agent(inputs_topic, name="inputs")
+        async def on_inputs(stream: Any) -> None:
+            async for events in stream.take_events(**take):
+                await pipeline.on_inputs(records(events))
+
+        @app.agent(labels_topic, name="labels")
+        async def on_labels(stream: Any) -> None:
+            async for events in stream.take_events(**take):
+                await pipeline.on_labels(records(events))
+
+        @app.agent(join_topic, name="join")
+        async def on_join(stream: Any) -> None:
+            async for events in stream.take_events(**take):
+                await pipeline.on_join(records(events))
+
+        async def drift() -> None:
+            loop = asyncio.get_running_loop()
+            try:
+                snapshot = await loop.run_in_executor(
+                    None,
+                    lambda: registry.read_snapshot(
+                        s.kafka, topics.models_registry, timeout_s=s.registry_timeout_s
+                    ),
+                )
+            except Exception as exc:  # the registry is optional for everything else
+                log.warning("cannot read the model registry for drift: %s", exc)
+                return
+            features.versions = {
+                (name, number): mv
+                for name, by_number in snapshot.versions.items()
+                for number, mv in by_number.items()
+            }
+            await pipeline.check_drift(features.versions)
+
+        app.timer(s.drift_interval_s, name="drift")(drift)
+
+        assert join_events is not None
+
+        @join_events.on_recover
+        async def join_recovered() -> None:
+            pipeline.on_join_recovered()
+
+    return features

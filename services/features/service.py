@@ -1,0 +1,46 @@
+"""`driftline features`: build the app, serve /metrics, run one faust worker until signalled."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry
+
+from services.features.app import build
+from services.features.settings import FeaturesSettings
+from services.runtime import metrics as m
+
+log = logging.getLogger(__name__)
+
+
+def run(settings: FeaturesSettings, metrics_registry: CollectorRegistry | None = None) -> None:
+    """Run the worker in this thread; SIGINT/SIGTERM stop it cleanly (faust's handlers)."""
+    from faust.worker import Worker
+
+    reg = metrics_registry or CollectorRegistry()
+    features = build(settings, m.FeaturesMetrics(reg))
+    health = m.Health(ready=lambda: features.ready)
+    server = m.serve(reg, health, settings.metrics_port) if settings.metrics_port else None
+
+    async def tick() -> None:
+        health.tick()
+
+    features.app.timer(1.0, name="health")(tick)
+
+    log.info(
+        "features app %s (role %s) on %s, Redis prefix %r",
+        settings.faust_app_id,
+        settings.role,
+        settings.kafka.bootstrap_servers,
+        settings.redis_key_prefix,
+    )
+    # Logging stays as logs.configure set it (faust would otherwise install its own setup).
+    worker = Worker(features.app, loglevel=settings.log_level, quiet=True, override_logging=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+    finally:
+        if server is not None:
+            server.shutdown()

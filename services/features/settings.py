@@ -1,0 +1,79 @@
+"""Settings of `driftline features`: Redis, window sizes, join retention, drift, flush cadence."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+
+from services.core.profile import PSI_DRIFT_THRESHOLD
+from services.core.windows import WindowSpec
+from services.runtime.settings import DriftlineSettings
+
+Role = Literal["all", "stats", "join"]
+
+
+class FeaturesSettings(DriftlineSettings):
+    """`driftline features`: env DRIFTLINE_REDIS_URL, DRIFTLINE_JOIN_RETENTION_S, ..."""
+
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    redis_key_prefix: str = "driftline:"
+    redis_timeout_s: float = Field(default=2.0, gt=0)
+    app_id: str = Field(default="driftline-features", description="faust app id (after prefix)")
+    role: Role = Field(default="all", description="stats, join, or both in one worker (all)")
+    table_store: str = Field(default="memory://", description="faust table store URL")
+    data_dir: str = Field(
+        default=".driftline/features", description="faust's working files (a dir per app id)"
+    )
+    session_timeout_s: float = Field(default=30.0, gt=0, description="consumer group session")
+    heartbeat_interval_s: float = Field(default=3.0, gt=0)
+    join_partitions: int = Field(default=6, ge=1, description="partitions of the join topic")
+    replication_factor: int = Field(default=1, ge=1, description="of faust's own topics")
+    service_name: str = "features"
+
+    bucket_s: int = Field(default=60, ge=1, description="tumbling window size")
+    hopping_s: int = Field(default=600, ge=1, description="hopping window size")
+    hop_s: int = Field(default=60, ge=1, description="hopping window step")
+    allowed_lateness_s: int = Field(default=300, ge=0, description="older events are dropped")
+    low_confidence: float = Field(default=0.6, ge=0, le=1, description="low-confidence cutoff")
+    stats_ttl_s: int = Field(default=86_400, ge=1, description="TTL of window hashes")
+    latest_ttl_s: int = Field(default=7 * 86_400, ge=1, description="TTL of per-asset hashes")
+
+    join_retention_s: int = Field(default=1800, ge=1, description="labels later than this expire")
+    join_grace_s: int = Field(default=300, ge=0, description="kept past retention before eviction")
+    label_wait_s: int = Field(
+        default=600, ge=0, description="a label waits for its event till inputs pass it by this"
+    )
+    evict_interval_s: float = Field(default=30.0, gt=0)
+
+    accuracy_window_s: int = Field(default=3600, ge=1)
+    accuracy_bucket_s: int = Field(default=60, ge=1)
+
+    drift_window_s: int = Field(default=600, ge=1, description="event time compared")
+    drift_interval_s: float = Field(default=30.0, gt=0)
+    drift_min_samples: int = Field(default=200, ge=1)
+    drift_max_samples: int = Field(default=20_000, ge=1)
+    drift_threshold: float = Field(default=PSI_DRIFT_THRESHOLD, gt=0)
+    registry_timeout_s: float = Field(default=20.0, gt=0)
+
+    flush_interval_s: float = Field(default=1.0, gt=0, description="Redis write cadence")
+    redis_retry_max_s: float = Field(default=15.0, gt=0, description="longest retry backoff")
+    batch_max: int = Field(default=5000, ge=1, description="records per agent batch")
+    batch_wait_s: float = Field(default=0.5, gt=0, description="longest wait to fill one")
+    commit_interval_s: float = Field(default=1.0, gt=0)
+
+    @property
+    def windows(self) -> WindowSpec:
+        return WindowSpec(self.bucket_s * 1000, self.hopping_s * 1000, self.hop_s * 1000)
+
+    @property
+    def faust_app_id(self) -> str:
+        return f"{self.kafka.topic_prefix}{self.app_id}"
+
+    @property
+    def runs_stats(self) -> bool:
+        return self.role in ("all", "stats")
+
+    @property
+    def runs_join(self) -> bool:
+        return self.role in ("all", "join")

@@ -1,0 +1,91 @@
+"""Keyed state with a changelog: the port the aggregators write through, and its two adapters.
+
+The aggregators keep decoded state in memory and write every change through a `StateTable`;
+in the app that is a faust table (each change also goes to its changelog topic, which is how a
+restarted worker gets its state back), in tests and in `rebuild` it is a plain dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+
+class StateTable(Protocol):
+    """bytes -> bytes state; `partition` is the changelog partition (None: by key hash)."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def put(self, partition: int | None, key: bytes, value: bytes) -> None: ...
+
+    def delete(self, partition: int | None, key: bytes) -> None: ...
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def partition(self, key: bytes) -> int | None:
+        """The changelog partition a recovered key came from, when known."""
+        ...
+
+    def __len__(self) -> int: ...
+
+
+class DictTable:
+    """The in-memory twin: the same contract without a changelog."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, partition: int | None, key: bytes, value: bytes) -> None:
+        self.data[key] = value
+
+    def delete(self, partition: int | None, key: bytes) -> None:
+        self.data.pop(key, None)
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(list(self.data.items()))
+
+    def partition(self, key: bytes) -> int | None:
+        return None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+class FaustTable:
+    """A faust table (raw bytes keys and values) behind the StateTable port.
+
+    Writes go to the table's store and its changelog with an explicit partition: the stats
+    table is co-partitioned with inference.results (the partition the asset's events come
+    from), the join tables partition by key hash like the join topic (partition None), so a
+    worker that takes over a partition restores exactly the state of that partition.
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, key: bytes) -> bytes | None:
+        value = self.table.data.get(key)
+        return value if isinstance(value, bytes) else None
+
+    def put(self, partition: int | None, key: bytes, value: bytes) -> None:
+        self.table.data[key] = value
+        self.table.send_changelog(partition, key, value)
+
+    def delete(self, partition: int | None, key: bytes) -> None:
+        if self.table.data.pop(key, None) is not None:
+            self.table.send_changelog(partition, key, None, value_serializer="raw")
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(list(self.table.data.items()))
+
+    def partition(self, key: bytes) -> int | None:
+        # The memory store records the changelog partition of every key it recovered.
+        known = getattr(self.table.data, "_key_partition", None)
+        found = known.get(key) if known is not None else None
+        return found if isinstance(found, int) else None
+
+    def __len__(self) -> int:
+        return len(self.table.data)
