@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,13 @@ KAFKA_JVM_FLAGS: tuple[str, ...] = (
 )
 # Image events can be several MiB: allow 10 MiB payloads plus record/batch overhead.
 KAFKA_MESSAGE_MAX_BYTES = 10 * 1024 * 1024 + 64 * 1024
+
+# The optional SASL listener: SCRAM users are written into the metadata log at format time.
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+SASL_LISTENER = "SASL_PLAINTEXT"
+STANDARD_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+# StorageTool's --add-scram syntax has no escaping we rely on: keep names and passwords plain.
+_SCRAM_TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 _KAFKA_JAR = f"kafka_{SCALA_VERSION}-{KAFKA_VERSION}.jar"
 _KAFKA_MAIN = "kafka.Kafka"
@@ -135,12 +142,32 @@ def _kafka_cluster_id() -> str:
             return cid
 
 
+def check_scram_users(users: tuple[tuple[str, str], ...]) -> None:
+    """Refuse SCRAM names and passwords that StorageTool's --add-scram syntax could misread."""
+    for name, password in users:
+        for what, value in (("name", name), ("password", password)):
+            if not _SCRAM_TOKEN.fullmatch(value):
+                raise ValueError(
+                    f"SCRAM user {name!r}: the {what} must be 1-128 characters of "
+                    "A-Z a-z 0-9 _ . - (passed to kafka-storage format --add-scram)"
+                )
+
+
 @dataclass(frozen=True)
 class KafkaNode:
-    """The single combined broker+controller Kafka of one stack data dir."""
+    """The single combined broker+controller Kafka of one stack data dir.
+
+    With ``scram_users`` and a ``StackPorts.sasl`` port, a SASL_PLAINTEXT listener with
+    SCRAM-SHA-512 runs beside the PLAINTEXT one (which inter-broker and controller traffic keep,
+    on loopback). With ``acl_super_users`` (None: off), the StandardAuthorizer enforces ACLs:
+    only those principals and User:ANONYMOUS (the loopback PLAINTEXT listeners' principal, which
+    the node itself needs) bypass them.
+    """
 
     data_dir: Path
     log: Callable[[str], None]
+    scram_users: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # passwords
+    acl_super_users: tuple[str, ...] | None = None
 
     @property
     def server_properties(self) -> Path:
@@ -167,13 +194,43 @@ class KafkaNode:
         args = cmdline(pid)
         return _KAFKA_MAIN in args and str(self.server_properties) in args
 
+    def _security_properties(self, ports: StackPorts) -> dict[str, str]:
+        """Listener settings: PLAINTEXT and CONTROLLER, plus the SASL listener when asked for."""
+        listeners = f"PLAINTEXT://{HOST}:{ports.kafka},CONTROLLER://{HOST}:{ports.controller}"
+        advertised = f"PLAINTEXT://{HOST}:{ports.kafka}"
+        protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+        props: dict[str, str] = {}
+        if ports.sasl is not None:
+            sasl = f"{SASL_LISTENER}://{HOST}:{ports.sasl}"
+            listeners, advertised = f"{listeners},{sasl}", f"{advertised},{sasl}"
+            protocols += f",{SASL_LISTENER}:{SASL_LISTENER}"
+            prefix = f"listener.name.{SASL_LISTENER.lower()}"
+            props = {
+                "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+                f"{prefix}.sasl.enabled.mechanisms": SCRAM_MECHANISM,
+                f"{prefix}.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": (
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                ),
+            }
+        if self.acl_super_users is not None:
+            supers = ["User:ANONYMOUS", *(f"User:{u}" for u in self.acl_super_users)]
+            props |= {
+                "authorizer.class.name": STANDARD_AUTHORIZER,
+                "super.users": ";".join(dict.fromkeys(supers)),
+                "allow.everyone.if.no.acl.found": "false",
+            }
+        return {
+            "listeners": listeners,
+            "advertised.listeners": advertised,
+            "listener.security.protocol.map": protocols,
+            **props,
+        }
+
     def write_server_properties(self, ports: StackPorts) -> None:
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
-            "listeners": f"PLAINTEXT://{HOST}:{ports.kafka},CONTROLLER://{HOST}:{ports.controller}",
-            "advertised.listeners": f"PLAINTEXT://{HOST}:{ports.kafka}",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            **self._security_properties(ports),
             "inter.broker.listener.name": "PLAINTEXT",
             "controller.listener.names": "CONTROLLER",
             # Dynamic (KIP-853) quorum of one, initialised by `format --standalone`.
@@ -230,8 +287,13 @@ class KafkaNode:
             str(self.server_properties),
             "--standalone",
         ]
+        check_scram_users(self.scram_users)
+        # Local dev and CI only: the passwords are briefly visible in this tool's command line.
+        for name, password in self.scram_users:
+            cmd += ["--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if proc.returncode != 0:
+            # The command line may hold SCRAM passwords: report the tool's output only.
             raise StackStartError(
                 f"formatting Kafka storage failed (exit {proc.returncode}):\n"
                 + "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
@@ -246,7 +308,10 @@ class KafkaNode:
         cmd = [*self._java_base(java, libdir), _KAFKA_MAIN, str(self.server_properties)]
         pid = spawn(cmd, self.stdout, cwd=self.data_dir)
         self.pid_file.write(pid)
-        self.log(f"localstack: started Kafka {KAFKA_VERSION} (pid {pid}) on {HOST}:{ports.kafka}")
+        sasl = f", SASL/SCRAM on {HOST}:{ports.sasl}" if ports.sasl is not None else ""
+        self.log(
+            f"localstack: started Kafka {KAFKA_VERSION} (pid {pid}) on {HOST}:{ports.kafka}{sasl}"
+        )
 
 
 def make_admin(bootstrap: str) -> AdminClient | None:

@@ -20,16 +20,17 @@ class StackPorts:
     kafka: int = 9092
     controller: int = 9093
     redis: int = 6379
+    # An optional SASL_PLAINTEXT (SCRAM) listener next to the PLAINTEXT one; off when None.
+    sasl: int | None = None
 
     def __post_init__(self) -> None:
-        for name, port in (
-            ("kafka", self.kafka),
-            ("controller", self.controller),
-            ("redis", self.redis),
-        ):
+        named = [("kafka", self.kafka), ("controller", self.controller), ("redis", self.redis)]
+        if self.sasl is not None:
+            named.append(("sasl", self.sasl))
+        for name, port in named:
             if not 0 < port < 65536:
                 raise ValueError(f"{name} port {port} is not in 1..65535")
-        if len({self.kafka, self.controller, self.redis}) != 3:
+        if len({port for _, port in named}) != len(named):
             raise ValueError(f"stack ports must be distinct, got {self}")
 
     @classmethod
@@ -53,7 +54,10 @@ class StackPorts:
         )
 
     def to_json(self) -> dict[str, int]:
-        return {"kafka": self.kafka, "controller": self.controller, "redis": self.redis}
+        out = {"kafka": self.kafka, "controller": self.controller, "redis": self.redis}
+        if self.sasl is not None:
+            out["sasl"] = self.sasl
+        return out
 
 
 def free_port() -> int:

@@ -6,7 +6,7 @@ import contextlib
 import fcntl
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -15,6 +15,7 @@ from services.runtime.localstack.errors import PortInUseError, StackStartError
 from services.runtime.localstack.kafka import (
     KafkaNode,
     broker_ready,
+    check_scram_users,
     default_jar_cache,
     ensure_jars,
     find_java,
@@ -51,6 +52,8 @@ class StackStatus:
     bootstrap_servers: str
     redis_url: str
     data_dir: Path
+    # host:port of the SASL_PLAINTEXT (SCRAM-SHA-512) listener, when the stack has one.
+    sasl_bootstrap_servers: str | None = None
 
     @property
     def running(self) -> bool:
@@ -63,6 +66,11 @@ class LocalStack:
     Everything lives in ``data_dir``: configs, Kafka log dirs, Redis dir, logs, pid files and
     ``stack.json`` (the ports of the last started stack). Processes are started detached, so
     the stack outlives the Python process that called :meth:`up` until :meth:`down`.
+
+    ``scram_users`` (name to password) adds a SASL_PLAINTEXT listener with SCRAM-SHA-512 on
+    ``ports.sasl``; the users are created when the storage is first formatted.
+    ``acl_super_users`` turns on ACL enforcement (StandardAuthorizer) with those SCRAM users as
+    super users; everyone else needs ACLs. Both are off by default.
     """
 
     def __init__(
@@ -72,12 +80,21 @@ class LocalStack:
         *,
         jar_cache: Path | None = None,
         log: Callable[[str], None] = print,
+        scram_users: Mapping[str, str] | None = None,
+        acl_super_users: Sequence[str] | None = None,
     ) -> None:
+        users = tuple(sorted((scram_users or {}).items()))
+        if users and ports.sasl is None:
+            raise ValueError("scram_users need a SASL listener port: StackPorts(sasl=...)")
+        if acl_super_users is not None and not users:
+            raise ValueError("ACLs (acl_super_users) need SCRAM users to grant them to")
+        check_scram_users(users)
         self.data_dir = Path(data_dir).resolve()
         self.ports = ports
         self.jar_cache = (jar_cache if jar_cache is not None else default_jar_cache()).resolve()
         self._log = log
-        self._kafka = KafkaNode(self.data_dir, log)
+        supers = tuple(acl_super_users) if acl_super_users is not None else None
+        self._kafka = KafkaNode(self.data_dir, log, users, supers)
         self._redis = RedisNode(self.data_dir, log)
 
     # ---- paths
@@ -197,8 +214,12 @@ class LocalStack:
         try:
             data = json.loads(self._stack_json.read_text(encoding="utf-8"))
             raw = data["ports"]
+            sasl = raw.get("sasl")
             return StackPorts(
-                kafka=int(raw["kafka"]), controller=int(raw["controller"]), redis=int(raw["redis"])
+                kafka=int(raw["kafka"]),
+                controller=int(raw["controller"]),
+                redis=int(raw["redis"]),
+                sasl=int(sasl) if sasl is not None else None,
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -214,6 +235,7 @@ class LocalStack:
             bootstrap_servers=f"{HOST}:{ports.kafka}",
             redis_url=f"redis://{HOST}:{ports.redis}/0",
             data_dir=self.data_dir,
+            sasl_bootstrap_servers=f"{HOST}:{ports.sasl}" if ports.sasl is not None else None,
         )
 
     # ---- lifecycle
@@ -225,14 +247,17 @@ class LocalStack:
                 ("Kafka", ports.kafka, ENV_KAFKA_PORT),
                 ("Kafka controller", ports.controller, ENV_CONTROLLER_PORT),
             ]
+            if ports.sasl is not None:
+                wanted.append(("Kafka SASL", ports.sasl, ""))
         if redis:
             wanted.append(("Redis", ports.redis, ENV_REDIS_PORT))
         for what, port, env in wanted:
             if not port_free(port):
+                with_env = f"{env}=<port> (or " if env else "("
                 raise PortInUseError(
                     f"{what} port {HOST}:{port} is already in use by another process; "
-                    f"stop it or choose another port with {env}=<port> "
-                    f"(or LocalStack(ports=StackPorts(...)))"
+                    f"stop it or choose another port with {with_env}"
+                    f"LocalStack(ports=StackPorts(...)))"
                 )
 
     def _wait_ready(self, ports: StackPorts, deadline: float) -> None:
