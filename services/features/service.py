@@ -44,3 +44,4 @@ def run(settings: FeaturesSettings, metrics_registry: CollectorRegistry | None =
     finally:
         if server is not None:
             server.shutdown()
+            server.server_close()

@@ -60,11 +60,6 @@ from tests.unit.test_dashboards_static import (
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(480),
-    # trainer.service.run shuts its metrics server down without server_close(): the listening
-    # socket is collected unclosed. Reported to the trainer's owner; only that warning is ignored.
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
-    ),
 ]
 
 REPO = Path(__file__).resolve().parents[2]
