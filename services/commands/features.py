@@ -91,6 +91,7 @@ def bench(args: argparse.Namespace) -> int:
         assets=args.assets,
         events=args.events,
         app_events=args.app_events,
+        app_workers=args.app_workers,
         json_path=Path(args.json) if args.json else None,
     )
 
@@ -134,6 +135,7 @@ def register(sub: Any) -> None:
     b.add_argument(
         "--app-events", type=int, default=50_000, help="results through the faust app (0: skip)"
     )
+    b.add_argument("--app-workers", type=int, default=1, help="stats workers started (1)")
     b.add_argument("--json", help="also write the figures to this JSON file")
     _common(b)
     b.set_defaults(func=bench)

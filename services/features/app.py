@@ -17,7 +17,6 @@ Tables (all in the faust store, each with its compacted changelog):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,10 +30,10 @@ from schemas import headers as h
 from schemas.messages import ModelVersion
 from services.features.accuracy import Version
 from services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
+from services.features.registry import RegistryFollower
 from services.features.settings import FeaturesSettings
 from services.features.store import FeatureStore, RedisFeatureStore
 from services.features.tables import FaustTable
-from services.runtime import registry
 from services.runtime.metrics import FeaturesMetrics
 
 log = logging.getLogger(__name__)
@@ -111,11 +110,13 @@ class FeaturesApp:
     app: faust.App
     pipeline: FeaturesPipeline
     versions: dict[Version, ModelVersion] = field(default_factory=dict)
+    # Set by the tables' recovery callbacks (in the event loop); read by /readyz's thread,
+    # which must never touch faust objects itself.
+    waiting_for: set[str] = field(default_factory=set)
 
     @property
     def ready(self) -> bool:
-        tables: Any = self.app.tables
-        return bool(tables.recovery.completed.is_set())
+        return not self.waiting_for
 
 
 def create_app(settings: FeaturesSettings) -> faust.App:
@@ -192,20 +193,25 @@ def build(
         async for events in stream.take_events(**take):
             await pipeline.on_results(records(events), forward=s.runs_join)
 
+    # Timers leave the state alone until the tables are recovered.
     async def flush() -> None:
-        await pipeline.flush()
+        if features.ready:
+            await pipeline.flush()
 
     async def evict() -> None:
-        await pipeline.evict()
+        if features.ready:
+            await pipeline.evict()
 
     app.timer(s.flush_interval_s, name="flush")(flush)
     app.timer(s.evict_interval_s, name="evict")(evict)
 
     if stats_table is not None:
+        features.waiting_for.add("stats")
 
         @stats_table.on_recover
         async def stats_recovered() -> None:
             pipeline.on_stats_recovered()
+            features.waiting_for.discard("stats")
 
     if s.runs_join:
         inputs_topic = app.topic(topics.sensor_windows, topics.camera_images, **RAW)
@@ -229,31 +235,24 @@ def build(
             async for events in stream.take_events(**take):
                 await pipeline.on_join(records(events))
 
+        follower = RegistryFollower(s.kafka, topics.models_registry, s.registry_timeout_s)
+
         async def drift() -> None:
-            loop = asyncio.get_running_loop()
-            try:
-                snapshot = await loop.run_in_executor(
-                    None,
-                    lambda: registry.read_snapshot(
-                        s.kafka, topics.models_registry, timeout_s=s.registry_timeout_s
-                    ),
-                )
-            except Exception as exc:  # the registry is optional for everything else
-                log.warning("cannot read the model registry for drift: %s", exc)
+            if not features.ready:
                 return
-            features.versions = {
-                (name, number): mv
-                for name, by_number in snapshot.versions.items()
-                for number, mv in by_number.items()
-            }
+            follower.start()  # once; a thread keeps the versions current from then on
+            features.versions = follower.versions()
             await pipeline.check_drift(features.versions)
 
         app.timer(s.drift_interval_s, name="drift")(drift)
 
         assert join_events is not None
 
+        features.waiting_for.add("join")
+
         @join_events.on_recover
         async def join_recovered() -> None:
             pipeline.on_join_recovered()
+            features.waiting_for.discard("join")
 
     return features

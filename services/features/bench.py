@@ -221,15 +221,16 @@ def _reads(settings: FeaturesSettings, assets: int, reads: int) -> dict[str, dic
     }
 
 
-def _app_throughput(settings: FeaturesSettings, events: int, assets: int) -> dict[str, Any]:
-    """Preload results, start the stats role, time it until every result is folded."""
+def _app_throughput(
+    settings: FeaturesSettings, events: int, assets: int, workers: int
+) -> dict[str, Any]:
+    """Preload results, start `workers` stats-role processes, time them until all are folded."""
     from services.bench.harness import bench_kafka, preload
     from services.runtime.localstack import free_port
 
     kafka = bench_kafka(settings.kafka.bootstrap_servers, partitions=6)
     t0 = int(time.time() * 1000) - 3_600_000
     preload(kafka, kafka.topics.inference_results, _results(events, assets, t0, seed=4), AVRO)
-    port = free_port()
     env = {
         **os.environ,
         "DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
@@ -238,26 +239,30 @@ def _app_throughput(settings: FeaturesSettings, events: int, assets: int) -> dic
         "DRIFTLINE_REDIS_KEY_PREFIX": settings.redis_key_prefix,
         "DRIFTLINE_LOG_LEVEL": "WARNING",
     }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "services.cli",
-            "features",
-            "--role",
-            "stats",
-            "--metrics-port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    ports = [free_port() for _ in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "features",
+                "--role",
+                "stats",
+                "--metrics-port",
+                str(port),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
     first = last = None
     try:
         deadline = time.monotonic() + 60 + events / 500
         while time.monotonic() < deadline:
-            folded = _accepted(port)
+            folded = sum(_accepted(port) for port in ports)
             now = time.perf_counter()
             if folded > 0 and first is None:
                 first = (now, folded)
@@ -266,17 +271,20 @@ def _app_throughput(settings: FeaturesSettings, events: int, assets: int) -> dic
                 break
             time.sleep(0.1)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
     if first is None or last is None:
         raise RuntimeError("the features app did not fold every preloaded result in time")
     seconds = last[0] - first[0]
     return {
-        "what": "the faust app, --role stats, one worker",
+        "what": f"the faust app, --role stats, {workers} worker{'s' if workers > 1 else ''}",
         "events": events,
         "seconds": seconds,
         "events_per_s": (last[1] - first[1]) / seconds if seconds > 0 else float("inf"),
         "partitions": 6,
+        "workers": workers,
     }
 
 
@@ -300,6 +308,7 @@ def main(
     events: int,
     app_events: int,
     json_path: Path | None,
+    app_workers: int = 1,
 ) -> int:
     prefix = f"bench{uuid.uuid4().hex[:6]}:"
     settings = settings.model_copy(update={"redis_key_prefix": prefix})
@@ -309,7 +318,7 @@ def main(
         report.figures.update(_reads(settings, assets, reads))
         report.figures["stats_path"] = asyncio.run(_stats_path(settings, events, assets))
         if app_events:
-            report.figures["app_stats"] = _app_throughput(settings, app_events, assets)
+            report.figures["app_stats"] = _app_throughput(settings, app_events, assets, app_workers)
     finally:
         delete_prefix(settings)
     report.figures["machine"] = {"cpus": os.cpu_count()}

@@ -248,8 +248,12 @@ class FeaturesPipeline:
         if records:
             self.metrics.consumed.labels(records[0].topic).inc(len(records))
 
-    async def _settle(self, outcome: j.LabelOutcome) -> None:
-        """Act on a label's outcome: emit its window, dead-letter it, or count it."""
+    async def _settle(self, outcome: j.LabelOutcome, *, now: bool = False) -> None:
+        """Act on a label's outcome: emit its window, dead-letter it, or count it.
+
+        `now`: settled by a timer (no consumed record to attach the dead letter to), so the
+        dead letter is sent at once and awaited.
+        """
         self.metrics.labels.labels(outcome.decision.value).inc()
         if outcome.decision is Decision.EMIT:
             assert outcome.window is not None
@@ -259,7 +263,8 @@ class FeaturesPipeline:
         elif outcome.decision in (Decision.UNKNOWN, Decision.EXPIRED):
             letter, hdrs = j.dead_letter_for(outcome, self.settings.service_name)
             record = outcome.record
-            await self.outbox.send(self.topics.dlq(FEEDBACK_LABELS), record.key, record.value, hdrs)
+            topic = self.topics.dlq(FEEDBACK_LABELS)
+            await self.outbox.send(topic, record.key, record.value, hdrs, wait=now)
             self.metrics.dead_letters.labels(letter.source_topic, dl.UNKNOWN_EVENT).inc()
             log.info("label dead-lettered: %s", letter.error_message)
 
@@ -323,7 +328,7 @@ class FeaturesPipeline:
             self.stats.evict()
         if self.join is not None:
             for outcome in self.join.due():
-                await self._settle(outcome)
+                await self._settle(outcome, now=True)
             self.join.evict()
             self.metrics.join_entries.labels("inputs").set(len(self.join.inputs))
             self.metrics.join_entries.labels("events").set(len(self.join.states))
@@ -349,7 +354,9 @@ class FeaturesPipeline:
             m.drift_detected.labels(*labels).set(1 if s.drifted else 0)
             m.drift_samples.labels(*labels).set(s.sample_count)
             topic = self.topics.drift_signals
-            await self.outbox.send(topic, s.model_name.encode(), codec.encode(s), AVRO_HEADERS)
+            # From a timer: no consumed record to attach to, so send now and wait for the ack.
+            value = codec.encode(s)
+            await self.outbox.send(topic, s.model_name.encode(), value, AVRO_HEADERS, wait=True)
             m.produced.labels(topic).inc()
             self._extra[ev.write.key] = ev.write
             out.append(s)

@@ -84,11 +84,10 @@ class FeaturesProcess:
             "DRIFTLINE_COMMIT_INTERVAL_S": "0.5",
             "DRIFTLINE_REDIS_RETRY_MAX_S": "1",
             "DRIFTLINE_REDIS_TIMEOUT_S": "1",
-            "DRIFTLINE_LOG_LEVEL": "INFO",
+            "DRIFTLINE_LOG_LEVEL": "WARNING",
             "DRIFTLINE_DATA_DIR": str(self.log_path.parent / "faust"),
             "DRIFTLINE_SESSION_TIMEOUT_S": "6",
             "DRIFTLINE_HEARTBEAT_INTERVAL_S": "1",
-            "PYTHONWARNINGS": "ignore",
         }
         env.update(self.env_overrides)
         return env
@@ -139,7 +138,10 @@ class FeaturesProcess:
             if check():
                 return
             time.sleep(0.3)
-        raise AssertionError(f"timed out waiting for {what}\n{self.log_tail()}")
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)  # mode dumps every task's stack to the log
+            time.sleep(2)
+        raise AssertionError(f"timed out waiting for {what}\n{self.log_tail(200)}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -514,16 +516,15 @@ def test_drift_signal_when_inputs_shift_from_the_reference(
     )
     app = start_app(role="all", drift_interval_s="2", drift_min_samples="300")
 
+    def evaluated(version: int) -> float:
+        return app.metric("driftline_drift_samples", model=MODEL, version=str(version))
+
+    app.wait(lambda: evaluated(1) >= 400 and evaluated(2) >= 400, 60, "both versions evaluated")
     signals: dict[int, DriftSignal] = {}
-
-    def both_evaluated() -> bool:
-        for m in drain(kafka, kafka.topics.drift_signals, expect=0, timeout_s=3, settle_s=0.5):
-            s = codec.decode(DriftSignal, m.value())
-            if s.sample_count >= 400:
-                signals[s.model_version] = s
-        return set(signals) == {1, 2}
-
-    app.wait(both_evaluated, 60, "a drift signal for both versions")
+    for m in drain(kafka, kafka.topics.drift_signals, expect=2, timeout_s=30):
+        s = codec.decode(DriftSignal, m.value())
+        signals[s.model_version] = s  # the latest evaluation of each version
+    assert {v: s.sample_count for v, s in signals.items()} == {1: 400, 2: 400}
     assert not signals[1].drifted
     assert signals[1].score < signals[1].threshold
     assert signals[2].drifted
