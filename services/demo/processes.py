@@ -101,13 +101,15 @@ def bootstrap(cfg: DemoConfig, env: dict[str, str], logs: Path, say: Say) -> Non
     ]
     if not cfg.images:
         cmd += ["--modality", "sensor"]
-    with (logs / "bootstrap.log").open("wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with (
+        (logs / "bootstrap.log").open("wb") as log,
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc,
+    ):
         assert proc.stdout is not None
         for raw in proc.stdout:
             log.write(raw)
             line = raw.decode(errors="replace").rstrip()
             if line:
                 say(f"  {line}")
-        if proc.wait() != 0:
-            raise RuntimeError(f"bootstrap training failed; see {logs / 'bootstrap.log'}")
+    if proc.returncode != 0:
+        raise RuntimeError(f"bootstrap training failed; see {logs / 'bootstrap.log'}")

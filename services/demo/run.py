@@ -28,6 +28,8 @@ from services.runtime.settings import KafkaSettings, SimulatorSettings
 from services.simulator import scenario as scenarios
 from services.simulator import sensors
 
+READY_TIMEOUT_S = 300.0
+
 
 def run(
     cfg: DemoConfig, bootstrap_servers: str, redis_url: str, say: Say, live: bool
@@ -78,8 +80,12 @@ def run(
         services.append(spawn("trainer", ["train"], trainer_env, logs, free_port()))
         services.append(spawn("alerts", ["alerts"], env, logs, free_port()))
         say(f"services starting ({', '.join(s.name for s in services)}); logs in {logs}")
-        deadline = time.monotonic() + 120
-        for s in services[: len(cfg.modalities)]:
+        # Inference must serve and the features app must have recovered its tables (the label
+        # join feeds the trainer) before the fleet starts sending.
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        for s in services:
+            if s.name not in ("features",) and not s.name.startswith("infer-"):
+                continue
             while not s.ready():
                 if s.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{s.name} did not become ready; see {s.log}")
