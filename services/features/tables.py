@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from aiokafka.partitioner import murmur2
+
 
 class StateTable(Protocol):
     """bytes -> bytes state; `partition` is the changelog partition (None: by key hash)."""
@@ -63,8 +65,18 @@ class FaustTable:
     worker that takes over a partition restores exactly the state of that partition.
     """
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, partitions: int | None = None) -> None:
         self.table = table
+        self.partitions = partitions or getattr(table, "partitions", None)
+
+    def _changelog_partition(self, partition: int | None, key: bytes) -> int | None:
+        # "By key hash" is computed here, as Kafka's default partitioner does, rather than left
+        # to the producer: right after the changelog topic is created the producer may not have
+        # its metadata yet, and it would fail the write instead of waiting for it.
+        if partition is not None or not self.partitions:
+            return partition
+        slot: int = (murmur2(key) & 0x7FFFFFFF) % self.partitions
+        return slot
 
     def get(self, key: bytes) -> bytes | None:
         value = self.table.data.get(key)
@@ -72,11 +84,13 @@ class FaustTable:
 
     def put(self, partition: int | None, key: bytes, value: bytes) -> None:
         self.table.data[key] = value
-        self.table.send_changelog(partition, key, value)
+        self.table.send_changelog(self._changelog_partition(partition, key), key, value)
 
     def delete(self, partition: int | None, key: bytes) -> None:
         if self.table.data.pop(key, None) is not None:
-            self.table.send_changelog(partition, key, None, value_serializer="raw")
+            self.table.send_changelog(
+                self._changelog_partition(partition, key), key, None, value_serializer="raw"
+            )
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         return iter(list(self.table.data.items()))
