@@ -553,7 +553,7 @@ def run(
         "alo_over_naive": alo / naive,
     }
     report["latency"] = []
-    for share in (0.5, 0.8):
+    for share in (0.1, 0.5, 0.8):
         say(f"latency at {share:.0%} of the pipeline's maximum ({alo * share:,.0f}/s)")
         report["latency"].append(
             {"load": share, **_latency(boot, partitions, w, root, alo * share, 10.0)}
