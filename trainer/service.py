@@ -50,6 +50,7 @@ from services.core.triggers import TRIGGER_MANUAL, TriggerPolicy, TriggerState, 
 from services.runtime import metrics as m
 from services.runtime import registry
 from services.runtime.artifacts import FsspecArtifactStore
+from services.runtime.deadletters import describe, dlq_record
 from services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
 from services.runtime.settings import TrainerSettings
 from trainer.dataset import Example, TrainingBuffer
@@ -322,31 +323,16 @@ class TrainerService:
         assert self._producer is not None
         tracker = DeliveryTracker()
         for msg, exc in letters:
-            letter = dl.dead_letter(
-                topic=self.source,
-                partition=msg.partition() or 0,
-                offset=msg.offset() or 0,
-                error=exc,
-                service=self.settings.service_name,
-                key=msg.key(),
-                value=msg.value(),
-            )
+            rec = dlq_record(msg, exc, self.settings.service_name)
             self._producer.produce(
                 self.dlq_topic,
-                key=msg.key(),
-                value=msg.value(),
-                headers=dl.to_headers(letter, msg.headers()),
+                key=rec.key,
+                value=rec.value,
+                headers=rec.headers,
                 on_delivery=tracker,
             )
             self.metrics.dead_letters.labels(self.source, exc.error_class).inc()
-            log.warning(
-                "dead-lettered %s[%d]@%d: %s: %s",
-                self.source,
-                letter.source_partition,
-                letter.source_offset,
-                exc.error_class,
-                exc.message,
-            )
+            log.warning(describe(rec.envelope))
         flush_or_raise(self._producer, tracker)
 
     def _on_signal(self, msg: Message) -> None:

@@ -34,6 +34,7 @@ from services.alerts.webhook import SKIPPED, WebhookSender
 from services.core.alerting import SUPPRESSIONS, AlertEngine, Observation, RaisedAlert
 from services.core.batching import Batcher, BatchPolicy
 from services.core.scoring import commit_offsets, rewind_offsets
+from services.runtime.deadletters import describe, dlq_record
 from services.runtime.kafka import (
     DeliveryTracker,
     consumer_config,
@@ -318,31 +319,11 @@ class AlertsConsumer:
     def _dead_letter(
         self, prod: Producer, tracker: DeliveryTracker, msg: Message, error: dl.CodecError
     ) -> None:
-        topic, partition, offset = position(msg)
-        letter = dl.dead_letter(
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            error=error,
-            service=self.settings.service_name,
-            key=msg.key(),
-            value=msg.value(),
-        )
+        rec = dlq_record(msg, error, self.settings.service_name)
         prod.produce(
-            self.dlq_topic,
-            key=msg.key(),
-            value=msg.value(),
-            headers=dl.to_headers(letter, msg.headers()),
-            on_delivery=tracker,
+            self.dlq_topic, key=rec.key, value=rec.value, headers=rec.headers, on_delivery=tracker
         )
-        log.info(
-            "dead-lettered %s[%d]@%d: %s: %s",
-            topic,
-            partition,
-            offset,
-            error.error_class,
-            error.message,
-        )
+        log.info(describe(rec.envelope))
 
     def _count(self, stats: BatchStats) -> None:
         """Metrics of a committed batch (counted once, even if earlier tries were rewound)."""

@@ -30,6 +30,7 @@ from services.core.scoring import commit_offsets, rewind_offsets, top1
 from services.inference.delivery import Delivery, RewindBatch, for_settings
 from services.inference.model import LoadedModel
 from services.inference.watcher import ModelSlot
+from services.runtime.deadletters import describe, dlq_record
 from services.runtime.kafka import consumer_config, position
 from services.runtime.metrics import Health, InferenceMetrics
 from services.runtime.settings import InferenceSettings
@@ -281,25 +282,7 @@ class InferenceConsumer:
         m.end_to_end.observe_many((self.modality,), (now_ms - batch.event_time_ms).clip(0) / 1000.0)
 
     def _dead_letter(self, delivery: Delivery, msg: Message, error: dl.CodecError) -> None:
-        topic, partition, offset = position(msg)
-        letter = dl.dead_letter(
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            error=error,
-            service=self.settings.service_name,
-            key=msg.key(),
-            value=msg.value(),
-        )
-        delivery.produce(
-            self.dlq_topic, msg.key(), msg.value(), dl.to_headers(letter, msg.headers())
-        )
-        self.metrics.dead_letters.labels(topic, error.error_class).inc()
-        log.info(
-            "dead-lettered %s[%d]@%d: %s: %s",
-            topic,
-            partition,
-            offset,
-            error.error_class,
-            error.message,
-        )
+        rec = dlq_record(msg, error, self.settings.service_name)
+        delivery.produce(self.dlq_topic, rec.key, rec.value, rec.headers)
+        self.metrics.dead_letters.labels(rec.envelope.source_topic, error.error_class).inc()
+        log.info(describe(rec.envelope))

@@ -32,6 +32,39 @@ class Letter:
     content_type: str | None
 
 
+@dataclass(frozen=True)
+class DlqRecord:
+    """What to produce on a DLQ for a consumed record: its key and bytes, reasons in headers."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: h.HeaderList
+    envelope: DeadLetter
+
+
+def dlq_record(msg: Message, error: dl.CodecError, service: str) -> DlqRecord:
+    """The dead letter of a consumed record, every consumer's one way to build it."""
+    topic, partition, offset = position(msg)
+    envelope = dl.dead_letter(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        error=error,
+        service=service,
+        key=msg.key(),
+        value=msg.value(),
+    )
+    return DlqRecord(msg.key(), msg.value(), dl.to_headers(envelope, msg.headers()), envelope)
+
+
+def describe(letter: DeadLetter) -> str:
+    """One log line's worth: where the record came from and why it was dead-lettered."""
+    return (
+        f"dead-lettered {letter.source_topic}[{letter.source_partition}]@{letter.source_offset}: "
+        f"{letter.error_class}: {letter.error_message}"
+    )
+
+
 def dlq_topic_name(kafka: KafkaSettings, topic: str) -> str:
     """The DLQ name for a source topic or a DLQ name, prefixed or not (sensor.windows[.dlq])."""
     name = topic if topic.endswith(DLQ_SUFFIX) else topic + DLQ_SUFFIX
