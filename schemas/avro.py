@@ -69,12 +69,38 @@ def strip_framing(data: bytes) -> tuple[int | None, memoryview]:
     return None, view
 
 
+@functools.cache
+def _writer_schema(name: str, version: int) -> Any:
+    """The schema that wrote `version` of a record, when it differs from the current one."""
+    from schemas.writers import WRITER_SCHEMAS
+
+    writer = WRITER_SCHEMAS.get((name, version))
+    return None if writer is None else fastavro.parse_schema(_without_logical_types(writer))
+
+
+def _schema_version(body: memoryview) -> int:
+    """The leading schema_version (a zig-zag varint int) of an Avro record body; -1 if none."""
+    value = shift = 0
+    for byte in body[:5]:
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (value >> 1) ^ -(value & 1)
+        shift += 7
+    return -1
+
+
 def decode_record(name: str, data: bytes) -> dict[str, Any]:
-    """Decode Avro binary (framed or not) into a dict; raises on malformed input."""
+    """Decode Avro binary (framed or not) into a dict; raises on malformed input.
+
+    Records written by an earlier schema_version are read with that version's writer schema
+    and resolved to the current one (schemas.writers), so evolving a contract BACKWARD
+    compatibly keeps older records on the wire readable.
+    """
     _, body = strip_framing(data)
     buf = io.BytesIO(body)
     schema = parsed_schema(name)
-    record = fastavro.schemaless_reader(buf, schema, schema)
+    writer = _writer_schema(name, _schema_version(body))
+    record = fastavro.schemaless_reader(buf, writer or schema, schema)
     if not isinstance(record, dict):
         raise ValueError(f"{name} did not decode to a record")
     if buf.tell() != len(body):

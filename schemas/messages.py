@@ -73,15 +73,36 @@ class InferenceResult(Message, frozen=True, kw_only=True):
         return np.frombuffer(self.probabilities, dtype="<f4")
 
 
+LABEL_SCHEMA_VERSION = 2  # adds asset inspections (see schemas/writers.py for version 1)
+
+
 class Label(Message, frozen=True, kw_only=True):
-    """Delayed ground truth for one event."""
+    """Delayed ground truth: one event's true class, or an inspection of an asset.
+
+    A per-event label names `event_id` (and `asset_id`, which routes it to the join). An asset
+    inspection has no event_id: it says asset `asset_id` was found in condition `true_class` at
+    `inspection_time_ms` (default: `label_time_ms`), and that this holds for the asset's events
+    from `lookback_ms` before then up to then.
+    """
 
     avro_name: ClassVar[str] = "Label"
-    event_id: str
+    schema_version: int = LABEL_SCHEMA_VERSION
+    event_id: str | None = None
     true_class: str
     source: str
     label_time_ms: int
     asset_id: str | None = None
+    inspection_time_ms: int | None = None
+    lookback_ms: int | None = None
+
+    @property
+    def is_inspection(self) -> bool:
+        return self.event_id is None
+
+    def interval(self) -> tuple[int, int]:
+        """The event times [start, end] an inspection holds for (both ends included)."""
+        end = self.label_time_ms if self.inspection_time_ms is None else self.inspection_time_ms
+        return end - (self.lookback_ms or 0), end
 
 
 class LabelledWindow(Message, frozen=True, kw_only=True):

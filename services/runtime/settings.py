@@ -98,6 +98,15 @@ class SimulatorSettings(DriftlineSettings):
     )
     label_delay_min_s: float = Field(default=2.0, ge=0)
     label_delay_max_s: float = Field(default=10.0, ge=0)
+    inspection_fraction: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of labels sent as asset inspections instead of per-event labels",
+    )
+    inspection_lookback_s: float = Field(
+        default=30.0, gt=0, description="How far back before the event an inspection holds"
+    )
     scenario: str | None = Field(
         default=None, description="Drift scenario: a built-in name (steady, aging) or a TOML path"
     )

@@ -3,7 +3,9 @@
 Events are sent at constant rates with accurate pacing (every millisecond, whatever is due),
 so latency can be measured against a known load. The world follows a drift scenario (see
 scenario.py); the fleet's conditions may evolve; a share of events is labelled after a
-random delay, as field inspections would, on feedback.labels keyed by event id.
+random delay, as field inspections would, on feedback.labels keyed by asset id: a share of
+them (`inspection_fraction`) as asset inspections (the asset's condition at that event, holding
+for the `inspection_lookback_s` before it), the rest as per-event labels.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 
 from schemas import codec
@@ -95,7 +98,9 @@ class _Stream:
         self.encode_image = encode_jpeg if settings.image_format == "jpeg" else encode_png
         self.image_ctype = "image/jpeg" if settings.image_format == "jpeg" else "image/png"
 
-    def _after_send(self, event_id: str, asset: int, t: float, modality: str) -> None:
+    def _after_send(
+        self, event_id: str, asset: int, t: float, modality: str, event_time_ms: int
+    ) -> None:
         true_class = INSULATOR_CLASSES[int(self.fleet.conditions[asset])]
         if self.keep_truth or self.on_sent is not None:
             sent = SentWindow(event_id, self.fleet.ids[asset], true_class, modality, t)
@@ -108,12 +113,15 @@ class _Stream:
             delay = self.rng.uniform(
                 s.label_delay_min_s, max(s.label_delay_min_s, s.label_delay_max_s)
             )
+            inspection = bool(s.inspection_fraction) and self.rng.random() < s.inspection_fraction
             label = Label(
-                event_id=event_id,
+                event_id=None if inspection else event_id,
                 true_class=true_class,
                 source="simulator",
                 label_time_ms=0,
                 asset_id=self.fleet.ids[asset],
+                inspection_time_ms=event_time_ms if inspection else None,
+                lookback_ms=int(s.inspection_lookback_s * 1000) if inspection else None,
             )
             heapq.heappush(self.labels, _PendingLabel(t + delay, label))
 
@@ -144,7 +152,7 @@ class _Stream:
                 headers=AVRO,
                 on_delivery=self.tracker,
             )
-            self._after_send(event_id, asset, t, "sensor")
+            self._after_send(event_id, asset, t, "sensor", now_ms)
         self.windows += n
 
     def send_images(self, n: int, t: float) -> None:
@@ -169,23 +177,17 @@ class _Stream:
                 headers=AVRO,
                 on_delivery=self.tracker,
             )
-            self._after_send(event_id, asset, t, "image")
+            self._after_send(event_id, asset, t, "image", now_ms)
         self.images += n
 
     def send_due_labels(self, t: float) -> None:
         now_ms = int(time.time() * 1000)
         while self.labels and self.labels[0].due <= t:
             pending = heapq.heappop(self.labels)
-            label = Label(
-                event_id=pending.label.event_id,
-                true_class=pending.label.true_class,
-                source=pending.label.source,
-                label_time_ms=now_ms,
-                asset_id=pending.label.asset_id,
-            )
+            label = msgspec.structs.replace(pending.label, label_time_ms=now_ms)
             self.prod.produce(
                 self.label_topic,
-                key=label.event_id,
+                key=label.asset_id,
                 value=codec.encode(label),
                 headers=AVRO,
                 on_delivery=self.tracker,
