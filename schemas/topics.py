@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 DAY_MS = 24 * 3600 * 1000
 MIB = 1024 * 1024
+
+# How late a label may come after its event (field inspections: weeks). The join reads a
+# labelled event's input back from sensor.windows / camera.images by offset, so those topics
+# keep their records this long plus a margin; `driftline topics create` sets it. The features
+# app's DRIFTLINE_JOIN_RETENTION_S defaults to it; a longer one needs `topics create
+# --label-retention-s` (or the topics' retention.ms raised) to match.
+LABEL_RETENTION_MS = 30 * DAY_MS
+INPUT_RETENTION_MARGIN_MS = 2 * DAY_MS
+
+
+def input_retention_ms(label_retention_ms: int = LABEL_RETENTION_MS) -> int:
+    """Retention of the input topics that covers labels up to `label_retention_ms` late."""
+    return label_retention_ms + INPUT_RETENTION_MARGIN_MS
+
 
 SENSOR_WINDOWS = "sensor.windows"
 CAMERA_IMAGES = "camera.images"
@@ -42,10 +56,23 @@ class TopicSpec:
 
 
 TOPIC_TABLE: tuple[TopicSpec, ...] = (
-    TopicSpec(SENSOR_WINDOWS, "asset_id", "SensorWindow", partitions=6),
-    TopicSpec(CAMERA_IMAGES, "asset_id", "CameraImage", partitions=6, max_message_bytes=8 * MIB),
+    TopicSpec(
+        SENSOR_WINDOWS,
+        "asset_id",
+        "SensorWindow",
+        partitions=6,
+        retention_ms=input_retention_ms(),
+    ),
+    TopicSpec(
+        CAMERA_IMAGES,
+        "asset_id",
+        "CameraImage",
+        partitions=6,
+        retention_ms=input_retention_ms(),
+        max_message_bytes=8 * MIB,
+    ),
     TopicSpec(INFERENCE_RESULTS, "asset_id", "InferenceResult", partitions=6),
-    TopicSpec(FEEDBACK_LABELS, "event_id", "Label", partitions=3),
+    TopicSpec(FEEDBACK_LABELS, "asset_id", "Label", partitions=3),
     TopicSpec(
         TRAINING_WINDOWS,
         "asset_id",
@@ -60,6 +87,8 @@ TOPIC_TABLE: tuple[TopicSpec, ...] = (
     TopicSpec(ALERTS, "asset_id", "Alert", partitions=3, retention_ms=30 * DAY_MS),
     TopicSpec(DRIFT_SIGNALS, "model name", "DriftSignal", partitions=1, retention_ms=30 * DAY_MS),
 )
+
+INPUT_TOPICS = (SENSOR_WINDOWS, CAMERA_IMAGES)
 
 DLQ_SOURCES = (SENSOR_WINDOWS, CAMERA_IMAGES, FEEDBACK_LABELS, TRAINING_WINDOWS, INFERENCE_RESULTS)
 
@@ -76,10 +105,23 @@ def dlq_spec(source: TopicSpec) -> TopicSpec:
     )
 
 
-def all_specs() -> tuple[TopicSpec, ...]:
-    """The table plus a dead-letter topic for every topic that consumers read."""
-    by_name = {spec.base: spec for spec in TOPIC_TABLE}
-    return TOPIC_TABLE + tuple(dlq_spec(by_name[name]) for name in DLQ_SOURCES)
+def all_specs(label_retention_ms: int | None = None) -> tuple[TopicSpec, ...]:
+    """The table plus a dead-letter topic for every topic that consumers read.
+
+    With `label_retention_ms`, the input topics keep their records long enough for labels
+    that late (input_retention_ms), never less than the table says.
+    """
+    table = TOPIC_TABLE
+    if label_retention_ms is not None:
+        keep = input_retention_ms(label_retention_ms)
+        table = tuple(
+            replace(spec, retention_ms=max(spec.retention_ms, keep))
+            if spec.base in INPUT_TOPICS
+            else spec
+            for spec in TOPIC_TABLE
+        )
+    by_name = {spec.base: spec for spec in table}
+    return table + tuple(dlq_spec(by_name[name]) for name in DLQ_SOURCES)
 
 
 @dataclass(frozen=True)

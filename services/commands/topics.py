@@ -13,7 +13,10 @@ def run(args: argparse.Namespace) -> int:
     from services.runtime.settings import DriftlineSettings
 
     settings = settings_from(DriftlineSettings, args)
-    created, existing = create_topics(settings.kafka, partitions=args.partitions)
+    label_ms = args.label_retention_s * 1000 if args.label_retention_s else None
+    created, existing = create_topics(
+        settings.kafka, partitions=args.partitions, label_retention_ms=label_ms
+    )
     for name in created:
         print(f"created  {name}")
     for name in existing:
@@ -30,5 +33,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("action", choices=["create"])
     p.add_argument("--partitions", type=int, help="override every topic's partition count")
+    p.add_argument(
+        "--label-retention-s",
+        type=int,
+        help="how late labels may come (the features app's DRIFTLINE_JOIN_RETENTION_S): the "
+        "input topics keep records that long plus 2 days (default: 30 days)",
+    )
     add_kafka_flags(p)
     p.set_defaults(func=run)

@@ -2,17 +2,23 @@
 
 Agents are shims: they take batches of events, turn them into RawRecords and await the
 pipeline. Topics on our side of the contract carry Avro bytes, so every topic here is raw
-bytes in and out (decoded with schemas.codec). faust declares only its own topics: the join
-topic `<prefix><app_id>-join` and the tables' changelogs `<prefix><app_id>-<table>-changelog`
-(the broker's auto-creation is off), with `join_partitions` partitions, except the stats
-changelog, which has as many as inference.results so it stays co-partitioned with it.
+bytes in and out (decoded with schemas.codec). faust declares only its own topics: the
+join topic `<prefix><app_id>-join` (keyed by asset id) and the tables' changelogs
+`<prefix><app_id>-<table>-changelog` (the broker's auto-creation is off), with
+`join_partitions` partitions, except the stats changelog, which has as many as
+inference.results so it stays co-partitioned with it.
 
 Tables (all in the faust store, each with its compacted changelog):
   stats        window buckets per asset and model version (key asset|model|version|bucket)
-  join-inputs  original inputs by event id, evicted by event time
-  join-events  the prediction served and the label joined, by event id
-  join-labels  labels waiting for their input (a backlog can deliver a label first)
-  accuracy     rolling live accuracy per model version
+  join-events  per event: where its input lies, the prediction served, the label joined
+               (key asset \x1f event id, partitioned by asset), evicted by event time
+  join-labels  labels waiting for their events (a backlog can deliver a label first)
+  accuracy     live accuracy, written per join partition (one writer per changelog key)
+
+The join scales out: any number of `--role join` workers share the join topic's partitions
+(by asset), each recovering only the changelog partitions of its own (no standby replicas,
+so no worker holds another's state). Inputs are read back from Kafka by offset when labelled
+(services.features.readback), so the join holds no payloads.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from schemas import headers as h
 from schemas.messages import ModelVersion
 from services.features.accuracy import Version
 from services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
+from services.features.readback import KafkaInputReader
 from services.features.registry import RegistryFollower
 from services.features.settings import FeaturesSettings
 from services.features.store import FeatureStore, RedisFeatureStore
@@ -154,11 +161,15 @@ def build(
         broker_heartbeat_interval=s.heartbeat_interval_s,
         stream_buffer_maxsize=max(4096, 2 * s.batch_max),
         producer_linger=0.005,  # changelog and join records go out in batches, not one by one
+        # Each join worker recovers only its active partitions: a standby would hold (and our
+        # timers would act on) another worker's events.
+        table_standby_replicas=0,
     )
     outbox = TopicOutbox(app)
     results_topic = outbox.declare(topics.inference_results)
     tables = PipelineTables()
-    stats_table = join_inputs = join_events = accuracy = None
+    stats_table = join_events = accuracy = None
+    reader: KafkaInputReader | None = None
     if s.runs_stats:
         stats_table = app.Table(
             "stats",
@@ -172,19 +183,21 @@ def build(
             "key_type": bytes,
             "value_type": bytes,
             "partitions": s.join_partitions,
-            "use_partitioner": True,  # same key hash as the join topic: co-partitioned
+            "use_partitioner": True,  # partitioned by asset id, as the join topic is
         }
-        join_inputs = app.Table("join-inputs", **join_options)
         join_events = app.Table("join-events", **join_options)
         join_labels = app.Table("join-labels", **join_options)
         accuracy = app.Table("accuracy", **join_options)
-        tables.inputs = FaustTable(join_inputs, s.join_partitions)
         tables.states = FaustTable(join_events, s.join_partitions)
         tables.parked = FaustTable(join_labels, s.join_partitions)
         tables.accuracy = FaustTable(accuracy, s.join_partitions)
     if store is None:
         store = RedisFeatureStore.from_url(s.redis_url.get_secret_value(), s.redis_timeout_s)
-    features = FeaturesApp(app, FeaturesPipeline(s, metrics, store, outbox, tables))
+    if s.runs_join:
+        reader = KafkaInputReader(
+            s.kafka, f"{s.faust_app_id}-readback", timeout_s=s.registry_timeout_s
+        )
+    features = FeaturesApp(app, FeaturesPipeline(s, metrics, store, outbox, tables, reader=reader))
     pipeline = features.pipeline
     take = {"max_": s.batch_max, "within": s.batch_wait_s}
 

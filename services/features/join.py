@@ -1,19 +1,27 @@
-"""The label join over the join topic: inputs, predictions and labels re-keyed by event id.
+"""The label join over the join topic: inputs, predictions and labels re-keyed by asset id.
 
-Inputs (sensor.windows, camera.images) and results (inference.results) are keyed by asset and
-labels by event id, with different partition counts, so the app first forwards all three to
-one internal topic keyed by event id (`<app id>-join`). Its partitions line up with the join
-tables' changelogs (both partition by key hash), so with any number of workers the input, the
-prediction and the label of one event meet in one worker. Entries are evicted by event time,
-a retention plus a grace period after the newest event seen; a label that comes later than the
-retention is dead-lettered as expired.
+Inputs (sensor.windows, camera.images) and results (inference.results) are keyed by asset, and
+labels (per-event labels and asset inspections alike) carry the asset, so the app forwards all
+three to one internal topic keyed by asset id (`<app id>-join`). The join tables' changelog
+partitions are computed from the asset too (`join_partition`), so with any number of workers
+everything about one asset meets in one worker, which restores exactly its partitions' state.
+
+What the join keeps per event is small (core.EventState: ids, time, input position, prediction,
+label): an input is forwarded as a reference to its record, and read back from Kafka by offset
+when a label asks for it (pipeline + readback). Sensor inputs also carry their bytes on the join
+topic, for drift, but are held only until their prediction comes. Table keys are
+`asset \\x1f event id` (and `asset \\x1f\\x1e <label position>` for a waiting inspection).
+
+Entries are evicted by event time, a retention plus a grace period after the newest event seen;
+a label later than the retention is dead-lettered as expired.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -31,7 +39,7 @@ from schemas.messages import (
     SensorWindow,
 )
 from services.core import join as core
-from services.features.tables import StateTable
+from services.features.tables import StateTable, key_partition
 
 JOIN_KIND = "driftline-join-kind"
 JOIN_EVENT_TIME = "driftline-join-event-time-ms"
@@ -39,6 +47,9 @@ JOIN_SOURCE = "driftline-join-source"
 KIND_INPUT = "input"
 KIND_RESULT = "result"
 KIND_LABEL = "label"
+
+SEP = b"\x1f"
+INSPECTION_MARK = "\x1e"
 
 INPUT_TYPES: dict[str, tuple[type[SensorWindow] | type[CameraImage], str]] = {
     "SensorWindow": (SensorWindow, MODALITY_SENSOR),
@@ -55,14 +66,39 @@ class ResultNote(msgspec.Struct, frozen=True, array_like=True):
     prediction: core.Prediction
 
 
+class InputNote(msgspec.Struct, frozen=True, array_like=True):
+    """What the join topic carries of an input: where it lies, and a sensor's bytes for drift."""
+
+    event_id: str
+    asset_id: str
+    event_time_ms: int
+    ref: core.InputRef
+    data: bytes = b""  # SensorWindow Avro bytes; empty for photos (drift uses confidence only)
+
+
 _ENC = msgspec.msgpack.Encoder()
 _DEC_NOTE = msgspec.msgpack.Decoder(ResultNote)
+_DEC_INPUT = msgspec.msgpack.Decoder(InputNote)
+
+
+def join_partition(asset_id: str, partitions: int) -> int:
+    """The join-topic partition of an asset (Kafka's default key hash of the asset id)."""
+    return key_partition(asset_id.encode(), partitions)
+
+
+def event_key(asset_id: str, event_id: str) -> bytes:
+    return f"{asset_id}\x1f{event_id}".encode()
+
+
+def inspection_key(asset_id: str, source: tuple[str, int, int]) -> bytes:
+    topic, partition, offset = source
+    return f"{asset_id}\x1f{INSPECTION_MARK}{topic}\x1f{partition}\x1f{offset}".encode()
 
 
 def stored_input(
     input_type: str, value: bytes | None, content_type: str | None
 ) -> core.StoredInput:
-    """An input record as the join keeps it: validated, as Avro binary without framing.
+    """An input record as the join sees it: validated, as Avro binary without framing.
 
     JSON inputs are re-encoded to Avro (LabelledWindow.input is Avro); Avro bytes are kept as
     they came, less any Confluent framing. Raises CodecError for records that do not decode.
@@ -83,6 +119,13 @@ def stored_input(
         input_type=input_type,
         data=data,
     )
+
+
+def input_note(stored: core.StoredInput, topic: str, partition: int, offset: int) -> bytes:
+    """The join topic's record of an input: its position, and its bytes only for sensors."""
+    ref = core.InputRef(topic, partition, offset, stored.input_type, stored.modality)
+    data = stored.data if stored.input_type == "SensorWindow" else b""
+    return _ENC.encode(InputNote(stored.event_id, stored.asset_id, stored.event_time_ms, ref, data))
 
 
 def result_note(result: InferenceResult) -> bytes:
@@ -114,7 +157,7 @@ def parse_source(value: bytes | str | None) -> tuple[str, int, int]:
 class LabelRecord:
     """A label as consumed: decoded, plus its original bytes, headers and position."""
 
-    key: bytes
+    key: bytes | None
     label: Label
     value: bytes
     headers: h.HeaderList
@@ -130,65 +173,163 @@ class LabelRecord:
         )
 
     @classmethod
-    def unparked(cls, key: bytes, parked: core.ParkedLabel) -> LabelRecord:
+    def unparked(cls, parked: core.ParkedLabel) -> LabelRecord:
         headers: h.HeaderList = list(parked.headers)
         label = codec.decode(Label, parked.value, codec.content_type_of(headers))
         source = (parked.topic, parked.partition, parked.offset)
+        key = label.asset_id.encode() if label.asset_id is not None else None
         return cls(key, label, parked.value, headers, source)
+
+
+@dataclass(frozen=True)
+class Emit:
+    """One event a label labels: its state (with the input's position) and partition."""
+
+    key: bytes
+    state: core.EventState
+    partition: int
 
 
 @dataclass(frozen=True)
 class LabelOutcome:
     decision: core.Decision
     record: LabelRecord
-    window: LabelledWindow | None = None
-    prediction: core.Prediction | None = None
-    marked: core.EventState | None = None
+    emits: tuple[Emit, ...] = ()
 
 
 PairSink = Callable[[core.Prediction, core.StoredInput], None]
-OutcomeSink = Callable[[core.Prediction, Label], None]
+# (prediction, event time, join partition): once per event, at its first prediction.
+ScoredSink = Callable[[core.Prediction, int, int], None]
+# (prediction served, the window emitted, join partition): once per window with a prediction.
+OutcomeSink = Callable[[core.Prediction, LabelledWindow, int], None]
+
+
+@dataclass
+class _AssetEvents:
+    """One asset's event keys in event-time order (for inspections and eviction)."""
+
+    times: list[int] = field(default_factory=list)
+    keys: list[bytes] = field(default_factory=list)
+
+    def add(self, t: int, key: bytes) -> None:
+        if not self.times or t >= self.times[-1]:
+            self.times.append(t)
+            self.keys.append(key)
+        else:
+            i = bisect.bisect_right(self.times, t)
+            self.times.insert(i, t)
+            self.keys.insert(i, key)
+
+    def between(self, start: int, end: int) -> list[bytes]:
+        lo = bisect.bisect_left(self.times, start)
+        hi = bisect.bisect_right(self.times, end)
+        return self.keys[lo:hi]
+
+    def drop_before(self, t: int) -> list[bytes]:
+        n = bisect.bisect_left(self.times, t)
+        gone = self.keys[:n]
+        del self.times[:n]
+        del self.keys[:n]
+        return gone
 
 
 class JoinProcessor:
-    """Holds inputs, per-event states and waiting labels by event id; decides each label."""
+    """Holds per-event states and waiting labels by asset and event; decides each label."""
 
     def __init__(
         self,
-        inputs: StateTable,
         states: StateTable,
         parked: StateTable,
         *,
+        partitions: int,
         retention_ms: int,
         grace_ms: int,
         label_wait_ms: int,
         on_pair: PairSink | None = None,
+        on_scored: ScoredSink | None = None,
         on_outcome: OutcomeSink | None = None,
     ) -> None:
-        self.inputs = inputs
         self.states = states
         self.parked = parked
+        self.partitions = partitions
         self.retention_ms = retention_ms
         self.keep_ms = retention_ms + grace_ms
         self.label_wait_ms = label_wait_ms
+        self.pair_keep_ms = max(label_wait_ms, 600_000)
         self.on_pair = on_pair
+        self.on_scored = on_scored
         self.on_outcome = on_outcome
         self.watermark_ms = 0
-        self._input_times: list[tuple[int, bytes]] = []
-        self._state_times: list[tuple[int, bytes]] = []
+        self._assets: dict[str, _AssetEvents] = {}
         self._parked_times: list[tuple[int, bytes]] = []
+        self._claimed: set[bytes] = set()  # decided EMIT, window not yet delivered
+        self._unpaired: dict[bytes, core.StoredInput] = {}  # sensor inputs awaiting prediction
 
-    def on_input(self, key: bytes, payload: bytes) -> list[LabelOutcome]:
-        """Keep an input (an encoded StoredInput); completes a pair, settles a waiting label."""
-        stored = core.decode_input(payload)
-        self.inputs.put(None, key, payload)
-        heapq.heappush(self._input_times, (stored.event_time_ms, key))
-        self.watermark_ms = max(self.watermark_ms, stored.event_time_ms)
-        raw_state = self.states.get(key)
-        if raw_state is not None and self.on_pair is not None:
-            state = core.decode_state(raw_state)
-            if state.prediction is not None:
+    def partition(self, asset_id: str) -> int:
+        return join_partition(asset_id, self.partitions)
+
+    def _state(self, key: bytes) -> core.EventState | None:
+        raw = self.states.get(key)
+        return core.decode_state(raw) if raw is not None else None
+
+    def _put(self, key: bytes, state: core.EventState, before: core.EventState | None) -> None:
+        self.states.put(self.partition(state.asset_id), key, core.encode(state))
+        if before is None:
+            events = self._assets.get(state.asset_id)
+            if events is None:
+                events = self._assets[state.asset_id] = _AssetEvents()
+            events.add(state.event_time_ms, key)
+
+    def _too_old(self, event_time_ms: int) -> bool:
+        return core.evictable(event_time_ms, self.watermark_ms, self.keep_ms)
+
+    def on_input(self, payload: bytes) -> list[LabelOutcome]:
+        """Record where an input lies; completes a pair, settles a waiting label."""
+        note = _DEC_INPUT.decode(payload)
+        if self._too_old(note.event_time_ms):
+            return []  # a replay of something already evicted: nothing to keep
+        self.watermark_ms = max(self.watermark_ms, note.event_time_ms)
+        key = event_key(note.asset_id, note.event_id)
+        before = self._state(key)
+        state = core.with_input(before, note.event_id, note.asset_id, note.event_time_ms, note.ref)
+        if state is before:
+            return []  # a replayed input: its position is known, its pair was made
+        self._put(key, state, before)
+        stored = core.StoredInput(
+            note.event_id,
+            note.asset_id,
+            note.ref.modality,
+            note.event_time_ms,
+            note.ref.input_type,
+            note.data,
+        )
+        if state.prediction is not None:
+            if self.on_pair is not None:
                 self.on_pair(state.prediction, stored)
+        elif self.on_pair is not None:
+            self._unpaired[key] = stored
+        return self._retry_parked(key)
+
+    def on_result(self, payload: bytes) -> list[LabelOutcome]:
+        """Record the prediction served (the first one wins); completes a pair with its input."""
+        note = _DEC_NOTE.decode(payload)
+        if self._too_old(note.event_time_ms):
+            return []
+        self.watermark_ms = max(self.watermark_ms, note.event_time_ms)
+        key = event_key(note.asset_id, note.event_id)
+        before = self._state(key)
+        state = core.with_prediction(
+            before, note.event_id, note.asset_id, note.event_time_ms, note.prediction
+        )
+        if state != before:
+            self._put(key, state, before)
+        if before is not None and before.prediction is not None:
+            return []
+        if self.on_scored is not None:
+            self.on_scored(note.prediction, note.event_time_ms, self.partition(note.asset_id))
+        stored = self._unpaired.pop(key, None)
+        if stored is not None and self.on_pair is not None:
+            self.on_pair(note.prediction, stored)
         return self._retry_parked(key)
 
     def _retry_parked(self, key: bytes) -> list[LabelOutcome]:
@@ -196,78 +337,96 @@ class JoinProcessor:
         raw_parked = self.parked.get(key)
         if raw_parked is None:
             return []
-        record = LabelRecord.unparked(key, core.decode_parked(raw_parked))
-        outcome = self._decide(record, wait=True, parked=True)
+        record = LabelRecord.unparked(core.decode_parked(raw_parked))
+        outcome = self._decide(record, key, wait=True, parked=True)
         if outcome.decision is core.Decision.WAIT:
             return []
-        self.parked.delete(None, key)
+        self.parked.delete(self.partition(_asset_of(key)), key)
         return [outcome]
-
-    def on_result(self, key: bytes, payload: bytes) -> list[LabelOutcome]:
-        """Record the prediction served (the first one wins); completes a pair with its input."""
-        note = _DEC_NOTE.decode(payload)
-        raw_state = self.states.get(key)
-        before = core.decode_state(raw_state) if raw_state is not None else None
-        state = core.with_prediction(
-            before, note.event_id, note.asset_id, note.event_time_ms, note.prediction
-        )
-        if state != before:
-            self.states.put(None, key, core.encode(state))
-        if before is None:
-            heapq.heappush(self._state_times, (note.event_time_ms, key))
-        self.watermark_ms = max(self.watermark_ms, note.event_time_ms)
-        first = before is None or before.prediction is None
-        raw_input = self.inputs.get(key)
-        if first and raw_input is not None and self.on_pair is not None:
-            self.on_pair(note.prediction, core.decode_input(raw_input))
-        return self._retry_parked(key) if first else []
 
     def on_label(self, record: LabelRecord) -> LabelOutcome:
         """Decide a label now, or park it until the inputs have caught up with it."""
-        if self.parked.get(record.key) is not None:
+        label = record.label
+        assert label.asset_id is not None  # checked by the forwarder (core.label_problem)
+        if label.is_inspection:
+            key = inspection_key(label.asset_id, record.source)
+        else:
+            assert label.event_id is not None
+            key = event_key(label.asset_id, label.event_id)
+        if self.parked.get(key) is not None:
             return LabelOutcome(core.Decision.DUPLICATE, record)
-        return self._decide(record, wait=True)
+        return self._decide(record, key, wait=True)
 
-    def _decide(self, record: LabelRecord, *, wait: bool, parked: bool = False) -> LabelOutcome:
-        key, label = record.key, record.label
-        raw_input = self.inputs.get(key)
-        raw_state = self.states.get(key)
-        stored = core.decode_input(raw_input) if raw_input is not None else None
-        state = core.decode_state(raw_state) if raw_state is not None else None
-        decision = core.decide(
-            stored,
-            state,
-            label,
-            self.retention_ms,
-            watermark_ms=self.watermark_ms if wait else None,
-            wait_ms=self.label_wait_ms,
-        )
+    def _decide(
+        self, record: LabelRecord, key: bytes, *, wait: bool, parked: bool = False
+    ) -> LabelOutcome:
+        label = record.label
+        watermark = self.watermark_ms if wait else None
+        emits: tuple[Emit, ...] = ()
+        if label.is_inspection:
+            decision, emits = self._decide_inspection(label, watermark)
+        elif key in self._claimed:
+            decision = core.Decision.DUPLICATE
+        else:
+            state = self._state(key)
+            decision = core.decide(
+                state,
+                label,
+                self.retention_ms,
+                watermark_ms=watermark,
+                wait_ms=self.label_wait_ms,
+            )
+            if decision is core.Decision.EMIT:
+                assert state is not None
+                emits = (Emit(key, state, self.partition(state.asset_id)),)
         if decision is core.Decision.WAIT:
             if not parked:
-                self.parked.put(None, key, core.encode(record.parked()))
+                assert label.asset_id is not None
+                self.parked.put(self.partition(label.asset_id), key, core.encode(record.parked()))
                 heapq.heappush(self._parked_times, (label.label_time_ms, key))
             return LabelOutcome(decision, record)
-        if decision is not core.Decision.EMIT:
-            return LabelOutcome(decision, record)
-        assert stored is not None
-        marked, window = core.labelled(state, stored, label)
-        return LabelOutcome(decision, record, window, marked.prediction, marked)
+        for emit in emits:
+            self._claimed.add(emit.key)
+        return LabelOutcome(decision, record, emits)
 
-    def confirm(self, outcome: LabelOutcome) -> None:
-        """Mark the event labelled, once its window is delivered.
+    def _decide_inspection(
+        self, label: Label, watermark: int | None
+    ) -> tuple[core.Decision, tuple[Emit, ...]]:
+        assert label.asset_id is not None
+        start, end = label.interval()
+        events = self._assets.get(label.asset_id)
+        keys = events.between(start, end) if events is not None else []
+        found: list[tuple[bytes, core.EventState]] = []
+        for key in keys:
+            state = self._state(key)
+            if state is not None:
+                found.append((key, state))
+        decision, chosen = core.decide_inspection(
+            [(s, s.labelled_class is not None or k in self._claimed) for k, s in found],
+            label,
+            self.retention_ms,
+            watermark_ms=watermark,
+            wait_ms=self.label_wait_ms,
+        )
+        partition = self.partition(label.asset_id)
+        return decision, tuple(Emit(found[i][0], found[i][1], partition) for i in chosen)
+
+    def confirm(self, emit: Emit, window: LabelledWindow, label: Label) -> None:
+        """Mark an event labelled, once its window is delivered.
 
         Marking after delivery means a crash in between re-emits the window on replay (at
         least once) rather than losing it; a label seen after the mark is a duplicate.
         """
-        marked = outcome.marked
-        assert marked is not None
-        key = outcome.record.key
-        is_new = self.states.get(key) is None
-        self.states.put(None, key, core.encode(marked))
-        if is_new:
-            heapq.heappush(self._state_times, (marked.event_time_ms, key))
-        if outcome.prediction is not None and self.on_outcome is not None:
-            self.on_outcome(outcome.prediction, outcome.record.label)
+        self._claimed.discard(emit.key)
+        current = self._state(emit.key) or emit.state
+        self._put(emit.key, core.marked(current, label), self._state(emit.key))
+        p = current.prediction
+        if p is not None and self.on_outcome is not None:
+            self.on_outcome(p, window, emit.partition)
+
+    def release(self, emit: Emit) -> None:
+        """Give up an emit whose window could not be built (its input is gone)."""
+        self._claimed.discard(emit.key)
 
     def due(self) -> list[LabelOutcome]:
         """Waiting labels the inputs have now passed: decided with what the join holds."""
@@ -278,52 +437,80 @@ class JoinProcessor:
             raw = self.parked.get(key)
             if raw is None:
                 continue
-            self.parked.delete(None, key)
-            out.append(self._decide(LabelRecord.unparked(key, core.decode_parked(raw)), wait=False))
+            self.parked.delete(self.partition(_asset_of(key)), key)
+            record = LabelRecord.unparked(core.decode_parked(raw))
+            out.append(self._decide(record, key, wait=False))
         return out
 
     def restore(self) -> None:
-        """Rebuild the time indexes from recovered tables (after each recovery)."""
-        self._input_times = [
-            (core.decode_input(v).event_time_ms, k) for k, v in self.inputs.items()
-        ]
-        self._state_times = [
-            (core.decode_state(v).event_time_ms, k) for k, v in self.states.items()
-        ]
+        """Rebuild the indexes from recovered tables (after each recovery)."""
+        self._assets = {}
+        self._claimed.clear()
+        rows: dict[str, list[tuple[int, bytes]]] = {}
+        for key, value in self.states.items():
+            if SEP not in key:
+                continue  # a key of the event-id-keyed join before 0.x: not ours to read
+            state = core.decode_state(value)
+            rows.setdefault(state.asset_id, []).append((state.event_time_ms, key))
+            self.watermark_ms = max(self.watermark_ms, state.event_time_ms)
+        for asset, items in rows.items():
+            items.sort()
+            self._assets[asset] = _AssetEvents([t for t, _ in items], [k for _, k in items])
         self._parked_times = [
             (core.decode_parked(v).label_time_ms, k) for k, v in self.parked.items()
         ]
-        for heap in (self._input_times, self._state_times, self._parked_times):
-            heapq.heapify(heap)
-        for t, _ in self._input_times + self._state_times:
-            self.watermark_ms = max(self.watermark_ms, t)
+        heapq.heapify(self._parked_times)
 
     def evict(self) -> int:
         """Delete entries older than the watermark minus retention and grace."""
         removed = 0
-        for heap, table in ((self._input_times, self.inputs), (self._state_times, self.states)):
-            while heap and core.evictable(heap[0][0], self.watermark_ms, self.keep_ms):
-                _, key = heapq.heappop(heap)
-                if table.get(key) is not None:
-                    table.delete(None, key)
+        limit = self.watermark_ms - self.keep_ms
+        for asset in list(self._assets):
+            events = self._assets[asset]
+            for key in events.drop_before(limit):
+                if self.states.get(key) is not None:
+                    self.states.delete(self.partition(asset), key)
                     removed += 1
+            if not events.times:
+                del self._assets[asset]
+        pair_limit = self.watermark_ms - self.pair_keep_ms
+        stale = [k for k, s in self._unpaired.items() if s.event_time_ms < pair_limit]
+        for key in stale:
+            del self._unpaired[key]
         return removed
 
+    def __len__(self) -> int:
+        return len(self.states)
 
-def dead_letter_for(outcome: LabelOutcome, service: str) -> tuple[DeadLetter, h.HeaderList]:
-    """The DLQ envelope for a label that names an unknown or expired event."""
+
+def _asset_of(key: bytes) -> str:
+    return key.split(SEP, 1)[0].decode()
+
+
+def dead_letter_for(
+    outcome: LabelOutcome, service: str, message: str | None = None
+) -> tuple[DeadLetter, h.HeaderList]:
+    """The DLQ envelope for a label that names an unknown or expired event (or lost input)."""
     record = outcome.record
     topic, partition, offset = record.source
-    event_id = record.label.event_id
-    if outcome.decision is core.Decision.EXPIRED:
-        message = f"expired: event {event_id} is older than the join retention"
+    label = record.label
+    if label.is_inspection:
+        start, end = label.interval()
+        what = f"asset {label.asset_id} from {start} to {end} ms"
+        if outcome.decision is core.Decision.EXPIRED:
+            text = f"expired: the events of {what} are older than the join retention"
+        else:
+            text = f"unknown: the join has no input of {what}"
+    elif outcome.decision is core.Decision.EXPIRED:
+        text = f"expired: event {label.event_id} is older than the join retention"
     else:
-        message = f"unknown: the join has no input for event {event_id}"
+        text = f"unknown: the join has no input for event {label.event_id}"
+    error_class = dl.UNKNOWN_EVENT if message is None else dl.MISSING_INPUT
     letter = dl.dead_letter(
         topic=topic,
         partition=partition,
         offset=offset,
-        error=dl.CodecError(dl.UNKNOWN_EVENT, message),
+        error=dl.CodecError(error_class, message or text),
         service=service,
         key=record.key,
         value=record.value,

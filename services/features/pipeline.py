@@ -13,6 +13,7 @@ nothing, and the consumers keep going.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,11 +25,11 @@ from schemas import deadletter as dl
 from schemas import headers as h
 from schemas.messages import DriftSignal, InferenceResult, Label, LabelledWindow, ModelVersion
 from schemas.topics import FEEDBACK_LABELS, INFERENCE_RESULTS
-from services.core.join import Decision, Prediction, StoredInput
-from services.core.join import encode as encode_entry
+from services.core.join import Decision, Prediction, StoredInput, label_problem, labelled_window
 from services.features import join as j
 from services.features.accuracy import AccuracyBook, Version
 from services.features.drift import DriftBook
+from services.features.readback import FetchedRecord, InputReader
 from services.features.settings import FeaturesSettings
 from services.features.stats import StatsAggregator, StatsConfig
 from services.features.store import SENTINEL_KEY, FeatureStore, HashWrite
@@ -81,7 +82,6 @@ class Outbox(Protocol):
 @dataclass
 class PipelineTables:
     stats: StateTable | None = None
-    inputs: StateTable | None = None
     states: StateTable | None = None
     parked: StateTable | None = None
     accuracy: StateTable | None = None
@@ -99,8 +99,10 @@ class FeaturesPipeline:
         tables: PipelineTables,
         *,
         registry: Callable[[], Mapping[Version, ModelVersion]] | None = None,
+        reader: InputReader | None = None,
     ) -> None:
         self.settings = settings
+        self.reader = reader  # reads labelled events' inputs back from Kafka (the join's)
         self.metrics = metrics
         self.store = store
         self.outbox = outbox
@@ -135,15 +137,16 @@ class FeaturesPipeline:
             threshold=s.drift_threshold,
         )
         self.join: j.JoinProcessor | None = None
-        if tables.inputs is not None and tables.states is not None and tables.parked is not None:
+        if tables.states is not None and tables.parked is not None:
             self.join = j.JoinProcessor(
-                tables.inputs,
                 tables.states,
                 tables.parked,
+                partitions=s.join_partitions,
                 retention_ms=s.join_retention_s * 1000,
                 grace_ms=s.join_grace_s * 1000,
                 label_wait_ms=s.label_wait_s * 1000,
                 on_pair=self._on_pair,
+                on_scored=self._on_scored,
                 on_outcome=self._on_outcome,
             )
         self._extra: dict[str, HashWrite] = {}  # drift hashes waiting for the next flush
@@ -169,7 +172,7 @@ class FeaturesPipeline:
             results.append(r)
             positions.append((rec.partition, rec.offset))
             if forward:
-                await self._forward(r.event_id, j.result_note(r), j.KIND_RESULT)
+                await self._forward(r.asset_id, j.result_note(r), j.KIND_RESULT)
         if records:
             m.consumed.labels(records[0].topic).inc(len(records))
         if self.stats is not None and results:
@@ -183,7 +186,7 @@ class FeaturesPipeline:
     # ---- the join: forwarders ------------------------------------------------------------
 
     async def on_inputs(self, records: Sequence[RawRecord]) -> None:
-        """Forward sensor windows and camera images to the join, keyed by event id."""
+        """Forward where each input lies (not the input) to the join, keyed by asset id."""
         for rec in records:
             input_type = "CameraImage" if rec.topic == self.topics.camera_images else "SensorWindow"
             try:
@@ -192,19 +195,28 @@ class FeaturesPipeline:
                 # The inference consumer dead-letters bad inputs; the join just skips them.
                 self.metrics.events.labels("input_skipped").inc()
                 continue
-            await self._forward(stored.event_id, encode_entry(stored), j.KIND_INPUT)
+            note = j.input_note(stored, rec.topic, rec.partition, rec.offset)
+            await self._forward(stored.asset_id, note, j.KIND_INPUT)
         if records:
             self.metrics.consumed.labels(records[0].topic).inc(len(records))
 
     async def on_labels(self, records: Sequence[RawRecord]) -> None:
-        """Forward labels to the join with their source position; bad ones are dead-lettered."""
+        """Forward labels to the join by asset id, with their source position.
+
+        Undecodable labels, and labels that cannot be routed (no asset id) or are not well
+        formed (an inspection without lookback), are dead-lettered here.
+        """
         for rec in records:
             try:
                 label = codec.decode(Label, rec.value, rec.content_type)
+                problem = label_problem(label)
+                if problem is not None:
+                    raise dl.CodecError(dl.SCHEMA_INVALID, problem)
             except dl.CodecError as exc:
                 await self._dead_letter(rec, exc, self.topics.dlq(FEEDBACK_LABELS))
                 continue
             assert rec.value is not None
+            assert label.asset_id is not None
             hdrs: h.HeaderList = [
                 (k, v) for k, v in rec.headers if not k.startswith("driftline-join-")
             ]
@@ -212,30 +224,30 @@ class FeaturesPipeline:
                 (j.JOIN_KIND, j.KIND_LABEL.encode()),
                 (j.JOIN_SOURCE, j.source_header(rec.topic, rec.partition, rec.offset)),
             ]
-            await self.outbox.send(self.join_topic, label.event_id.encode(), rec.value, hdrs)
+            await self.outbox.send(self.join_topic, label.asset_id.encode(), rec.value, hdrs)
         if records:
             self.metrics.consumed.labels(records[0].topic).inc(len(records))
 
-    async def _forward(self, event_id: str, payload: bytes, kind: str) -> None:
+    async def _forward(self, asset_id: str, payload: bytes, kind: str) -> None:
         await self.outbox.send(
-            self.join_topic, event_id.encode(), payload, [(j.JOIN_KIND, kind.encode())]
+            self.join_topic, asset_id.encode(), payload, [(j.JOIN_KIND, kind.encode())]
         )
 
     # ---- the join itself -----------------------------------------------------------------
 
     async def on_join(self, records: Sequence[RawRecord]) -> None:
+        """Join a batch; the inputs of every label it settles are read back in one go."""
         join = self.join
         assert join is not None
+        outcomes: list[j.LabelOutcome] = []
         for rec in records:
             kind = rec.header(j.JOIN_KIND)
-            if rec.key is None or rec.value is None:
+            if rec.value is None:
                 continue
             if kind == j.KIND_INPUT.encode():
-                for outcome in join.on_input(rec.key, rec.value):
-                    await self._settle(outcome)
+                outcomes += join.on_input(rec.value)
             elif kind == j.KIND_RESULT.encode():
-                for outcome in join.on_result(rec.key, rec.value):
-                    await self._settle(outcome)
+                outcomes += join.on_result(rec.value)
             elif kind == j.KIND_LABEL.encode():
                 record = j.LabelRecord(
                     key=rec.key,
@@ -244,29 +256,76 @@ class FeaturesPipeline:
                     headers=[(k, v) for k, v in rec.headers if not k.startswith("driftline-join-")],
                     source=j.parse_source(rec.header(j.JOIN_SOURCE)),
                 )
-                await self._settle(join.on_label(record))
+                outcomes.append(join.on_label(record))
+        await self._settle(outcomes)
         if records:
             self.metrics.consumed.labels(records[0].topic).inc(len(records))
 
-    async def _settle(self, outcome: j.LabelOutcome, *, now: bool = False) -> None:
-        """Act on a label's outcome: emit its window, dead-letter it, or count it.
+    async def _settle(self, outcomes: Sequence[j.LabelOutcome], *, now: bool = False) -> None:
+        """Act on labels' outcomes: emit their windows, dead-letter them, or count them.
 
-        `now`: settled by a timer (no consumed record to attach the dead letter to), so the
-        dead letter is sent at once and awaited.
+        The inputs of every window are read back from Kafka in one batch. A window is sent and
+        acknowledged before its event is marked labelled (see JoinProcessor.confirm). `now`:
+        settled by a timer (no consumed record to attach a dead letter to), so dead letters
+        are sent at once and awaited.
         """
-        self.metrics.labels.labels(outcome.decision.value).inc()
-        if outcome.decision is Decision.EMIT:
-            assert outcome.window is not None
-            assert self.join is not None
-            await self._emit_window(outcome.window)
-            self.join.confirm(outcome)
-        elif outcome.decision in (Decision.UNKNOWN, Decision.EXPIRED):
-            letter, hdrs = j.dead_letter_for(outcome, self.settings.service_name)
-            record = outcome.record
-            topic = self.topics.dlq(FEEDBACK_LABELS)
-            await self.outbox.send(topic, record.key, record.value, hdrs, wait=now)
-            self.metrics.dead_letters.labels(letter.source_topic, dl.UNKNOWN_EVENT).inc()
-            log.info("label dead-lettered: %s", letter.error_message)
+        join = self.join
+        assert join is not None
+        emits = [e for o in outcomes if o.decision is Decision.EMIT for e in o.emits]
+        fetched = {}
+        if emits:
+            assert self.reader is not None, "the join needs an InputReader"
+            refs = [e.state.ref.position for e in emits if e.state.ref is not None]
+            fetched = await self.reader.read(refs)
+        for outcome in outcomes:
+            self.metrics.labels.labels(outcome.decision.value).inc()
+            if outcome.decision is Decision.EMIT:
+                ready: list[tuple[j.Emit, LabelledWindow]] = []
+                lost: list[str] = []
+                for emit in outcome.emits:
+                    window = self._window(emit, fetched, outcome.record.label)
+                    if window is None:
+                        join.release(emit)
+                        lost.append(emit.state.event_id)
+                    else:
+                        ready.append((emit, window))
+                await asyncio.gather(*(self._emit_window(w) for _, w in ready))
+                for emit, window in ready:
+                    join.confirm(emit, window, outcome.record.label)
+                if lost:
+                    message = (
+                        f"missing_input: the input of event(s) {', '.join(lost[:5])}"
+                        f"{' ...' if len(lost) > 5 else ''} is no longer readable from Kafka"
+                    )
+                    await self._dead_letter_label(outcome, now, message)
+            elif outcome.decision in (Decision.UNKNOWN, Decision.EXPIRED):
+                await self._dead_letter_label(outcome, now)
+
+    def _window(
+        self, emit: j.Emit, fetched: Mapping[tuple[str, int, int], FetchedRecord], label: Label
+    ) -> LabelledWindow | None:
+        """The labelled window of an event, from its input as read back (None if it is gone)."""
+        ref = emit.state.ref
+        got = fetched.get(ref.position) if ref is not None else None
+        if ref is None or got is None:
+            return None
+        try:
+            stored = j.stored_input(ref.input_type, got.value, got.content_type)
+        except dl.CodecError:
+            return None
+        if stored.event_id != emit.state.event_id:
+            return None  # not the record we noted (a topic recreated since): never mislabel
+        return labelled_window(emit.state, stored.data, label)
+
+    async def _dead_letter_label(
+        self, outcome: j.LabelOutcome, now: bool, message: str | None = None
+    ) -> None:
+        letter, hdrs = j.dead_letter_for(outcome, self.settings.service_name, message)
+        record = outcome.record
+        topic = self.topics.dlq(FEEDBACK_LABELS)
+        await self.outbox.send(topic, record.key, record.value, hdrs, wait=now)
+        self.metrics.dead_letters.labels(letter.source_topic, letter.error_class).inc()
+        log.info("label dead-lettered: %s", letter.error_message)
 
     async def _emit_window(self, window: LabelledWindow) -> None:
         topic = self.topics.training_windows
@@ -277,14 +336,27 @@ class FeaturesPipeline:
     def _on_pair(self, prediction: Prediction, stored: StoredInput) -> None:
         self.drift.add_pair(prediction, stored)
 
-    def _on_outcome(self, prediction: Prediction, label: Label) -> None:
+    def _on_scored(self, prediction: Prediction, event_time_ms: int, partition: int) -> None:
         if self.accuracy is None:
             return
-        version = (prediction.model_name, prediction.model_version)
-        self.accuracy.add(
-            version, label.label_time_ms, prediction.predicted_class == label.true_class
+        self.accuracy.scored(
+            (prediction.model_name, prediction.model_version),
+            event_time_ms,
+            prediction.confidence,
+            partition,
         )
-        self._export_accuracy(version)
+
+    def _on_outcome(self, prediction: Prediction, window: LabelledWindow, partition: int) -> None:
+        """A label joined to a prediction: count it in the bucket of its event's time."""
+        if self.accuracy is None:
+            return
+        self.accuracy.labelled(
+            (prediction.model_name, prediction.model_version),
+            window.event_time_ms,
+            window.label_time_ms,
+            prediction.predicted_class == window.true_class,
+            partition,
+        )
 
     def on_labelled_windows(self, records: Sequence[RawRecord]) -> None:
         """Fold labelled windows into live accuracy (what `rebuild` replays)."""
@@ -327,11 +399,10 @@ class FeaturesPipeline:
         if self.stats is not None:
             self.stats.evict()
         if self.join is not None:
-            for outcome in self.join.due():
-                await self._settle(outcome, now=True)
+            await self._settle(self.join.due(), now=True)
             self.join.evict()
-            self.metrics.join_entries.labels("inputs").set(len(self.join.inputs))
             self.metrics.join_entries.labels("events").set(len(self.join.states))
+            self.metrics.join_entries.labels("waiting_labels").set(len(self.join.parked))
 
     # ---- drift ---------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
+from schemas.topics import LABEL_RETENTION_MS
 from services.core.profile import PSI_DRIFT_THRESHOLD
 from services.core.windows import WindowSpec
 from services.runtime.settings import DriftlineSettings
@@ -39,7 +40,12 @@ class FeaturesSettings(DriftlineSettings):
     stats_ttl_s: int = Field(default=86_400, ge=1, description="TTL of window hashes")
     latest_ttl_s: int = Field(default=7 * 86_400, ge=1, description="TTL of per-asset hashes")
 
-    join_retention_s: int = Field(default=1800, ge=1, description="labels later than this expire")
+    join_retention_s: int = Field(
+        default=LABEL_RETENTION_MS // 1000,
+        ge=1,
+        description="labels later than this after their event expire (inputs' topic retention "
+        "must cover it: schemas.topics.input_retention_ms)",
+    )
     join_grace_s: int = Field(default=300, ge=0, description="kept past retention before eviction")
     label_wait_s: int = Field(
         default=600, ge=0, description="a label waits for its event till inputs pass it by this"

@@ -12,6 +12,14 @@ from typing import Any, Protocol
 
 from aiokafka.partitioner import murmur2
 
+KEY_SEP = b"\x1f"  # composite keys: the part before the first separator picks the partition
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """Kafka's default partition of a key (murmur2), as producers compute it."""
+    slot: int = (murmur2(key) & 0x7FFFFFFF) % partitions
+    return slot
+
 
 class StateTable(Protocol):
     """bytes -> bytes state; `partition` is the changelog partition (None: by key hash)."""
@@ -61,8 +69,11 @@ class FaustTable:
 
     Writes go to the table's store and its changelog with an explicit partition: the stats
     table is co-partitioned with inference.results (the partition the asset's events come
-    from), the join tables partition by key hash like the join topic (partition None), so a
-    worker that takes over a partition restores exactly the state of that partition.
+    from), the join tables with the join topic (the asset's partition there), so a worker that
+    takes over a partition restores exactly the state of that partition. With partition None
+    the key's hash picks it; of a composite key (`asset \x1f event id`), only its first part's.
+    The partition of every key written is recorded as the memory store records recovered ones,
+    so faust drops the keys of partitions this worker no longer holds after a rebalance.
     """
 
     def __init__(self, table: Any, partitions: int | None = None) -> None:
@@ -75,8 +86,10 @@ class FaustTable:
         # its metadata yet, and it would fail the write instead of waiting for it.
         if partition is not None or not self.partitions:
             return partition
-        slot: int = (murmur2(key) & 0x7FFFFFFF) % self.partitions
-        return slot
+        return key_partition(key.split(KEY_SEP, 1)[0], self.partitions)
+
+    def _known(self) -> Any:
+        return getattr(self.table.data, "_key_partition", None)
 
     def get(self, key: bytes) -> bytes | None:
         value = self.table.data.get(key)
@@ -84,10 +97,17 @@ class FaustTable:
 
     def put(self, partition: int | None, key: bytes, value: bytes) -> None:
         self.table.data[key] = value
-        self.table.send_changelog(self._changelog_partition(partition, key), key, value)
+        slot = self._changelog_partition(partition, key)
+        known = self._known()
+        if known is not None and slot is not None:
+            known[key] = slot
+        self.table.send_changelog(slot, key, value)
 
     def delete(self, partition: int | None, key: bytes) -> None:
         if self.table.data.pop(key, None) is not None:
+            known = self._known()
+            if known is not None:
+                known.pop(key, None)
             self.table.send_changelog(
                 self._changelog_partition(partition, key), key, None, value_serializer="raw"
             )
@@ -97,7 +117,7 @@ class FaustTable:
 
     def partition(self, key: bytes) -> int | None:
         # The memory store records the changelog partition of every key it recovered.
-        known = getattr(self.table.data, "_key_partition", None)
+        known = self._known()
         found = known.get(key) if known is not None else None
         return found if isinstance(found, int) else None
 

@@ -59,6 +59,7 @@ def create_topics(
     *,
     partitions: int | None = None,
     timeout_s: float = 30.0,
+    label_retention_ms: int | None = None,
 ) -> tuple[list[str], list[str]]:
     """Create every topic of the table that is missing; returns (created, already there).
 
@@ -66,7 +67,7 @@ def create_topics(
     that would move keys between partitions).
     """
     topics = Topics(kafka.topic_prefix)
-    wanted = list(specs if specs is not None else all_specs())
+    wanted = list(specs if specs is not None else all_specs(label_retention_ms))
     client = admin(kafka)
     # Fail in seconds, with the address, when no broker answers.
     client.list_topics(timeout=min(timeout_s, 10.0))

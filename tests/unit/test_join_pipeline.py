@@ -13,8 +13,9 @@ from prometheus_client import CollectorRegistry
 from schemas import codec
 from schemas import headers as h
 from schemas.contracts import INSULATOR_CLASSES, SENSOR_CHANNELS, SENSOR_SAMPLES
-from schemas.messages import InferenceResult, Label, LabelledWindow, SensorWindow
+from schemas.messages import CameraImage, InferenceResult, Label, LabelledWindow, SensorWindow
 from services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
+from services.features.readback import MemoryInputReader
 from services.features.settings import FeaturesSettings
 from services.features.store import MemoryFeatureStore
 from services.features.tables import DictTable
@@ -68,11 +69,24 @@ def _pipeline(
     store = store or MemoryFeatureStore()
     tables = PipelineTables(stats=DictTable(), accuracy=DictTable())
     if join:
-        tables.inputs, tables.states, tables.parked = DictTable(), DictTable(), DictTable()
+        tables.states, tables.parked = DictTable(), DictTable()
     pipeline = FeaturesPipeline(
-        settings, FeaturesMetrics(CollectorRegistry()), store, outbox, tables
+        settings,
+        FeaturesMetrics(CollectorRegistry()),
+        store,
+        outbox,
+        tables,
+        reader=MemoryInputReader(),
     )
     return pipeline, outbox, store
+
+
+async def _inputs(p: FeaturesPipeline, records: list[RawRecord]) -> None:
+    """Inputs as Kafka holds them (the join reads them back from there) and as consumed."""
+    assert isinstance(p.reader, MemoryInputReader)
+    for rec in records:
+        p.reader.put((rec.topic, rec.partition, rec.offset), rec.value, rec.headers)
+    await p.on_inputs(records)
 
 
 def _window(i: int, t: int) -> SensorWindow:
@@ -112,10 +126,34 @@ def _records(
     return [RawRecord(topic, partition, start + i, b"k", v, AVRO) for i, v in enumerate(values)]
 
 
-def _label(event_id: str, true_class: str, at: int) -> bytes:
+def _label(event_id: str, true_class: str, at: int, asset_id: str | None = None) -> bytes:
+    if asset_id is None and event_id[1:].isdigit():
+        asset_id = f"a{int(event_id[1:]) % 3}"  # as _window assigns them
     return codec.encode(
-        Label(event_id=event_id, true_class=true_class, source="t", label_time_ms=at)
+        Label(
+            event_id=event_id,
+            true_class=true_class,
+            source="t",
+            label_time_ms=at,
+            asset_id=asset_id or "a0",
+        )
     )
+
+
+def _inspection(asset_id: str, true_class: str, at: int, lookback_ms: int) -> bytes:
+    return codec.encode(
+        Label(
+            true_class=true_class,
+            source="inspection",
+            label_time_ms=at,
+            asset_id=asset_id,
+            lookback_ms=lookback_ms,
+        )
+    )
+
+
+def _windows_out(outbox: ListOutbox, topic: str) -> list[LabelledWindow]:
+    return [codec.decode(LabelledWindow, v) for t, _, v, _ in outbox.sent if t == topic]
 
 
 def _run(coro: object) -> object:
@@ -138,7 +176,7 @@ def test_the_join_emits_once_and_dead_letters_unknown_and_expired_labels() -> No
     ]
 
     async def scenario() -> None:
-        await p.on_inputs(_records(topics.sensor_windows, inputs))
+        await _inputs(p, _records(topics.sensor_windows, inputs))
         await p.on_results(_records(topics.inference_results, results), forward=True)
         await _join_all(p, outbox)
         labels = [_label(f"e{i}", "healthy", BASE + 60_000) for i in range(10)]
@@ -174,7 +212,7 @@ def test_a_label_for_an_event_past_retention_is_dead_lettered_as_expired() -> No
     w = _window(1, BASE)
 
     async def scenario() -> None:
-        await p.on_inputs(_records(topics.sensor_windows, [codec.encode(w)]))
+        await _inputs(p, _records(topics.sensor_windows, [codec.encode(w)]))
         await _join_all(p, outbox)
         await p.on_labels(
             _records(topics.feedback_labels, [_label("e1", "healthy", BASE + 61_000)])
@@ -197,7 +235,7 @@ def test_a_label_that_overtakes_its_input_waits_for_it() -> None:
         await p.on_labels(_records(topics.feedback_labels, [_label("e4", "healthy", BASE + 1000)]))
         await _join_all(p, outbox)
         assert not [x for x in outbox.sent if x[0] == topics.training_windows]
-        await p.on_inputs(_records(topics.sensor_windows, [codec.encode(w)]))
+        await _inputs(p, _records(topics.sensor_windows, [codec.encode(w)]))
         await _join_all(p, outbox)  # input, but no prediction yet: still waiting
         assert not [x for x in outbox.sent if x[0] == topics.training_windows]
         result = codec.encode(_result(4, BASE, "healthy", 0.8))
@@ -384,3 +422,171 @@ def test_every_window_written_matches_a_batch_oracle(window: tuple[int, int, int
         assert float(fields["confidence_mean"]) == pytest.approx(conf.mean(), abs=2e-6)
         assert abs(float(fields["confidence_p90"]) - np.percentile(conf, 90)) <= 0.01
         assert int(fields["event_time_ms"]) == max(r.event_time_ms for r in inside)
+
+
+def _dead_letters(outbox: ListOutbox, topic: str) -> list[dict[str, bytes]]:
+    return [
+        {k: v if isinstance(v, bytes) else v.encode() for k, v in hd if v is not None}
+        for t, _, _, hd in outbox.sent
+        if t == topic
+    ]
+
+
+def test_an_inspection_labels_its_assets_open_events_and_a_per_event_label_first_wins() -> None:
+    s = _settings()
+    p, outbox, _ = _pipeline(s)
+    topics = s.kafka.topics
+    windows = [_window(i, BASE + i * 1000) for i in range(12)]  # assets a0, a1, a2 in turn
+    results = [
+        codec.encode(_result(i, w.event_time_ms, "healthy", 0.9)) for i, w in enumerate(windows)
+    ]
+
+    async def scenario() -> None:
+        await _inputs(p, _records(topics.sensor_windows, [codec.encode(w) for w in windows]))
+        await p.on_results(_records(topics.inference_results, results), forward=True)
+        await _join_all(p, outbox)
+        # e3 (asset a0) is labelled on its own first; then a0 is inspected over e0..e6.
+        await p.on_labels(
+            _records(topics.feedback_labels, [_label("e3", "contaminated", BASE + 10_500)])
+        )
+        await _join_all(p, outbox)
+        # (given before the newest event time seen, BASE + 11 s: decided at once)
+        inspection = _inspection("a0", "cracked", BASE + 10_500, lookback_ms=5_000)
+        await p.on_labels(_records(topics.feedback_labels, [inspection], start=1))
+        await _join_all(p, outbox)
+        # The same inspection again (a replay), a per-event label it already covered, and an
+        # inspection of a time the asset sent nothing in.
+        empty = _inspection("a1", "healthy", BASE - 10_000, lookback_ms=1_000)
+        again = [inspection, _label("e6", "healthy", BASE + 10_600), empty]
+        await p.on_labels(_records(topics.feedback_labels, again, start=2))
+        await _join_all(p, outbox)
+
+    _run(scenario())
+    emitted = _windows_out(outbox, topics.training_windows)
+    got = sorted((w.event_id, w.true_class) for w in emitted)
+    # The inspection covers event times BASE+5500 .. BASE+10500: a0's e6 and e9 (e3 is taken).
+    assert got == [("e3", "contaminated"), ("e6", "cracked"), ("e9", "cracked")]
+    assert {w.event_id: w.input for w in emitted}["e9"] == codec.encode(windows[9])
+    dlq = _dead_letters(outbox, topics.dlq("feedback.labels"))
+    assert len(dlq) == 1
+    assert dlq[0]["driftline-error-class"] == b"unknown_event"
+    assert b"asset a1" in dlq[0]["driftline-error-message"]
+
+
+def test_labels_that_cannot_be_joined_are_dead_lettered_with_the_reason() -> None:
+    s = _settings()
+    p, outbox, _ = _pipeline(s)
+    topics = s.kafka.topics
+    no_asset = codec.encode(Label(event_id="e1", true_class="healthy", source="t", label_time_ms=1))
+    no_lookback = codec.encode(
+        Label(asset_id="a1", true_class="healthy", source="t", label_time_ms=1)
+    )
+
+    async def scenario() -> None:
+        await p.on_labels(_records(topics.feedback_labels, [no_asset, no_lookback, b"\xff"]))
+
+    _run(scenario())
+    dlq = _dead_letters(outbox, topics.dlq("feedback.labels"))
+    assert [d["driftline-error-class"] for d in dlq] == [b"schema_invalid"] * 2 + [b"undecodable"]
+    assert b"needs asset_id" in dlq[0]["driftline-error-message"]
+    assert not outbox.take(p.join_topic), "nothing reaches the join"
+
+
+def test_an_input_no_longer_in_kafka_dead_letters_its_label_and_can_be_labelled_later() -> None:
+    s = _settings()
+    p, outbox, _ = _pipeline(s)
+    topics = s.kafka.topics
+    w = _window(1, BASE)
+    assert isinstance(p.reader, MemoryInputReader)
+    reader = p.reader
+
+    async def scenario() -> None:
+        await _inputs(p, _records(topics.sensor_windows, [codec.encode(w)]))
+        await _join_all(p, outbox)
+        result = codec.encode(_result(1, BASE, "healthy", 0.8))
+        await p.on_results(_records(topics.inference_results, [result]), forward=True)
+        await _join_all(p, outbox)
+        reader.forget((topics.sensor_windows, 0, 0))
+        await p.on_labels(_records(topics.feedback_labels, [_label("e1", "healthy", BASE + 1)]))
+        await _join_all(p, outbox)
+
+    _run(scenario())
+    assert not _windows_out(outbox, topics.training_windows)
+    dlq = _dead_letters(outbox, topics.dlq("feedback.labels"))
+    assert [d["driftline-error-class"] for d in dlq] == [b"missing_input"]
+
+
+def test_the_join_keeps_references_not_photos() -> None:
+    s = _settings()
+    p, outbox, _ = _pipeline(s)
+    topics = s.kafka.topics
+    photo = CameraImage(
+        event_id="img1",
+        asset_id="a1",
+        camera_id="c",
+        event_time_ms=BASE,
+        content_type="image/jpeg",
+        image=bytes(range(256)) * 2000,  # 512 kB
+    )
+    value = codec.encode(photo)
+    r = _result(1, BASE, "cracked", 0.7)
+    r = InferenceResult(**{**{f: getattr(r, f) for f in r.__struct_fields__}, "event_id": "img1"})
+
+    async def scenario() -> None:
+        await _inputs(p, _records(topics.camera_images, [value]))
+        forwarded = outbox.take(p.join_topic)
+        assert all(len(r.value or b"") < 300 for r in forwarded), "a reference travels"
+        await p.on_join(forwarded)
+        result = InferenceResult(
+            **{**{f: getattr(r, f) for f in r.__struct_fields__}, "modality": "image"}
+        )
+        await p.on_results(_records(topics.inference_results, [codec.encode(result)]), forward=True)
+        await p.on_labels(
+            _records(topics.feedback_labels, [_label("img1", "cracked", BASE + 5, "a1")])
+        )
+        await _join_all(p, outbox)
+
+    _run(scenario())
+    assert p.join is not None
+    assert max(len(v) for _, v in p.join.states.items()) < 300
+    emitted = _windows_out(outbox, topics.training_windows)
+    assert [(x.event_id, x.modality, x.input_type) for x in emitted] == [
+        ("img1", "image", "CameraImage")
+    ]
+    assert codec.decode(CameraImage, emitted[0].input).image == photo.image
+
+
+def test_a_restarted_join_recovers_its_tables_and_emits_each_label_once() -> None:
+    s = _settings(label_wait_s=30)
+    first, outbox, _ = _pipeline(s)
+    topics = s.kafka.topics
+    windows = [_window(i, BASE + i * 1000) for i in range(6)]
+    records = _records(topics.sensor_windows, [codec.encode(w) for w in windows])
+    results = [
+        codec.encode(_result(i, w.event_time_ms, "healthy", 0.9)) for i, w in enumerate(windows)
+    ]
+    labels = [_label(f"e{i}", "healthy", BASE + 2_000) for i in range(6)]
+
+    async def scenario() -> FeaturesPipeline:
+        await _inputs(first, records)
+        await first.on_results(_records(topics.inference_results, results[:3]), forward=True)
+        await _join_all(first, outbox)
+        await first.on_labels(_records(topics.feedback_labels, labels))
+        await _join_all(first, outbox)  # e0..e2 emitted; e3..e5 wait for their predictions
+        # A new worker recovers the changelogs, then Kafka redelivers everything.
+        second, _, _ = _pipeline(s)
+        assert second.join is not None
+        assert first.join is not None
+        second.join.states, second.join.parked = first.join.states, first.join.parked
+        second.reader = first.reader
+        second.outbox = outbox
+        second.on_join_recovered()
+        await second.on_results(_records(topics.inference_results, results), forward=True)
+        await second.on_labels(_records(topics.feedback_labels, labels))
+        await _join_all(second, outbox)
+        return second
+
+    _run(scenario())
+    emitted = _windows_out(outbox, topics.training_windows)
+    assert sorted(w.event_id for w in emitted) == [f"e{i}" for i in range(6)]
+    assert all(w.predicted_class == "healthy" for w in emitted)
