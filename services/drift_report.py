@@ -96,7 +96,24 @@ def plot(
         for version in sorted({p.version for p in mine}):
             xs = [p.t_s + bucket_s / 2 for p in mine if p.version == version]
             ys = [p.accuracy for p in mine if p.version == version]
-            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, label=f"model v{version}")
+            (line,) = ax.plot(
+                xs, ys, marker="o", markersize=3, linewidth=1.5, label=f"model v{version}"
+            )
+            est = [
+                (p.t_s + bucket_s / 2, p.confidence)
+                for p in mine
+                if p.version == version and p.confidence is not None
+            ]
+            if est:  # the estimate from confidence alone, drawn beside the true accuracy
+                ax.plot(
+                    [x for x, _ in est],
+                    [y for _, y in est],
+                    linestyle="--",
+                    linewidth=1,
+                    color=line.get_color(),
+                    alpha=0.7,
+                    label=f"v{version} estimate (mean confidence)",
+                )
         if summary.drift_at_s is not None:
             ax.axvline(summary.drift_at_s, color="crimson", linestyle="--", linewidth=1.2)
             ax.text(summary.drift_at_s, 0.02, " drift", color="crimson", va="bottom")

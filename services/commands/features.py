@@ -55,7 +55,7 @@ def get(args: argparse.Namespace) -> int:
                     "model": model,
                     "version": version,
                     "windows": windows,
-                    "accuracy": features.accuracy.get((model, version)),
+                    "accuracy": _accuracy_json(features.accuracy.get((model, version))),
                     "drift": features.drift.get((model, version)),
                 }
                 for (model, version), windows in sorted(features.windows.items())
@@ -65,6 +65,20 @@ def get(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(format_asset(features))
     return 0 if not features.empty else 2
+
+
+def _accuracy_json(view: Any) -> dict[str, Any] | None:
+    """Live accuracy by event time: the figure shown, and every bucket read (newest first)."""
+    if view is None:
+        return None
+    snap = view.snapshot()
+    return {
+        "bucket_ms": view.bucket_ms,
+        "min_labels": view.min_labels,
+        "calibration": view.calibration,
+        "live": None if snap is None else {k: getattr(snap, k) for k in snap.__dataclass_fields__},
+        "buckets": view.rows(),
+    }
 
 
 def rebuild(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ class AccuracyPoint:
     version: int
     accuracy: float
     count: int
+    confidence: float | None = None  # mean confidence served: the estimate beside accuracy
 
 
 @dataclass
@@ -26,17 +27,19 @@ class Ledger:
 
     sent: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # id -> truth
     seen: dict[str, int] = field(default_factory=dict)
-    _scored: list[tuple[float, str, int, bool]] = field(default_factory=list)
+    _scored: list[tuple[float, str, int, bool, float | None]] = field(default_factory=list)
 
     def record_sent(self, event_id: str, modality: str, true_class: str, t_s: float) -> None:
         self.sent[event_id] = (modality, true_class, t_s)
 
-    def record_result(self, event_id: str, version: int, predicted: str) -> None:
+    def record_result(
+        self, event_id: str, version: int, predicted: str, confidence: float | None = None
+    ) -> None:
         self.seen[event_id] = self.seen.get(event_id, 0) + 1
         truth = self.sent.get(event_id)
         if truth is not None and self.seen[event_id] == 1:
             modality, true_class, t_s = truth
-            self._scored.append((t_s, modality, version, predicted == true_class))
+            self._scored.append((t_s, modality, version, predicted == true_class, confidence))
 
     @property
     def lost(self) -> int:
@@ -55,15 +58,20 @@ class Ledger:
         self, modality: str, since_s: float = 0.0, until_s: float = float("inf")
     ) -> tuple[float, int]:
         """Accuracy of first results for events sent in [since_s, until_s), any version."""
-        hits = [ok for t, m, _, ok in self._scored if m == modality and since_s <= t < until_s]
+        hits = [ok for t, m, _, ok, _ in self._scored if m == modality and since_s <= t < until_s]
         return (sum(hits) / len(hits) if hits else float("nan")), len(hits)
 
     def series(self, bucket_s: float) -> list[AccuracyPoint]:
-        """Accuracy per (time bucket of the event's send time, modality, model version)."""
-        buckets: dict[tuple[float, str, int], list[bool]] = defaultdict(list)
-        for t, modality, version, ok in self._scored:
-            buckets[(bucket_s * int(t // bucket_s), modality, version)].append(ok)
-        return [
-            AccuracyPoint(t, m, v, sum(oks) / len(oks), len(oks))
-            for (t, m, v), oks in sorted(buckets.items())
-        ]
+        """Accuracy per (time bucket of the event's send time, modality, model version), with
+        the mean confidence served beside it (None when results carried none)."""
+        buckets: dict[tuple[float, str, int], list[tuple[bool, float | None]]] = defaultdict(list)
+        for t, modality, version, ok, confidence in self._scored:
+            buckets[(bucket_s * int(t // bucket_s), modality, version)].append((ok, confidence))
+        out = []
+        for (t, m, v), rows in sorted(buckets.items()):
+            confs = [c for _, c in rows if c is not None]
+            mean = sum(confs) / len(confs) if confs else None
+            out.append(
+                AccuracyPoint(t, m, v, sum(ok for ok, _ in rows) / len(rows), len(rows), mean)
+            )
+        return out

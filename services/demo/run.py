@@ -52,6 +52,9 @@ def run(
         "DRIFTLINE_LOG_LEVEL": "INFO",
         "DRIFTLINE_EPOCHS": str(cfg.epochs),
         "DRIFTLINE_SEED": str(cfg.seed),
+        # Live accuracy by event time in buckets as short as the report's, so the view can
+        # show a bucket with its labels a few seconds after its events.
+        "DRIFTLINE_ACCURACY_BUCKET_S": str(max(1, round(cfg.bucket_s))),
     }
     bootstrap(cfg, env, logs, say)
     services: list[Service] = []

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from typing import IO
 
 from services.demo.config import DemoConfig
 from services.demo.processes import Samples, sample_value
 from services.demo.watch import Watch
+from services.runtime import metrics as m
+
+MIN_LABELS_SHOWN = 30  # a bucket with fewer labels is not shown as live accuracy
 
 
 class LiveView:
@@ -37,6 +41,44 @@ def rates_text(cfg: DemoConfig) -> str:
     )
 
 
+def live_accuracy_text(
+    feats: Samples, model: str, version: int, bucket_s: float, now_s: float | None = None
+) -> str:
+    """The features app's live accuracy for one version: the newest event-time bucket with
+    enough labels, how old its events are, coverage and delay; the confidence estimate beside.
+
+    A bucket's age is said outright, so a backlog of old labels is never read as the present.
+    """
+    now_s = time.time() if now_s is None else now_s
+    sel = {"model": model, "version": str(version)}
+    parts = []
+    acc = sample_value(feats, m.LIVE_ACCURACY, **sel)
+    labels = sample_value(feats, m.LIVE_ACCURACY_LABELS, **sel) or 0
+    start = sample_value(feats, m.LIVE_ACCURACY_BUCKET_START, basis="labels", **sel)
+    if acc is not None and start is not None and labels >= MIN_LABELS_SHOWN:
+        coverage = sample_value(feats, m.LIVE_ACCURACY_COVERAGE, **sel)
+        delay = sample_value(feats, m.LIVE_ACCURACY_LABEL_DELAY, **sel)
+        parts.append(
+            f"accuracy (labels, events {_ago(now_s, start, bucket_s)} s ago) {acc:.3f}"
+            + (f", coverage {coverage:.0%}" if coverage is not None else "")
+            + (f", delay {delay:.0f} s" if delay is not None else "")
+        )
+    else:
+        parts.append(f"accuracy (labels) waiting for {MIN_LABELS_SHOWN} labels in a bucket")
+    est = sample_value(feats, m.LIVE_ACCURACY_ESTIMATE, **sel)
+    est_start = sample_value(feats, m.LIVE_ACCURACY_BUCKET_START, basis="estimate", **sel)
+    if est is not None and est_start is not None:
+        parts.append(
+            f"estimate from confidence (events {_ago(now_s, est_start, bucket_s)} s ago) {est:.3f}"
+        )
+    return "   ".join(parts)
+
+
+def _ago(now_s: float, start_s: float, bucket_s: float) -> str:
+    newest = max(0.0, now_s - start_s - bucket_s)
+    return f"{newest:.0f}-{max(0.0, now_s - start_s):.0f}"
+
+
 def status_lines(
     cfg: DemoConfig, watch: Watch, phase: str, scrapes: dict[str, Samples]
 ) -> list[str]:
@@ -59,14 +101,17 @@ def status_lines(
             versions = [v for (m, v) in watch.first_seen if m == modality]
             serving = max(versions) if versions else 0
             feats = scrapes.get("features", {})
-            live = sample_value(feats, "driftline_live_accuracy", model=f"insulator-{modality}")
-            drift = sample_value(feats, "driftline_drift_score", model=f"insulator-{modality}")
+            model = f"insulator-{modality}"
+            drift = sample_value(feats, "driftline_drift_score", model=model)
             lines.append(
                 f"  {modality:6}  serving v{serving}   accuracy (last 30 s, vs truth) "
                 + (f"{acc:.3f} of {n}" if n else "-")
-                + (f"   live accuracy (labels) {live:.3f}" if live is not None else "")
                 + (f"   drift score {drift:.2f}" if drift is not None else "")
             )
+            if serving:
+                lines.append(
+                    "          live: " + live_accuracy_text(feats, model, serving, cfg.bucket_s)
+                )
         trainer = scrapes.get("trainer", {})
         trainings = sample_value(trainer, "driftline_trainings_total")
         alerts = sample_value(scrapes.get("alerts", {}), "driftline_alerts_raised_total")

@@ -42,7 +42,9 @@ class Watch:
                         continue
                     r = codec.decode(InferenceResult, m.value())
                     with self.lock:
-                        self.ledger.record_result(r.event_id, r.model_version, r.predicted_class)
+                        self.ledger.record_result(
+                            r.event_id, r.model_version, r.predicted_class, r.confidence
+                        )
                         key = (r.modality, r.model_version)
                         if key not in self.first_seen:
                             self.first_seen[key] = self.t()

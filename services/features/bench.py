@@ -158,7 +158,9 @@ async def _populate(settings: FeaturesSettings, assets: int) -> None:
     )
     assert pipeline.accuracy is not None
     for i in range(200):
-        pipeline.accuracy.add((MODEL, 1), t0 + i * 1000, i % 5 != 0)
+        t = t0 + i * 1000
+        pipeline.accuracy.scored((MODEL, 1), t, 0.9, i % 6)
+        pipeline.accuracy.labelled((MODEL, 1), t, t + 5000, i % 5 != 0, i % 6)
     await pipeline.flush(now=0.0)
     from schemas.messages import DriftSignal
 

@@ -7,6 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.features.accuracy import AccuracyView, bucket_hash_key, bucket_starts
 from services.features.store import ACCURACY_KEY, ASSET_KEY, DRIFT_KEY
 
 WINDOW_COLUMNS = (
@@ -17,6 +18,8 @@ WINDOW_COLUMNS = (
     ("confidence_p99", "p99", 6),
     ("low_confidence_rate", "low", 6),
 )
+ACCURACY_BUCKETS_READ = 48  # event-time buckets read per version (newest first)
+ACCURACY_BUCKETS_SHOWN = 6
 
 
 @dataclass
@@ -26,7 +29,7 @@ class AssetFeatures:
     asset_id: str
     # (model, version) -> window name -> feature -> text
     windows: dict[tuple[str, int], dict[str, dict[str, str]]] = field(default_factory=dict)
-    accuracy: dict[tuple[str, int], dict[str, str]] = field(default_factory=dict)
+    accuracy: dict[tuple[str, int], AccuracyView] = field(default_factory=dict)
     drift: dict[tuple[str, int], dict[str, str]] = field(default_factory=dict)
 
     @property
@@ -47,7 +50,8 @@ def parse_asset_hash(asset_id: str, fields: dict[str, str]) -> AssetFeatures:
 
 
 def read_asset(client: Any, prefix: str, asset_id: str) -> AssetFeatures:
-    """The asset hash, then its versions' accuracy and drift hashes in one pipeline."""
+    """The asset hash; its versions' accuracy index and drift hashes in one pipeline; then
+    the versions' newest event-time accuracy buckets in one more."""
     raw: dict[Any, Any] = client.hgetall(ASSET_KEY.format(prefix=prefix, asset=asset_id))
     features = parse_asset_hash(asset_id, {_text(k): _text(v) for k, v in raw.items()})
     versions = sorted(features.windows)
@@ -57,13 +61,34 @@ def read_asset(client: Any, prefix: str, asset_id: str) -> AssetFeatures:
             pipe.hgetall(ACCURACY_KEY.format(prefix=prefix, model=model, version=version))
             pipe.hgetall(DRIFT_KEY.format(prefix=prefix, model=model, version=version))
         replies = pipe.execute()
+        indexes: dict[tuple[str, int], dict[str, str]] = {}
         for i, v in enumerate(versions):
             acc, drift = replies[2 * i], replies[2 * i + 1]
             if acc:
-                features.accuracy[v] = {_text(k): _text(x) for k, x in acc.items()}
+                indexes[v] = {_text(k): _text(x) for k, x in acc.items()}
             if drift:
                 features.drift[v] = {_text(k): _text(x) for k, x in drift.items()}
+        features.accuracy = _read_accuracy(client, prefix, indexes)
     return features
+
+
+def _read_accuracy(
+    client: Any, prefix: str, indexes: dict[tuple[str, int], dict[str, str]]
+) -> dict[tuple[str, int], AccuracyView]:
+    wanted = [
+        (v, start, int(index["bucket_ms"]))
+        for v, index in indexes.items()
+        for start in bucket_starts(index, ACCURACY_BUCKETS_READ)
+    ]
+    if not wanted:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for v, start, bucket_ms in wanted:
+        pipe.hgetall(bucket_hash_key(prefix, v, bucket_ms, start))
+    buckets: dict[tuple[str, int], dict[int, dict[str, str]]] = defaultdict(dict)
+    for (v, start, _), raw in zip(wanted, pipe.execute(), strict=True):
+        buckets[v][start] = {_text(k): _text(x) for k, x in raw.items()}
+    return {v: AccuracyView.read(index, buckets.get(v, {})) for v, index in indexes.items()}
 
 
 def _text(value: Any) -> str:
@@ -98,12 +123,8 @@ def format_asset(features: AssetFeatures) -> str:
             )
             lines.append(f"    {window:7} {_utc(values.get('window_end_ms')):19} {cells}  {mix}")
         acc = features.accuracy.get((model, version))
-        if acc:
-            lines.append(
-                f"    live accuracy {float(acc['accuracy']):.1%} "
-                f"({acc.get('correct', '?')}/{acc.get('total', '?')} labels, "
-                f"to {_utc(acc.get('window_end_ms'))})"
-            )
+        if acc is not None:
+            lines += accuracy_lines(acc)
         drift = features.drift.get((model, version))
         if drift:
             state = "DRIFTED" if drift.get("drifted") == "1" else "stable"
@@ -122,6 +143,42 @@ def format_asset(features: AssetFeatures) -> str:
                 f"{drift.get('sample_count', '?')} samples)"
             )
     return "\n".join(lines) + "\n"
+
+
+def accuracy_lines(view: AccuracyView) -> list[str]:
+    """Live accuracy by event time: the newest bucket with enough labels, then the newest
+    buckets with label coverage, delay and the confidence estimate beside."""
+    snap = view.snapshot()
+    lines = []
+    if snap is not None:
+        enough = "" if snap.enough else f", fewer than {view.min_labels}"
+        coverage = f"{snap.coverage:.0%}" if snap.coverage is not None else "-"
+        lines.append(
+            f"    live accuracy {snap.accuracy:.1%} for events {_utc(str(snap.start_ms))}"
+            f"-{_utc(str(snap.end_ms))[11:]} ({snap.correct}/{snap.total} labels{enough}, "
+            f"coverage {coverage}, delay mean {snap.delay_mean_ms / 1000:.0f} s)"
+        )
+    est = "estimate (calibrated confidence)" if view.calibration else "estimate (confidence)"
+    lines.append(
+        f"    {'events from (UTC)':19} {'scored':>7} {'labels':>7} {'accuracy':>8} "
+        f"{'coverage':>8} {'delay':>6} {'max':>6}  {est}"
+    )
+    for row in view.rows()[:ACCURACY_BUCKETS_SHOWN]:
+        lines.append(
+            f"    {_utc(str(row['start_ms'])):19} {row['scored']:>7} {row['labelled']:>7} "
+            f"{_pct(row['accuracy']):>8} {_pct(row['coverage']):>8} "
+            f"{_secs(row['delay_mean_ms']):>6} {_secs(row['delay_max_ms']):>6}  "
+            f"{_pct(row['estimate'])}"
+        )
+    return lines
+
+
+def _pct(value: float | int | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _secs(ms: float | int | None) -> str:
+    return "-" if ms is None else f"{ms / 1000:.0f}s"
 
 
 def _short(text: str) -> str:

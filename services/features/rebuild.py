@@ -1,10 +1,11 @@
 """`driftline features rebuild`: replay Kafka into Redis with the app's own aggregation code.
 
-Statistics come from inference.results, live accuracy from training.windows (the labelled
-windows the join emitted), both read from the beginning to the end they had when the rebuild
-started. Per series, events are folded in the order of their partition, as the app does, so
-the same events give the same windows; writes are last-write-wins, so a rebuild over an
-existing key space converges to the same hashes, and `--fresh` first deletes the prefix.
+Statistics and live accuracy's scored counts come from inference.results, its labels from
+training.windows (the labelled windows the join emitted), both read from the beginning to the
+end they had when the rebuild started. Per series, events are folded in the order of their
+partition, as the app does, so the same events give the same windows; writes are last-write-
+wins, so a rebuild over an existing key space converges to the same hashes, and `--fresh` first
+deletes the prefix.
 Drift hashes are not replayed: the running app rewrites them at its next evaluation.
 """
 
@@ -150,6 +151,7 @@ async def _rebuild(
         topics = settings.kafka.topics
         for batch in read_to_end(settings, topics.inference_results):
             await pipeline.on_results(batch, forward=False)
+            pipeline.on_scored_results(batch)  # live accuracy's scored counts
             report.results += len(batch)
             since_flush += len(batch)
             if since_flush >= FLUSH_EVERY:

@@ -52,8 +52,15 @@ class FeaturesSettings(DriftlineSettings):
     )
     evict_interval_s: float = Field(default=30.0, gt=0)
 
-    accuracy_window_s: int = Field(default=3600, ge=1)
-    accuracy_bucket_s: int = Field(default=60, ge=1)
+    accuracy_bucket_s: int = Field(
+        default=600, ge=1, description="live accuracy buckets of event time (demo: 10-30 s)"
+    )
+    accuracy_horizon_s: int = Field(
+        default=86_400, ge=1, description="event time kept behind the newest accuracy bucket"
+    )
+    accuracy_min_labels: int = Field(
+        default=30, ge=1, description="labels a bucket needs before it is shown as live accuracy"
+    )
 
     drift_window_s: int = Field(default=600, ge=1, description="event time compared")
     drift_interval_s: float = Field(default=30.0, gt=0)

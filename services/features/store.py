@@ -9,7 +9,13 @@ Key layout (`P` is `redis_key_prefix`, default "driftline:"; one hash per entity
                                                                 fields "{model}:v{version}:{window}:
                                                                 {feature}", TTL latest_ttl_s; one
                                                                 HGETALL reads every feature
-    P accuracy:{model}:v{version}                              rolling live accuracy
+    P accuracy:{model}:v{version}                              live accuracy index: bucket size,
+                                                                horizon, calibration; per join
+                                                                partition n "p{n}:newest_ms"
+    P accuracy:{model}:v{version}:{bucket}:{start_ms}          one event-time bucket, fields
+                                                                "p{n}:{counter}" per join partition
+                                                                (scored, labelled, correct, ...):
+                                                                a reader sums the partitions
     P drift:{model}:v{version}                                 the last drift evaluation
     P features:alive                                           sentinel: gone means Redis lost
                                                                 our data, so everything is rewritten
@@ -34,6 +40,8 @@ STATS_KEY = "{prefix}stats:{asset}:{model}:v{version}:{window}:{start}"
 ASSET_KEY = "{prefix}asset:{asset}"
 ASSET_FIELD = "{model}:v{version}:{window}:{feature}"
 ACCURACY_KEY = "{prefix}accuracy:{model}:v{version}"
+ACCURACY_BUCKET_KEY = "{prefix}accuracy:{model}:v{version}:{bucket}:{start}"
+PARTITION_FIELD = "p{partition}:{name}"  # a field one join partition owns in a shared hash
 DRIFT_KEY = "{prefix}drift:{model}:v{version}"
 SENTINEL_KEY = "{prefix}features:alive"
 

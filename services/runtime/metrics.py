@@ -276,8 +276,19 @@ FEATURE_STORE_UP = "driftline_feature_store_up"
 FEATURE_DIRTY_WINDOWS = "driftline_feature_dirty_windows"
 JOIN_ENTRIES = "driftline_join_entries"
 LABELS_JOINED = "driftline_labels_joined_total"
+# Live accuracy by event time. Counters add up across join workers; the gauges are one worker's
+# view (its partitions) of the newest event-time bucket with enough labels, a convenience.
+ACCURACY_SCORED = "driftline_accuracy_scored_total"
+ACCURACY_CONFIDENCE = "driftline_accuracy_confidence_total"
+ACCURACY_LABELLED = "driftline_accuracy_labelled_total"
+LABEL_DELAY_SECONDS = "driftline_label_delay_seconds"
 LIVE_ACCURACY = "driftline_live_accuracy"
 LIVE_ACCURACY_LABELS = "driftline_live_accuracy_labels"
+LIVE_ACCURACY_COVERAGE = "driftline_live_accuracy_coverage"
+LIVE_ACCURACY_LABEL_DELAY = "driftline_live_accuracy_label_delay_seconds"
+LIVE_ACCURACY_ESTIMATE = "driftline_live_accuracy_estimate"
+LIVE_ACCURACY_BUCKET_START = "driftline_live_accuracy_bucket_start_timestamp_seconds"
+LABEL_DELAY_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21_600.0, 86_400.0, 604_800.0)
 DRIFT_SCORE = "driftline_drift_score"
 DRIFT_DETECTED = "driftline_drift_detected"
 DRIFT_SAMPLES = "driftline_drift_samples"
@@ -331,16 +342,67 @@ class FeaturesMetrics:
             ["outcome"],
             registry=registry,
         )
+        version = ["model", "version"]
+        self.accuracy_scored = Counter(
+            ACCURACY_SCORED,
+            "Events whose first prediction the join recorded (the denominator of label coverage)",
+            version,
+            registry=registry,
+        )
+        self.accuracy_confidence = Counter(
+            ACCURACY_CONFIDENCE,
+            "Sum of the confidence served for those events (over scored: mean confidence)",
+            version,
+            registry=registry,
+        )
+        self.accuracy_labelled = Counter(
+            ACCURACY_LABELLED,
+            "Labels joined to a prediction, by outcome (correct, wrong)",
+            [*version, "outcome"],
+            registry=registry,
+        )
+        self.label_delay = Histogram(
+            LABEL_DELAY_SECONDS,
+            "Label time minus event time of labels joined to a prediction",
+            version,
+            buckets=LABEL_DELAY_BUCKETS,
+            registry=registry,
+        )
         self.live_accuracy = Gauge(
             LIVE_ACCURACY,
-            "Rolling accuracy of a model version on joined labels",
-            ["model", "version"],
+            "Accuracy of the newest event-time bucket with enough labels (this worker's share)",
+            version,
             registry=registry,
         )
         self.live_accuracy_labels = Gauge(
             LIVE_ACCURACY_LABELS,
-            "Labels in the rolling accuracy window",
-            ["model", "version"],
+            "Labels behind driftline_live_accuracy (its bucket, this worker's partitions)",
+            version,
+            registry=registry,
+        )
+        self.live_accuracy_coverage = Gauge(
+            LIVE_ACCURACY_COVERAGE,
+            "Labelled over scored events in the bucket of driftline_live_accuracy",
+            version,
+            registry=registry,
+        )
+        self.live_accuracy_label_delay = Gauge(
+            LIVE_ACCURACY_LABEL_DELAY,
+            "Mean label delay in the bucket of driftline_live_accuracy",
+            version,
+            registry=registry,
+        )
+        self.live_accuracy_estimate = Gauge(
+            LIVE_ACCURACY_ESTIMATE,
+            "Estimated accuracy (mean confidence, calibrated when the version allows) of the "
+            "newest event-time bucket: an estimate, there before any label",
+            version,
+            registry=registry,
+        )
+        self.live_accuracy_bucket_start = Gauge(
+            LIVE_ACCURACY_BUCKET_START,
+            "Event-time start of the bucket a live accuracy figure is for (labels or estimate)",
+            [*version, "basis"],
             registry=registry,
         )
         self.drift_score = Gauge(

@@ -29,3 +29,14 @@ def test_lost_duplicated_and_accuracy() -> None:
         (5.0, 1, 0.0, 1),
         (5.0, 2, 0.0, 3),
     ]
+
+
+def test_series_carries_the_mean_confidence_beside_accuracy() -> None:
+    ledger = Ledger()
+    for i, (ok, conf) in enumerate([(True, 0.9), (False, 0.7), (True, None)]):
+        ledger.record_sent(f"e{i}", "sensor", "healthy", 1.0)
+        ledger.record_result(f"e{i}", 1, "healthy" if ok else "cracked", conf)
+    (point,) = ledger.series(10)
+    assert point.accuracy == 2 / 3
+    assert point.confidence is not None
+    assert abs(point.confidence - 0.8) < 1e-9
