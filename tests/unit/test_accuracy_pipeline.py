@@ -45,13 +45,13 @@ def test_a_replayed_result_is_scored_once_and_labels_count_by_event_time() -> No
         # (AccuracyBook.labelled), then a backlog for the old ones.
         assert p.accuracy is not None
         for i, w in enumerate(new[:4]):
-            part = join_partition(w.event_id.encode(), s.join_partitions)
+            part = join_partition(w.asset_id.encode(), s.join_partitions)
             p.accuracy.labelled((MODEL, 1), w.event_time_ms, BASE + 62_000, i < 3, part)
         newest = p.accuracy.snapshot((MODEL, 1)) if p.accuracy else None
         # The backlog as the join reports it (AccuracyBook.labelled): old events, all right.
         assert p.accuracy is not None
         for i, w in enumerate(old):
-            part = join_partition(w.event_id.encode(), s.join_partitions)
+            part = join_partition(w.asset_id.encode(), s.join_partitions)
             p.accuracy.labelled((MODEL, 1), w.event_time_ms, BASE + 300_000 + i, True, part)
         assert p.accuracy is not None
         assert p.accuracy.snapshot((MODEL, 1)) == newest
