@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from services.features.app import build
 from services.features.settings import FeaturesSettings
+from services.features.startup import Readiness, ensure_topics, topic_needs
 from services.runtime import metrics as m
 
 log = logging.getLogger(__name__)
@@ -19,10 +20,15 @@ def run(settings: FeaturesSettings, metrics_registry: CollectorRegistry | None =
 
     reg = metrics_registry or CollectorRegistry()
     features = build(settings, m.FeaturesMetrics(reg))
-    health = m.Health(ready=lambda: features.ready)
+    # Every topic exists, with leaders, before the worker joins its group: otherwise the first
+    # assignment can leave the join's agents without partitions (see services.features.startup).
+    ensure_topics(settings.kafka, topic_needs(features.app), timeout_s=settings.registry_timeout_s)
+    readiness = Readiness()
+    health = m.Health(ready=lambda: readiness.ready)
     server = m.serve(reg, health, settings.metrics_port) if settings.metrics_port else None
 
     async def tick() -> None:
+        readiness.update(features.app, features.waiting_for)
         health.tick()
 
     features.app.timer(1.0, name="health")(tick)
