@@ -146,6 +146,12 @@ class Lineage(msgspec.Struct, frozen=True, kw_only=True):
     ranges: list[OffsetRange] = msgspec.field(default_factory=list)
     parent_version: int | None = None
     seed: int | None = None
+    # Event-time spans of what trained and what judged this version (None when unknown).
+    train_start_ms: int | None = None
+    train_end_ms: int | None = None
+    holdout_start_ms: int | None = None
+    holdout_end_ms: int | None = None
+    change_point_ms: int | None = None
 
 
 STATUS_CHAMPION = "champion"

@@ -25,6 +25,17 @@ class Example:
     offset: int
     label: int
     x: npt.NDArray[np.float32] | npt.NDArray[np.uint8]
+    served_version: int = -1  # the model version that served this event, -1 if unknown
+    served_correct: bool = False
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """What was served for the buffered examples, as arrays (change-point detection)."""
+
+    event_time_ms: npt.NDArray[np.int64]
+    served_version: npt.NDArray[np.int64]
+    served_correct: npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
@@ -82,18 +93,45 @@ class TrainingBuffer:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
         self._items: list[Example] = []
+        self._span: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return min(len(self._items), self.capacity)
 
     def add(self, example: Example) -> None:
         self._items.append(example)
+        if self._span is not None:
+            t = example.event_time_ms
+            self._span = (min(self._span[0], t), max(self._span[1], t))
         if len(self._items) > self.capacity * (1 + TRIM_SLACK):
             self._trim()
 
     def _trim(self) -> None:
         self._items.sort(key=lambda e: (e.event_time_ms, e.partition, e.offset))
-        del self._items[: max(0, len(self._items) - self.capacity)]
+        excess = max(0, len(self._items) - self.capacity)
+        if excess:
+            del self._items[:excess]
+            self._span = None
+
+    def outcomes(self) -> Outcomes:
+        """Event time, serving version and correctness of every buffered example."""
+        self._trim()
+        items = self._items
+        n = len(items)
+        return Outcomes(
+            event_time_ms=np.fromiter((e.event_time_ms for e in items), dtype=np.int64, count=n),
+            served_version=np.fromiter((e.served_version for e in items), dtype=np.int64, count=n),
+            served_correct=np.fromiter((e.served_correct for e in items), dtype=np.bool_, count=n),
+        )
+
+    def span(self) -> tuple[int, int] | None:
+        """Event times (oldest, newest) of the buffered examples, None when empty."""
+        if not self._items:
+            return None
+        if self._span is None:
+            times = [e.event_time_ms for e in self._items]
+            self._span = (min(times), max(times))
+        return self._span
 
     def snapshot(self) -> LabelledSet:
         """The buffered examples (at most capacity, the newest), stacked and time-ordered."""

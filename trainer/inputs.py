@@ -47,6 +47,10 @@ class LabelledInput:
     event_time_ms: int
     label: int
     x: npt.NDArray[np.float32] | npt.NDArray[np.uint8]
+    # The prediction served for this event, when the join had it: which version, and whether
+    # it was right (what the trainer's change-point detection reads).
+    served_version: int | None = None
+    served_correct: bool | None = None
 
 
 def _decode_inner(kind: type[Message], data: bytes) -> Message:
@@ -121,7 +125,16 @@ def decode_labelled(value: bytes | None, content_type: str | None = None) -> Lab
     if not lw.input:
         raise dl.CodecError(dl.MISSING_INPUT, "labelled window carries no input bytes")
     x = _sensor_input(lw.input) if lw.modality == MODALITY_SENSOR else _image_input(lw.input)
-    return LabelledInput(lw.modality, lw.event_id, lw.event_time_ms, label, x)
+    served = lw.predicted_class is not None and lw.model_version is not None
+    return LabelledInput(
+        lw.modality,
+        lw.event_id,
+        lw.event_time_ms,
+        label,
+        x,
+        served_version=lw.model_version if served else None,
+        served_correct=(lw.predicted_class == lw.true_class) if served else None,
+    )
 
 
 def model_input(

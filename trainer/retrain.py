@@ -24,7 +24,7 @@ from schemas.contracts import (
     SENSOR_INPUT_NAME,
 )
 from schemas.messages import MODALITY_IMAGE, MODALITY_SENSOR, ReferenceProfile
-from services.core.gate import ChampionGate, GateDecision, time_ordered_split
+from services.core.gate import ChampionGate, GateDecision, post_change_split, time_ordered_split
 from services.core.metrics import accuracy, macro_f1
 from trainer.champion import ChampionModel
 from trainer.dataset import LabelledSet
@@ -57,6 +57,10 @@ class RetrainConfig:
     min_holdout: int = 50
     min_train: int = 20
     image_width: int = 16
+    # After a change point: the share of pre-change examples kept, and how many (post-change
+    # examples repeated) a training set has at least, so a young regime gets enough steps.
+    pre_change_share: float = 0.2
+    min_adapt_examples: int = 1500
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,9 @@ class Challenger:
     reference: ReferenceProfile
     warm_started: bool
     champion_version: int | None
+    train_span_ms: tuple[int, int] = (0, 0)
+    holdout_span_ms: tuple[int, int] = (0, 0)
+    change_point_ms: int | None = None
 
 
 def new_model(modality: str, image_width: int = 16) -> SensorCNN | ImageCNN:
@@ -126,12 +133,28 @@ def train_challenger(
     config: RetrainConfig,
     on_epoch: Callable[[EpochReport], None] | None = None,
     fit_fn: FitFn = fit,
+    change_point_ms: int | None = None,
 ) -> Challenger:
-    """Train a challenger on all but the most recent examples and gate it on those."""
+    """Train a challenger on all but the most recent examples and gate it on those.
+
+    With `change_point_ms`, the world is taken to have changed then: the holdout is drawn from
+    after it and the training set is dominated by post-change examples (post_change_split).
+    """
     started = time.monotonic()
-    train_idx, hold_idx = time_ordered_split(
-        data.event_time_ms, config.holdout_fraction, config.min_holdout
-    )
+    if change_point_ms is None:
+        train_idx, hold_idx = time_ordered_split(
+            data.event_time_ms, config.holdout_fraction, config.min_holdout
+        )
+    else:
+        train_idx, hold_idx = post_change_split(
+            data.event_time_ms,
+            change_point_ms,
+            holdout_fraction=config.holdout_fraction,
+            min_holdout=config.min_holdout,
+            pre_change_share=config.pre_change_share,
+            min_examples=config.min_adapt_examples,
+            seed=config.fit.seed,
+        )
     if len(train_idx) < config.min_train or len(hold_idx) == 0:
         raise TooFewExamples(
             f"{len(data)} examples leave {len(train_idx)} to train on and {len(hold_idx)} to "
@@ -167,7 +190,12 @@ def train_challenger(
         "warm_start": 1.0 if warm else 0.0,
         "epochs": float(len(report.epochs)),
         "final_loss": report.epochs[-1].loss if report.epochs else 0.0,
+        "train_distinct_examples": float(len(np.unique(train_idx))),
     }
+    if change_point_ms is not None:
+        after = data.event_time_ms[train_idx] >= change_point_ms
+        metrics["train_post_change_share"] = float(after.mean()) if len(after) else 0.0
+        metrics["post_change_examples"] = float((data.event_time_ms >= change_point_ms).sum())
     champion_score: float | None = None
     if champion is not None:
         try:
@@ -193,4 +221,11 @@ def train_challenger(
         reference=reference_profile(modality, x_train, probs),
         warm_started=warm,
         champion_version=champion.version.version if champion is not None else None,
+        train_span_ms=_span(data.event_time_ms[train_idx]),
+        holdout_span_ms=_span(data.event_time_ms[hold_idx]),
+        change_point_ms=change_point_ms,
     )
+
+
+def _span(times: npt.NDArray[np.int64]) -> tuple[int, int]:
+    return (int(times.min()), int(times.max())) if len(times) else (0, 0)

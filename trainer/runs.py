@@ -98,6 +98,8 @@ def retrain_config(settings: TrainerSettings, modality: str) -> RetrainConfig:
         holdout_fraction=settings.holdout_fraction,
         min_holdout=settings.min_holdout,
         image_width=settings.image_width,
+        pre_change_share=settings.pre_change_share,
+        min_adapt_examples=settings.min_adapt_examples,
     )
 
 
@@ -139,11 +141,13 @@ class TrainingRun:
         on_epoch: Callable[[EpochReport], None] | None = None,
         record_offsets: bool = True,
         cancelled: Callable[[], bool] | None = None,
+        change_point_ms: int | None = None,
     ) -> RunOutcome:
         """Train on `data`, gate, and publish the challenger as champion or as rejected.
 
         With record_offsets, the lineage names the partitions and offset ranges of `source`
-        the examples came from (simulated data has none).
+        the examples came from (simulated data has none). With change_point_ms, training and
+        gate favour the examples from after it (trainer.retrain.train_challenger).
         """
         name = MODEL_NAMES[modality]
         started = time.monotonic()
@@ -168,6 +172,7 @@ class TrainingRun:
                 retrain_config(self.settings, modality),
                 epoch_done,
                 fit_fn=self.fit_fn,
+                change_point_ms=change_point_ms,
             )
             if cancelled is not None and cancelled():
                 raise RunCancelled("stopped before publishing")
@@ -180,6 +185,11 @@ class TrainingRun:
                     ranges=ranges,
                     parent_version=challenger.champion_version,
                     seed=self.settings.seed,
+                    train_start_ms=challenger.train_span_ms[0],
+                    train_end_ms=challenger.train_span_ms[1],
+                    holdout_start_ms=challenger.holdout_span_ms[0],
+                    holdout_end_ms=challenger.holdout_span_ms[1],
+                    change_point_ms=challenger.change_point_ms,
                 ),
             )
         except RunCancelled as exc:

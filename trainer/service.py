@@ -18,6 +18,15 @@ committed offsets record how far dead-lettering has got (they are committed afte
 letters are acknowledged), so a restart that re-reads older records does not dead-letter them
 twice.
 
+Drift-aware retraining. Every labelled window says whether the prediction served then was
+right. At most every DETECT_EVERY_S the trainer scans the outcomes of the model version that
+serves the newest examples, in event-time order, for a significant drop (services.core.
+changepoint). A drop starts a regime at its event time: the next run waits for enough examples
+from after it, trains with them dominating and gates both models on a holdout drawn from after
+it; later runs keep that weighting and come each time the new world's examples have doubled.
+The change point is recorded in each version's lineage, so a restarted trainer resumes the
+regime from the registry.
+
 Training. A trigger (services.core.triggers) starts a run on a snapshot of the training set in
 a worker thread, at most one per model, while this loop keeps reading. A run publishes only at
 its very end (trainer.runs); a stop request cancels it between epochs, publishing nothing.
@@ -31,6 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -46,6 +56,7 @@ from schemas import deadletter as dl
 from schemas.contracts import MODEL_NAMES
 from schemas.messages import MODALITIES, DriftSignal
 from schemas.topics import TRAINING_WINDOWS
+from services.core.changepoint import find_drop
 from services.core.triggers import TRIGGER_MANUAL, TriggerPolicy, TriggerState, decide
 from services.runtime import metrics as m
 from services.runtime import registry
@@ -57,12 +68,19 @@ from trainer.dataset import Example, TrainingBuffer
 from trainer.fit import EpochReport
 from trainer.inputs import decode_labelled
 from trainer.publish import KafkaRegistryWriter
-from trainer.runs import OUTCOME_FAILED, OUTCOME_SKIPPED, RunOutcome, TrainingRun
+from trainer.runs import (
+    OUTCOME_FAILED,
+    OUTCOME_PROMOTED,
+    OUTCOME_SKIPPED,
+    RunOutcome,
+    TrainingRun,
+)
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
 STATUS_EVERY_S = 30.0
+DETECT_EVERY_S = 2.0
 
 
 @dataclass
@@ -83,6 +101,15 @@ class ModelState:
     outcome: RunOutcome | None = None
     labels_at_start: int = 0
     drift_at_start: bool = False
+    # The current regime (services.core.changepoint): where it started, whether no model
+    # trained for it was promoted yet, its buffered examples now and at the last run.
+    regime_start_ms: int | None = None
+    adapting: bool = False
+    post_change: int = 0
+    post_change_at_last_run: int = 0
+    post_change_at_start: int = 0
+    added_since_detect: int = 0
+    last_detect: float = 0.0
 
     @property
     def running(self) -> bool:
@@ -96,6 +123,8 @@ def policy_of(settings: TrainerSettings) -> TriggerPolicy:
         min_drift_labels=settings.min_drift_labels,
         max_age_s=settings.max_age_s,
         retry_after_s=settings.retry_after_s,
+        min_post_change_labels=settings.min_post_change_labels,
+        regime_growth=settings.regime_growth,
     )
 
 
@@ -163,6 +192,11 @@ class TrainerService:
                 continue
             last = trained[-1]
             state.trained_through = {r.partition: r.end_offset for r in last.lineage.ranges}
+            if last.lineage.change_point_ms is not None:
+                state.regime_start_ms = last.lineage.change_point_ms
+                state.post_change_at_last_run = int(last.metrics.get("post_change_examples", 0))
+                # A regime whose last version was not promoted is still waiting for its model.
+                state.adapting = last.status != "champion"
             for r in last.lineage.ranges:
                 starts[r.partition] = min(starts.get(r.partition, r.start_offset), r.start_offset)
             log.info(
@@ -297,9 +331,19 @@ class TrainerService:
                     letters.append((msg, exc))
             else:
                 state = self.states[example.modality]
+                served = example.served_version
                 state.buffer.add(
-                    Example(example.event_time_ms, partition, offset, example.label, example.x)
+                    Example(
+                        example.event_time_ms,
+                        partition,
+                        offset,
+                        example.label,
+                        example.x,
+                        served_version=served if served is not None else -1,
+                        served_correct=bool(example.served_correct),
+                    )
                 )
+                state.added_since_detect += 1
                 if offset >= state.trained_through.get(partition, 0):
                     state.new_labels += 1
             advanced[partition] = max(advanced.get(partition, -1), offset + 1)
@@ -366,6 +410,8 @@ class TrainerService:
             self.states[mod].manual = True
         now_ms = int(time.time() * 1000)
         for state in self.states.values():
+            if self.caught_up.is_set():
+                self._watch_outcomes(state)
             reason = decide(self.policy, self._trigger_state(state), now_ms)
             if reason is not None:
                 self._start(state, reason)
@@ -384,6 +430,53 @@ class TrainerService:
                     )
                 )
 
+    def _watch_outcomes(self, state: ModelState) -> None:
+        """Look for a drop in the serving version's accuracy; keep the regime's count current."""
+        if not state.added_since_detect or state.running:
+            return
+        now = time.monotonic()
+        if now - state.last_detect < DETECT_EVERY_S:
+            return
+        state.last_detect = now
+        state.added_since_detect = 0
+        out = state.buffer.outcomes()
+        times = out.event_time_ms
+        served = out.served_version >= 0
+        if served.any():
+            newest = out.served_version[served][int(np.argmax(times[served]))]
+            mask = served & (out.served_version == newest)
+            if state.regime_start_ms is not None:
+                mask &= times >= state.regime_start_ms
+            s = self.settings
+            drop = find_drop(
+                times[mask],
+                out.served_correct[mask],
+                min_segment=s.change_min_segment,
+                min_drop=s.change_min_drop,
+            )
+            if drop is not None and (
+                state.regime_start_ms is None or drop.at_ms > state.regime_start_ms
+            ):
+                log.info(
+                    "%s: v%d accuracy fell from %.3f to %.3f at event time %s "
+                    "(%d and %d labelled outcomes, 2LLR %.0f): learning the new world from there",
+                    state.name,
+                    int(newest),
+                    drop.before,
+                    drop.after,
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(drop.at_ms / 1000)),
+                    drop.n_before,
+                    drop.n_after,
+                    drop.llr,
+                )
+                state.regime_start_ms = drop.at_ms
+                state.adapting = True
+                state.post_change_at_last_run = 0
+                self.metrics.change_point.labels(state.modality).set(drop.at_ms / 1000)
+        if state.regime_start_ms is not None:
+            state.post_change = int((times >= state.regime_start_ms).sum())
+            self.metrics.post_change_examples.labels(state.modality).set(state.post_change)
+
     def _trigger_state(self, state: ModelState) -> TriggerState:
         return TriggerState(
             buffered=len(state.buffer),
@@ -394,20 +487,26 @@ class TrainerService:
             running=state.running,
             caught_up=self.caught_up.is_set(),
             last_failure_ms=state.last_failure_ms,
+            post_change=state.post_change,
+            post_change_at_last_run=state.post_change_at_last_run,
+            adapting=state.adapting,
         )
 
     def _start(self, state: ModelState, reason: str) -> None:
         data = state.buffer.snapshot()
         state.labels_at_start = state.new_labels
         state.drift_at_start = state.drift_pending
+        state.post_change_at_start = state.post_change
+        change_point = state.regime_start_ms
         state.manual = False
         state.drift_pending = False
         log.info(
-            "%s: training on %d examples (%s; %d new labels)",
+            "%s: training on %d examples (%s; %d new labels%s)",
             state.name,
             len(data),
             reason,
             state.new_labels,
+            f"; {state.post_change} from after the change point" if change_point else "",
         )
         self.metrics.in_progress.labels(state.name).set(1)
         epochs = self.settings.epochs
@@ -431,6 +530,7 @@ class TrainerService:
                 trigger=reason,
                 on_epoch=on_epoch,
                 cancelled=self._stopping.is_set,
+                change_point_ms=change_point,
             )
 
         state.outcome = None
@@ -456,6 +556,10 @@ class TrainerService:
                 state.trained_through = {
                     r.partition: r.end_offset for r in outcome.version.lineage.ranges
                 }
+                if outcome.version.lineage.change_point_ms is not None:
+                    state.post_change_at_last_run = max(1, state.post_change_at_start)
+                    if outcome.outcome == OUTCOME_PROMOTED:
+                        state.adapting = False
             else:
                 state.last_failure_ms = now_ms
                 state.drift_pending = state.drift_pending or state.drift_at_start
@@ -486,9 +590,15 @@ class TrainerService:
     # -- reporting ---------------------------------------------------------------------------
 
     def _update_gauges(self) -> None:
+        now_s = time.time()
         for state in self.states.values():
             self.metrics.labels_buffered.labels(state.modality).set(len(state.buffer))
             self.metrics.labels_since_training.labels(state.modality).set(state.new_labels)
+            span = state.buffer.span()
+            if span is not None:
+                age = self.metrics.example_age
+                age.labels(state.modality, "oldest").set(max(0.0, now_s - span[0] / 1000))
+                age.labels(state.modality, "newest").set(max(0.0, now_s - span[1] / 1000))
 
     def _buffer_text(self) -> str:
         return ", ".join(

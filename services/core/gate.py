@@ -7,6 +7,7 @@ challenger's training set ends where this holdout begins.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,3 +89,38 @@ def time_ordered_split(
     order = np.argsort(event_time_ms, kind="stable").astype(np.int64)
     size = min(n, max(min_holdout, round(n * holdout_fraction)))
     return order[: n - size], order[n - size :]
+
+
+def post_change_split(
+    event_time_ms: npt.NDArray[np.int64],
+    change_point_ms: int,
+    *,
+    holdout_fraction: float,
+    min_holdout: int,
+    pre_change_share: float,
+    min_examples: int,
+    seed: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(train, holdout) indices for a world that changed at `change_point_ms`.
+
+    The holdout is the most recent examples from after the change, so both models are judged
+    on the new world only. The training set is the rest of the post-change examples, repeated
+    until they make up at least `min_examples` (a short new regime still gets enough steps),
+    plus a random sample of older examples making up at most `pre_change_share` of it, which
+    keeps what did not change without letting the old world dominate. Deterministic for a seed.
+    """
+    order = np.argsort(event_time_ms, kind="stable").astype(np.int64)
+    times = np.asarray(event_time_ms)[order]
+    first_post = int(np.searchsorted(times, change_point_ms, side="left"))
+    pre, post = order[:first_post], order[first_post:]
+    size = min(len(post), max(min_holdout, round(len(post) * holdout_fraction)))
+    post_train, holdout = post[: len(post) - size], post[len(post) - size :]
+    if len(post_train) == 0:
+        return post_train, holdout
+    share = min(max(pre_change_share, 0.0), 0.9)
+    reps = max(1, math.ceil(min_examples * (1.0 - share) / len(post_train)))
+    weighted = np.tile(post_train, reps)
+    n_pre = min(len(pre), round(share / (1.0 - share) * len(weighted)))
+    rng = np.random.default_rng(seed)
+    sampled = np.sort(rng.choice(pre, size=n_pre, replace=False)) if n_pre else pre[:0]
+    return np.concatenate([sampled, weighted]).astype(np.int64), holdout

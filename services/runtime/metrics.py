@@ -214,6 +214,9 @@ GATE_DECISIONS = "driftline_gate_decisions_total"
 GATE_SCORE = "driftline_gate_score"
 LABELS_BUFFERED = "driftline_labels_buffered"
 LABELS_SINCE_TRAINING = "driftline_labels_since_training"
+TRAINING_EXAMPLE_AGE = "driftline_training_example_age_seconds"
+CHANGE_POINT_TIME = "driftline_change_point_timestamp_seconds"
+POST_CHANGE_EXAMPLES = "driftline_post_change_examples"
 TRAINING_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
 
@@ -262,6 +265,24 @@ class TrainerMetrics:
         self.labels_since_training = Gauge(
             LABELS_SINCE_TRAINING,
             "Labelled examples that arrived since the last training run",
+            ["modality"],
+            registry=registry,
+        )
+        self.example_age = Gauge(
+            TRAINING_EXAMPLE_AGE,
+            "Age (now minus event time) of the oldest and newest buffered training example",
+            ["modality", "end"],
+            registry=registry,
+        )
+        self.change_point = Gauge(
+            CHANGE_POINT_TIME,
+            "Event time of the last accuracy change point found in the labelled outcomes",
+            ["modality"],
+            registry=registry,
+        )
+        self.post_change_examples = Gauge(
+            POST_CHANGE_EXAMPLES,
+            "Buffered labelled examples from after the last change point",
             ["modality"],
             registry=registry,
         )

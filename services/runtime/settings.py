@@ -209,6 +209,32 @@ class TrainerSettings(DriftlineSettings):
     min_drift_labels: int = Field(default=50, ge=1, description="New labels a drift signal needs")
     max_age_s: float | None = Field(default=24 * 3600.0, gt=0, description="Retrain older models")
     retry_after_s: float = Field(default=300.0, ge=0, description="Wait after a failed run")
+    # Drift-aware retraining (services.core.changepoint, services.core.gate.post_change_split).
+    min_post_change_labels: int = Field(
+        default=200,
+        ge=20,
+        description="After the served model's accuracy drops at a change point, train once "
+        "this many labelled examples from after it are buffered",
+    )
+    regime_growth: float = Field(
+        default=2.0,
+        gt=1,
+        description="Retrain each time the post-change examples grow by this factor",
+    )
+    change_min_drop: float = Field(
+        default=0.1, gt=0, le=1, description="Smallest accuracy drop taken as a change point"
+    )
+    change_min_segment: int = Field(
+        default=50, ge=10, description="Labelled outcomes needed on each side of a change point"
+    )
+    pre_change_share: float = Field(
+        default=0.2, ge=0, lt=1, description="Share of pre-change examples in a training set"
+    )
+    min_adapt_examples: int = Field(
+        default=1500,
+        ge=1,
+        description="Post-change examples are repeated up to this many per training set",
+    )
     # Training set and gate (services.core.gate).
     max_sensor_examples: int = Field(default=20000, ge=100)
     max_image_examples: int = Field(default=5000, ge=100)

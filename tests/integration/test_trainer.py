@@ -575,3 +575,75 @@ def test_a_drift_signal_triggers_a_training(
         assert running.outcomes[0].version is not None, running.outcomes[0].summary()
     finally:
         running.close()
+
+
+def served_windows(
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+    *,
+    start: int,
+    right: bool,
+    prefix: str,
+) -> list[bytes]:
+    """Labelled windows whose served prediction (by v1) was right, or wrong, for every one."""
+    out = []
+    for i, (samples, label) in enumerate(zip(x, y.tolist(), strict=True)):
+        t = T0_MS + (start + i) * 1000
+        eid = f"{prefix}-{start + i}"
+        served = label if right else (label + 1) % len(INSULATOR_CLASSES)
+        out.append(
+            codec.encode(
+                LabelledWindow(
+                    event_id=eid,
+                    asset_id=f"insulator-{i % 40:05d}",
+                    modality="sensor",
+                    event_time_ms=t,
+                    label_time_ms=t + 3_600_000,
+                    true_class=INSULATOR_CLASSES[label],
+                    input_type="SensorWindow",
+                    input=sensor_window_bytes(eid, samples, t),
+                    predicted_class=INSULATOR_CLASSES[served],
+                    confidence=0.9,
+                    model_name=SENSOR,
+                    model_version=1,
+                )
+            )
+        )
+    return out
+
+
+def test_an_accuracy_drop_retrains_on_the_new_world_and_gates_on_it(
+    kafka: KafkaSettings, sensor_champion: ModelVersion, tmp_path: Path
+) -> None:
+    # 700 windows of the old world that v1 served right, then the world changes: 300 windows
+    # that v1 served wrong. No other trigger can fire (min_new_labels is out of reach).
+    x_old, y_old = labelled_dataset(700, seed=21)
+    x_new, y_new = labelled_dataset(300, seed=22, world=DRIFTED)
+    values = served_windows(x_old, y_old, start=0, right=True, prefix="old")
+    values += served_windows(x_new, y_new, start=700, right=False, prefix="new")
+    changed_at = T0_MS + 700 * 1000
+    produce(kafka, kafka.topics.training_windows, values)
+    running = RunningTrainer(
+        trainer_settings(
+            kafka, tmp_path, min_new_labels=10_000, min_post_change_labels=200, epochs=3
+        )
+    ).start()
+    try:
+        wait_for(lambda: bool(running.outcomes), 180, "a run on the change point")
+    finally:
+        running.close()
+    outcome = running.outcomes[0]
+    assert outcome.trigger == "change_point", outcome.summary()
+    assert outcome.outcome == OUTCOME_PROMOTED, outcome.summary()
+    mv = outcome.version
+    assert mv is not None
+    lineage = mv.lineage
+    assert lineage.change_point_ms is not None
+    assert abs(lineage.change_point_ms - changed_at) <= 15_000, "found where the world changed"
+    assert lineage.holdout_start_ms is not None
+    assert lineage.holdout_start_ms >= lineage.change_point_ms, "judged on the new world only"
+    assert lineage.train_start_ms is not None
+    assert lineage.train_end_ms is not None
+    assert lineage.train_start_ms < changed_at <= lineage.train_end_ms
+    assert mv.metrics["train_post_change_share"] >= 0.75, "the new world dominates the training"
+    assert mv.metrics["champion_holdout_macro_f1"] < mv.metrics["holdout_macro_f1"]
