@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,10 @@ class RecoveryFigures:
     recovered: float
     recovered_ratio: float
     events: int
+    # Seconds from the drift to the first bucket back at the goal (None: never), and how many
+    # new versions started serving between the drift and then.
+    recovered_after_s: float | None = None
+    swaps_until_recovery: int | None = None
 
 
 @dataclass
@@ -61,6 +66,7 @@ def recovery(
     end_s: float,
     tail_s: float,
     bucket_s: float,
+    marks: Sequence[Mark] = (),
 ) -> RecoveryFigures:
     """Pre-drift accuracy, the worst bucket after the drift, and the accuracy of the last tail_s."""
     drift = drift_at_s if drift_at_s is not None else end_s
@@ -71,6 +77,14 @@ def recovery(
         if p.modality == modality and p.t_s >= drift and p.count >= 10
     ]
     tail, n_tail = ledger.accuracy(modality, max(drift, end_s - tail_s), end_s)
+    back = recovered_at(ledger, modality, drift, end_s, bucket_s, RECOVERY_GOAL * pre)
+    swaps = None
+    if back is not None:
+        swaps = sum(
+            1
+            for m in marks
+            if m.modality == modality and m.kind == "swap" and drift <= m.t_s <= back
+        )
     return RecoveryFigures(
         modality=modality,
         pre_drift=pre,
@@ -78,7 +92,49 @@ def recovery(
         recovered=tail,
         recovered_ratio=tail / pre if pre and not math.isnan(pre) and not math.isnan(tail) else 0.0,
         events=n_pre + n_tail,
+        recovered_after_s=back - drift if back is not None else None,
+        swaps_until_recovery=swaps,
     )
+
+
+def recovered_at(
+    ledger: Ledger, modality: str, drift_s: float, end_s: float, bucket_s: float, goal: float
+) -> float | None:
+    """Start of the first bucket after the drift's worst from which accuracy is back at goal.
+
+    That bucket reaches the goal, and so does the accuracy over everything from it to the end
+    of the run, so a lucky bucket in the middle of the dip does not count as recovery.
+    """
+    if math.isnan(goal) or goal <= 0:
+        return None
+    buckets: list[tuple[float, float]] = []
+    t = drift_s
+    while t < end_s:
+        acc, n = ledger.accuracy(modality, t, min(t + bucket_s, end_s))
+        if n >= 10:
+            buckets.append((t, acc))
+        t += bucket_s
+    if not buckets:
+        return None
+    worst = min(range(len(buckets)), key=lambda i: buckets[i][1])
+    for start, acc in buckets[worst:]:
+        if acc >= goal and ledger.accuracy(modality, start, end_s)[0] >= goal:
+            return start
+    return None
+    buckets: list[tuple[float, float]] = []
+    t = drift_s
+    while t < end_s:
+        acc, n = ledger.accuracy(modality, t, min(t + bucket_s, end_s))
+        if n >= 10:
+            buckets.append((min(t + bucket_s, end_s), acc))
+        t += bucket_s
+    if not buckets:
+        return None
+    worst = min(range(len(buckets)), key=lambda i: buckets[i][1])
+    for i in range(worst, len(buckets)):
+        if all(acc >= goal for _, acc in buckets[i:]):
+            return buckets[i][0]
+    return None
 
 
 def plot(
@@ -155,14 +211,17 @@ def markdown(summary: RunSummary, png_name: str) -> str:
         f"lost {summary.lost}, duplicated {summary.duplicated} (counted by event id)",
         "",
         "| modality | accuracy before drift | worst after drift | accuracy at the end | "
-        f"recovered (goal >= {RECOVERY_GOAL:.0%}) |",
-        "|---|---|---|---|---|",
+        f"recovered (goal >= {RECOVERY_GOAL:.0%}) | back at the goal after the drift | "
+        "new versions until then |",
+        "|---|---|---|---|---|---|---|",
     ]
     for f in summary.figures:
         ok = "yes" if f.recovered_ratio >= RECOVERY_GOAL else "no"
+        back = f"{f.recovered_after_s:.0f} s" if f.recovered_after_s is not None else "never"
+        swaps = str(f.swaps_until_recovery) if f.swaps_until_recovery is not None else "-"
         lines.append(
             f"| {f.modality} | {f.pre_drift:.3f} | {f.worst_after_drift:.3f} | {f.recovered:.3f} | "
-            f"{f.recovered_ratio:.0%} ({ok}) |"
+            f"{f.recovered_ratio:.0%} ({ok}) | {back} | {swaps} |"
         )
     if summary.marks:
         lines += ["", "## Events", ""]

@@ -11,6 +11,7 @@ from typing import Any
 def run(args: argparse.Namespace) -> int:
     from services.demo import run as drift_demo
     from services.demo.config import DemoConfig
+    from services.drift_report import RECOVERY_GOAL
     from services.runtime import localstack
     from services.simulator.scenario import ScenarioError
 
@@ -55,10 +56,16 @@ def run(args: argparse.Namespace) -> int:
         f"duplicated {summary.duplicated}"
     )
     for f in summary.figures:
+        back = (
+            f"back at {RECOVERY_GOAL:.0%} of before {f.recovered_after_s:.0f} s after the drift, "
+            f"after {f.swaps_until_recovery} new version(s)"
+            if f.recovered_after_s is not None
+            else "not back at the goal"
+        )
         print(
             f"{f.modality:6}  accuracy before drift {f.pre_drift:.3f}, "
             f"worst after {f.worst_after_drift:.3f}, at the end {f.recovered:.3f} "
-            f"({f.recovered_ratio:.0%} of before)"
+            f"({f.recovered_ratio:.0%} of before); {back}"
         )
     print("the stack keeps running; `driftline stack down` stops it")
     ok = summary.lost == 0 and summary.duplicated == 0

@@ -184,7 +184,7 @@ def _run_loop(
             lost=ledger.lost,
             duplicated=ledger.duplicated,
             figures=[
-                recovery(ledger, m, cfg.drift_at_s, end_s, cfg.tail_s, cfg.bucket_s)
+                recovery(ledger, m, cfg.drift_at_s, end_s, cfg.tail_s, cfg.bucket_s, watch.marks)
                 for m in cfg.modalities
             ],
             marks=list(watch.marks),

@@ -24,8 +24,11 @@ def synthetic_run() -> Ledger:
 
 def test_recovery_figures_and_files(tmp_path: Path) -> None:
     ledger = synthetic_run()
-    fig = recovery(ledger, "sensor", drift_at_s=120, end_s=300, tail_s=60, bucket_s=10)
+    marks = [Mark(60, "sensor", "v1 retrained"), Mark(200, "sensor", "v2 serves")]
+    fig = recovery(ledger, "sensor", drift_at_s=120, end_s=300, tail_s=60, bucket_s=10, marks=marks)
     assert 0.89 < fig.pre_drift < 0.95
+    assert fig.recovered_after_s == 80, "back at the goal from v2's first bucket on"
+    assert fig.swaps_until_recovery == 1, "the swap before the drift does not count"
     assert fig.worst_after_drift < 0.65
     assert 0.85 < fig.recovered < 0.95
     assert fig.recovered_ratio >= 0.95
@@ -48,3 +51,16 @@ def test_recovery_figures_and_files(tmp_path: Path) -> None:
     assert "| sensor |" in text
     assert "(yes)" in text
     assert "v2 serves" in text
+    assert "| 80 s | 1 |" in text
+
+
+def test_a_run_that_never_gets_back_says_so() -> None:
+    ledger = Ledger()
+    for i in range(3000):
+        t = i * 0.1
+        right = (i % 10) < (9 if t < 120 else 5)
+        ledger.record_sent(f"e{i}", "sensor", "healthy", t)
+        ledger.record_result(f"e{i}", 1, "healthy" if right else "cracked")
+    fig = recovery(ledger, "sensor", drift_at_s=120, end_s=300, tail_s=60, bucket_s=10)
+    assert fig.recovered_after_s is None
+    assert fig.swaps_until_recovery is None
