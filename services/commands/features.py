@@ -99,6 +99,10 @@ def bench(args: argparse.Namespace) -> int:
     from services.features import bench as features_bench
 
     settings = _settings(args)
+    if args.late_labels:
+        from services.features import latebench
+
+        return latebench.main(settings, assets=args.late_assets)
     return features_bench.main(
         settings,
         reads=args.reads,
@@ -151,5 +155,11 @@ def register(sub: Any) -> None:
     )
     b.add_argument("--app-workers", type=int, default=1, help="stats workers started (1)")
     b.add_argument("--json", help="also write the figures to this JSON file")
+    b.add_argument(
+        "--late-labels",
+        action="store_true",
+        help="instead: the join over a simulated week, labels 1-7 days late (in process)",
+    )
+    b.add_argument("--late-assets", type=int, default=10, help="assets of the late-label run")
     _common(b)
     b.set_defaults(func=bench)

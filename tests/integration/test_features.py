@@ -270,7 +270,7 @@ def produce_labels(kafka: KafkaSettings, labels: list[Label]) -> list[bytes]:
     produce(
         kafka,
         kafka.topics.feedback_labels,
-        [(lab.event_id, v) for lab, v in zip(labels, values, strict=True)],
+        [(lab.asset_id or "", v) for lab, v in zip(labels, values, strict=True)],
     )
     return values
 
@@ -400,22 +400,47 @@ def test_labels_join_into_training_windows_the_trainer_reads(
     )
     at = windows[-1].event_time_ms + MINUTE
     labels = [
-        Label(event_id=w.event_id, true_class=truth[i], source="inspection", label_time_ms=at)
+        Label(
+            event_id=w.event_id,
+            asset_id=w.asset_id,
+            true_class=truth[i],
+            source="inspection",
+            label_time_ms=at,
+        )
         for i, w in enumerate(windows[:40])
     ]
     labels += [
-        Label(event_id=w.event_id, true_class=truth[i], source="inspection", label_time_ms=at + 1)
+        Label(
+            event_id=w.event_id,
+            asset_id=w.asset_id,
+            true_class=truth[i],
+            source="inspection",
+            label_time_ms=at + 1,
+        )
         for i, w in enumerate(windows[:5])
     ]  # re-sent: idempotent
     labels.append(
-        Label(event_id=windows[5].event_id, true_class="cracked", source="other", label_time_ms=at)
+        Label(
+            event_id=windows[5].event_id,
+            asset_id=windows[5].asset_id,
+            true_class="cracked",
+            source="other",
+            label_time_ms=at,
+        )
     )
     unknown = [
-        Label(event_id=f"ghost-{i}", true_class="healthy", source="x", label_time_ms=t0)
+        Label(
+            event_id=f"ghost-{i}",
+            asset_id=windows[i].asset_id,
+            true_class="healthy",
+            source="x",
+            label_time_ms=t0,
+        )
         for i in range(3)
     ]
     expired = Label(
         event_id=windows[40].event_id,
+        asset_id=windows[40].asset_id,
         true_class=truth[40],
         source="x",
         label_time_ms=windows[40].event_time_ms + 3_600_001,

@@ -231,7 +231,13 @@ def test_a_restarted_app_recovers_its_tables_from_the_changelogs(
     produce_results(kafka, results_after)
     at = t0 + 10 * MINUTE
     labels = [
-        Label(event_id=w.event_id, true_class="healthy", source="x", label_time_ms=at)
+        Label(
+            event_id=w.event_id,
+            asset_id=w.asset_id,
+            true_class="healthy",
+            source="x",
+            label_time_ms=at,
+        )
         for w in before
     ]
     produce_labels(kafka, labels)
@@ -278,6 +284,7 @@ def test_rebuild_replays_kafka_into_the_same_redis_state(
     labels = [
         Label(
             event_id=w.event_id,
+            asset_id=w.asset_id,
             true_class=INSULATOR_CLASSES[i % 4],
             source="x",
             label_time_ms=t0 + 5 * MINUTE + i * 1000,
