@@ -25,9 +25,11 @@ from schemas import deadletter as dl
 from schemas import headers as h
 from schemas.messages import DriftSignal, InferenceResult, Label, LabelledWindow, ModelVersion
 from schemas.topics import FEEDBACK_LABELS, INFERENCE_RESULTS
+from services.core.accuracy import calibration_factor
 from services.core.join import Decision, Prediction, StoredInput, label_problem, labelled_window
+from services.core.profile import CONFIDENCE_FEATURE
 from services.features import join as j
-from services.features.accuracy import AccuracyBook, Version
+from services.features.accuracy import AccuracyBook, Version, join_partition
 from services.features.drift import DriftBook
 from services.features.readback import FetchedRecord, InputReader
 from services.features.settings import FeaturesSettings
@@ -128,8 +130,14 @@ class FeaturesPipeline:
         self.accuracy: AccuracyBook | None = None
         if tables.accuracy is not None:
             self.accuracy = AccuracyBook(
-                tables.accuracy, s.accuracy_bucket_s * 1000, s.accuracy_window_s * 1000
+                tables.accuracy,
+                s.accuracy_bucket_s * 1000,
+                max(s.accuracy_horizon_s, s.accuracy_bucket_s) * 1000,
+                s.accuracy_min_labels,
+                calibration=self._calibration,
+                metrics=metrics,
             )
+        self._calibrations: dict[Version, float | None] = {}
         self.drift = DriftBook(
             window_ms=s.drift_window_s * 1000,
             max_samples=s.drift_max_samples,
@@ -336,6 +344,10 @@ class FeaturesPipeline:
     def _on_pair(self, prediction: Prediction, stored: StoredInput) -> None:
         self.drift.add_pair(prediction, stored)
 
+    # ---- live accuracy by event time (AccuracyBook.scored / .labelled) -------------------
+    # The join calls these: once per event at its first prediction, once per window emitted
+    # with a prediction; `partition` is the event's join-topic partition (its asset's).
+
     def _on_scored(self, prediction: Prediction, event_time_ms: int, partition: int) -> None:
         if self.accuracy is None:
             return
@@ -358,8 +370,16 @@ class FeaturesPipeline:
             partition,
         )
 
+    def _partition(self, key: bytes) -> int:
+        return join_partition(key, self.settings.join_partitions)
+
     def on_labelled_windows(self, records: Sequence[RawRecord]) -> None:
-        """Fold labelled windows into live accuracy (what `rebuild` replays)."""
+        """Fold labelled windows into live accuracy (what `rebuild` replays).
+
+        training.windows holds labelled events only: the scored counts (coverage, confidence
+        estimate) come from inference.results through `on_scored_results`; without them
+        (labelled windows alone) coverage and estimate stay empty.
+        """
         assert self.accuracy is not None
         for rec in records:
             try:
@@ -368,16 +388,77 @@ class FeaturesPipeline:
                 continue
             if lw.model_name is None or lw.model_version is None or lw.predicted_class is None:
                 continue
-            version = (lw.model_name, lw.model_version)
-            self.accuracy.add(version, lw.label_time_ms, lw.predicted_class == lw.true_class)
+            self.accuracy.labelled(
+                (lw.model_name, lw.model_version),
+                lw.event_time_ms,
+                lw.label_time_ms,
+                lw.predicted_class == lw.true_class,
+                self._partition(lw.asset_id.encode()),  # the join partitions by asset
+            )
+
+    def on_scored_results(self, records: Sequence[RawRecord]) -> None:
+        """Count results as scored events, for a rebuild (no join there to say which result
+        was an event's first): each record counts once, so duplicated results count twice."""
+        assert self.accuracy is not None
+        for rec in records:
+            try:
+                r = codec.decode(InferenceResult, rec.value, rec.content_type)
+            except dl.CodecError:
+                continue
+            self.accuracy.scored(
+                (r.model_name, r.model_version),
+                r.event_time_ms,
+                r.confidence,
+                self._partition(r.asset_id.encode()),  # as the join: by asset
+            )
 
     def _export_accuracy(self, version: Version) -> None:
+        """This worker's gauges: the newest event-time bucket with enough labels, the estimate."""
         assert self.accuracy is not None
         snap = self.accuracy.snapshot(version)
-        if snap is not None:
-            labels = (version[0], str(version[1]))
-            self.metrics.live_accuracy.labels(*labels).set(snap.accuracy)
-            self.metrics.live_accuracy_labels.labels(*labels).set(snap.total)
+        if snap is None:
+            est = self.accuracy.estimate(version)
+            if est is not None:
+                self._export_estimate(version, *est)
+            return
+        m = self.metrics
+        labels = (version[0], str(version[1]))
+        m.live_accuracy.labels(*labels).set(snap.accuracy)
+        m.live_accuracy_labels.labels(*labels).set(snap.total)
+        if snap.coverage is not None:
+            m.live_accuracy_coverage.labels(*labels).set(snap.coverage)
+        m.live_accuracy_label_delay.labels(*labels).set(snap.delay_mean_ms / 1000)
+        m.live_accuracy_bucket_start.labels(*labels, "labels").set(snap.start_ms / 1000)
+        if snap.estimate is not None and snap.estimate_start_ms is not None:
+            self._export_estimate(version, snap.estimate, snap.estimate_start_ms)
+
+    def _export_estimate(self, version: Version, estimate: float, start_ms: int) -> None:
+        labels = (version[0], str(version[1]))
+        self.metrics.live_accuracy_estimate.labels(*labels).set(estimate)
+        self.metrics.live_accuracy_bucket_start.labels(*labels, "estimate").set(start_ms / 1000)
+
+    def _calibration(self, version: Version) -> float | None:
+        """The version's confidence calibration (holdout accuracy over holdout confidence)."""
+        if version in self._calibrations:
+            return self._calibrations[version]
+        mv = self.registry().get(version) if self.registry is not None else None
+        if mv is None:
+            return None  # not known yet: ask again later
+        hist = next(
+            (
+                f
+                for f in (mv.reference.features if mv.reference else [])
+                if f.name == CONFIDENCE_FEATURE
+            ),
+            None,
+        )
+        factor = (
+            calibration_factor(mv.metrics.get("holdout_accuracy"), hist.edges, hist.fractions)
+            if hist is not None
+            else None
+        )
+        self._calibrations[version] = factor
+        return factor
 
     # ---- recovery and housekeeping -------------------------------------------------------
 
@@ -391,7 +472,7 @@ class FeaturesPipeline:
             self.join.restore()
         if self.accuracy is not None:
             self.accuracy.restore()
-            for version in self.accuracy.states:
+            for version in self.accuracy.take_touched():
                 self._export_accuracy(version)
 
     async def evict(self) -> None:
@@ -450,6 +531,9 @@ class FeaturesPipeline:
         pending, so the store lags while it is down and converges when it returns.
         """
         now = time.monotonic() if now is None else now
+        if self.accuracy is not None:  # gauges from memory, whether or not Redis is up
+            for version in self.accuracy.take_touched():
+                self._export_accuracy(version)
         if now < self._retry_at:
             return False
         m = self.metrics

@@ -37,6 +37,8 @@ from schemas.messages import (
     SensorWindow,
     TensorSpec,
 )
+from services.core.accuracy import BucketCounts
+from services.features.accuracy import bucket_counts, bucket_hash_key, bucket_starts
 from services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
 from services.runtime.localstack import free_port
 from services.runtime.settings import KafkaSettings
@@ -475,11 +477,23 @@ def test_labels_join_into_training_windows_the_trainer_reads(
     }
     assert by_event[windows[40].event_id].startswith(b"expired")
 
-    accuracy_key = f"{key_prefix}accuracy:{MODEL}:v1"
-    app.wait(lambda: rds.hget(accuracy_key, "total") == "40", 30, "live accuracy in Redis")
-    acc = rds.hgetall(accuracy_key)
-    assert (acc["correct"], acc["accuracy"]) == ("30", "0.75")
-    assert app.metric("driftline_live_accuracy", model=MODEL, version="1") == 0.75
+    def accuracy() -> BucketCounts:
+        index = rds.hgetall(f"{key_prefix}accuracy:{MODEL}:v1")
+        starts = bucket_starts(index, 1000)
+        size = int(index.get("bucket_ms", "0"))
+        total = BucketCounts()
+        for s in starts:  # every event-time bucket, every partition's fields summed
+            total = total.merged(
+                bucket_counts(rds.hgetall(bucket_hash_key(key_prefix, (MODEL, 1), size, s)))
+            )
+        return total
+
+    app.wait(lambda: accuracy().labelled == 40, 30, "live accuracy in Redis")
+    assert accuracy().correct == 30
+    assert (
+        app.metric("driftline_accuracy_labelled_total", model=MODEL, version="1", outcome="correct")
+        == 30
+    )
     assert app.metric("driftline_labels_joined_total", outcome="emit") == 40
     assert app.metric("driftline_labels_joined_total", outcome="duplicate") == 6
     assert app.metric("driftline_labels_joined_total", outcome="unknown") == 3
