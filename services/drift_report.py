@@ -121,20 +121,6 @@ def recovered_at(
         if acc >= goal and ledger.accuracy(modality, start, end_s)[0] >= goal:
             return start
     return None
-    buckets: list[tuple[float, float]] = []
-    t = drift_s
-    while t < end_s:
-        acc, n = ledger.accuracy(modality, t, min(t + bucket_s, end_s))
-        if n >= 10:
-            buckets.append((min(t + bucket_s, end_s), acc))
-        t += bucket_s
-    if not buckets:
-        return None
-    worst = min(range(len(buckets)), key=lambda i: buckets[i][1])
-    for i in range(worst, len(buckets)):
-        if all(acc >= goal for _, acc in buckets[i:]):
-            return buckets[i][0]
-    return None
 
 
 def plot(

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from schemas import headers as h
 from services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
 from services.features.settings import FeaturesSettings
+from services.features.startup import deployed_join_partitions
 from services.features.store import RedisFeatureStore
 from services.features.tables import DictTable
 from services.runtime.metrics import FeaturesMetrics
@@ -173,6 +174,7 @@ def rebuild(
 ) -> RebuildReport:
     report = RebuildReport()
     t0 = time.perf_counter()
+    settings = deployed_join_partitions(settings)
     if fresh:
         report.deleted_keys = delete_prefix(settings)
         progress(f"deleted {report.deleted_keys} keys under {settings.redis_key_prefix!r}")

@@ -8,7 +8,12 @@ from prometheus_client import CollectorRegistry
 
 from services.features.app import build
 from services.features.settings import FeaturesSettings
-from services.features.startup import Readiness, ensure_topics, topic_needs
+from services.features.startup import (
+    Readiness,
+    deployed_join_partitions,
+    ensure_topics,
+    topic_needs,
+)
 from services.runtime import metrics as m
 
 log = logging.getLogger(__name__)
@@ -19,6 +24,8 @@ def run(settings: FeaturesSettings, metrics_registry: CollectorRegistry | None =
     from faust.worker import Worker
 
     reg = metrics_registry or CollectorRegistry()
+    # An existing join topic fixes the partitioning of the join's state: keep to it.
+    settings = deployed_join_partitions(settings)
     features = build(settings, m.FeaturesMetrics(reg))
     # Every topic exists, with leaders, before the worker joins its group: otherwise the first
     # assignment can leave the join's agents without partitions (see services.features.startup).

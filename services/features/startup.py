@@ -26,6 +26,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
+from services.features.settings import FeaturesSettings
 from services.runtime.kafka import admin
 from services.runtime.settings import KafkaSettings
 
@@ -138,6 +139,29 @@ def ensure_topics(kafka: KafkaSettings, needs: list[TopicNeed], timeout_s: float
         if time.monotonic() > deadline:
             raise TimeoutError(f"topics without leaders after {timeout_s:.0f}s: {waiting}")
         time.sleep(0.2)
+
+
+def deployed_join_partitions(settings: FeaturesSettings) -> FeaturesSettings:
+    """The settings with the running deployment's join partition count, when its topic exists.
+
+    Live accuracy is kept per join partition (an asset's partition of the join topic), so a
+    rebuild must hash assets over the same count the app used, whatever this shell's setting.
+    """
+    topic = f"{settings.faust_app_id}-join"
+    meta = admin(settings.kafka).list_topics(topic, timeout=settings.registry_timeout_s)
+    found = meta.topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        return settings
+    count = len(found.partitions)
+    if count == settings.join_partitions:
+        return settings
+    log.warning(
+        "the join topic %s has %d partitions; using that, not join_partitions=%d",
+        topic,
+        count,
+        settings.join_partitions,
+    )
+    return settings.model_copy(update={"join_partitions": count})
 
 
 @dataclass
