@@ -110,6 +110,8 @@ class ModelState:
     post_change_at_start: int = 0
     added_since_detect: int = 0
     last_detect: float = 0.0
+    change_point_at_start: int | None = None
+    superseded: bool = False  # set to cancel the run in progress (a newer change point)
 
     @property
     def running(self) -> bool:
@@ -432,7 +434,7 @@ class TrainerService:
 
     def _watch_outcomes(self, state: ModelState) -> None:
         """Look for a drop in the serving version's accuracy; keep the regime's count current."""
-        if not state.added_since_detect or state.running:
+        if not state.added_since_detect:
             return
         now = time.monotonic()
         if now - state.last_detect < DETECT_EVERY_S:
@@ -469,6 +471,11 @@ class TrainerService:
                     drop.n_after,
                     drop.llr,
                 )
+                if state.running and state.change_point_at_start != drop.at_ms:
+                    # The run in progress learns and is judged on the old world: stop it
+                    # between two epochs, and start one for the new world instead.
+                    state.superseded = True
+                    log.info("%s: cancelling the run in progress, superseded", state.name)
                 state.regime_start_ms = drop.at_ms
                 state.adapting = True
                 state.post_change_at_last_run = 0
@@ -497,7 +504,8 @@ class TrainerService:
         state.labels_at_start = state.new_labels
         state.drift_at_start = state.drift_pending
         state.post_change_at_start = state.post_change
-        change_point = state.regime_start_ms
+        change_point = state.change_point_at_start = state.regime_start_ms
+        state.superseded = False
         state.manual = False
         state.drift_pending = False
         log.info(
@@ -529,7 +537,7 @@ class TrainerService:
                 source=self.source,
                 trigger=reason,
                 on_epoch=on_epoch,
-                cancelled=self._stopping.is_set,
+                cancelled=lambda: self._stopping.is_set() or state.superseded,
                 change_point_ms=change_point,
             )
 
@@ -556,10 +564,14 @@ class TrainerService:
                 state.trained_through = {
                     r.partition: r.end_offset for r in outcome.version.lineage.ranges
                 }
-                if outcome.version.lineage.change_point_ms is not None:
+                cp = outcome.version.lineage.change_point_ms
+                if cp is not None and cp == state.regime_start_ms:  # a run of this regime
                     state.post_change_at_last_run = max(1, state.post_change_at_start)
                     if outcome.outcome == OUTCOME_PROMOTED:
                         state.adapting = False
+            elif state.superseded:
+                state.superseded = False  # stopped for a newer change point: not a failure
+                state.drift_pending = state.drift_pending or state.drift_at_start
             else:
                 state.last_failure_ms = now_ms
                 state.drift_pending = state.drift_pending or state.drift_at_start
