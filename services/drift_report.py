@@ -131,7 +131,7 @@ def plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(modalities), 1, figsize=(10, 3.6 * len(modalities)), squeeze=False)
+    fig, axes = plt.subplots(len(modalities), 1, figsize=(12, 3.6 * len(modalities)), squeeze=False)
     points = ledger.series(bucket_s)
     for ax, modality in zip(axes[:, 0], modalities, strict=True):
         mine = [p for p in points if p.modality == modality and p.count >= 3]
@@ -154,8 +154,9 @@ def plot(
                     linewidth=1,
                     color=line.get_color(),
                     alpha=0.7,
-                    label=f"v{version} estimate (mean confidence)",
                 )
+        if any(p.confidence is not None for p in mine):
+            ax.plot([], [], linestyle="--", color="grey", label="estimate (mean confidence)")
         if summary.drift_at_s is not None:
             ax.axvline(summary.drift_at_s, color="crimson", linestyle="--", linewidth=1.2)
             ax.text(summary.drift_at_s, 0.02, " drift", color="crimson", va="bottom")
@@ -173,7 +174,7 @@ def plot(
         ax.set_xlim(0, max(summary.seconds, 1))
         ax.set_ylabel(f"{modality} accuracy")
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower left", fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0)
     axes[-1, 0].set_xlabel(
         f"seconds since start (events bucketed by {bucket_s:.0f} s of send time)"
     )
