@@ -606,6 +606,8 @@ class TrainerService:
         for state in self.states.values():
             self.metrics.labels_buffered.labels(state.modality).set(len(state.buffer))
             self.metrics.labels_since_training.labels(state.modality).set(state.new_labels)
+            if state.regime_start_ms is None:
+                self.metrics.post_change_examples.labels(state.modality).set(0)
             span = state.buffer.span()
             if span is not None:
                 age = self.metrics.example_age

@@ -73,7 +73,10 @@ NOT_STARTED = {
 }
 # Panels whose data this test cannot produce, with the reason; every other panel must answer.
 # (Empty: every panel of every dashboard returns data here.)
-PANELS_WITHOUT_DATA: dict[str, str] = {}
+PANELS_WITHOUT_DATA: dict[str, str] = {
+    "retraining.json / Age of the training data / B": "the time since the trainer's last change "
+    "point exists only once it found one, and the simulator here does not drift",
+}
 DATA_TIMEOUT_S = 300.0
 
 
