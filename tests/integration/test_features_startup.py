@@ -73,7 +73,11 @@ def test_a_label_sent_right_after_readiness_is_joined_within_seconds_every_time(
         )
         create_topics(kafka)  # the deployment's partition counts, as the demo has them
         # The app's own topics (join topic, changelogs) do not exist: the app creates them.
-        own = [t for t in admin(kafka).list_topics(timeout=10).topics if "driftline-features" in t]
+        own = [
+            t
+            for t in admin(kafka).list_topics(timeout=10).topics
+            if t.startswith(f"{kafka.topic_prefix}driftline-features")
+        ]
         assert own == []
         app = FeaturesProcess(
             kafka,
