@@ -24,10 +24,10 @@ class BootstrapFailed(RuntimeError):
     """A bootstrap run published nothing; the message says why."""
 
 
-def _show_epoch(settings: TrainerSettings, label: str) -> Callable[[EpochReport], None]:
+def _show_epoch(epochs: int, label: str) -> Callable[[EpochReport], None]:
     def show(rep: EpochReport) -> None:
         sys.stderr.write(
-            f"train {label}: epoch {rep.epoch}/{settings.epochs}  loss {rep.loss:.4f}  "
+            f"train {label}: epoch {rep.epoch}/{epochs}  loss {rep.loss:.4f}  "
             f"accuracy {rep.train_accuracy:.3f}  ({rep.seconds:.1f}s)\n"
         )
 
@@ -40,7 +40,7 @@ def bootstrap_model(
     """Simulate labelled data for one modality, then train, gate, export, sign and publish."""
     from services.simulator.fleet import labelled_dataset
     from services.simulator.images import labelled_images
-    from trainer.bootstrap import bootstrap
+    from trainer.bootstrap import bootstrap, bootstrap_epochs
 
     x: npt.NDArray[np.float32] | npt.NDArray[np.uint8]
     if modality == MODALITY_IMAGE:
@@ -52,7 +52,13 @@ def bootstrap_model(
         x, y = labelled_dataset(n, settings.seed)
         what = "sensor windows"
     sys.stderr.write(f"train: bootstrap {MODEL_NAMES[modality]} on {n} simulated {what}\n")
-    return bootstrap(settings, modality, x, y, on_epoch=_show_epoch(settings, modality))
+    return bootstrap(
+        settings,
+        modality,
+        x,
+        y,
+        on_epoch=_show_epoch(bootstrap_epochs(settings, modality), modality),
+    )
 
 
 def _published(outcome: RunOutcome) -> ModelVersion:

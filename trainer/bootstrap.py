@@ -58,6 +58,12 @@ def train_sensor_model(
     return TrainedModel(model, report, exported)
 
 
+def bootstrap_epochs(settings: TrainerSettings, modality: str) -> int:
+    """Epochs of a bootstrap run: from scratch on a few thousand photos the image CNN needs
+    more passes than a warm-started retrain, which keeps `epochs`."""
+    return settings.bootstrap_image_epochs if modality == MODALITY_IMAGE else settings.epochs
+
+
 def bootstrap(
     settings: TrainerSettings,
     modality: str,
@@ -73,6 +79,7 @@ def bootstrap(
     if modality == MODALITY_IMAGE:
         photos: npt.NDArray[np.uint8] = np.asarray(x, dtype=np.uint8)
         x = np.ascontiguousarray(photos.transpose(0, 3, 1, 2))
+        settings = settings.model_copy(update={"epochs": bootstrap_epochs(settings, modality)})
     elif modality != MODALITY_SENSOR:
         raise ValueError(f"no model for modality {modality!r}")
     runner = TrainingRun(

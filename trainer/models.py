@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional
 
 # Leakage current and partial discharge are positive and heavy-tailed: log1p them first.
 LOG_CHANNELS = 2
@@ -64,11 +65,50 @@ class WithProbabilities(nn.Module):
         return torch.softmax(self.model(x), dim=1)
 
 
-class ImageCNN(nn.Module):
-    """A small 2D-CNN over [batch, 3, H, W] RGB photos scaled to 0..1; returns logits.
+# Training-time shifts of a photo, in pixels each way: the camera placement varies about this much.
+IMAGE_SHIFT = 4
 
-    `width` is the channel count of the first layer; later layers double it. It is read back
-    from saved weights (see image_width_of), so a warm start rebuilds the same network.
+
+def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
+
+
+def jitter_photos(x: torch.Tensor, shift: int = IMAGE_SHIFT) -> torch.Tensor:
+    """Each photo mirrored left-right (or not) and moved by up to `shift` pixels, at random.
+
+    Both keep the class: the scenes are lit from either side and the string hangs anywhere
+    near the middle. Only brightness and haze are left alone, so drift stays drift.
+    """
+    n = x.shape[0]
+    mirror = torch.rand(n, 1, 1, 1, device=x.device) < 0.5
+    x = torch.where(mirror, x.flip(3), x)
+    if shift <= 0:
+        return x
+    steps = torch.randint(-shift, shift + 1, (n, 2), device=x.device).to(x.dtype)
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = 1.0
+    theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = steps[:, 0] * 2.0 / x.shape[3]
+    theta[:, 1, 2] = steps[:, 1] * 2.0 / x.shape[2]
+    grid = functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return functional.grid_sample(
+        x, grid, mode="nearest", padding_mode="reflection", align_corners=False
+    )
+
+
+class ImageCNN(nn.Module):
+    """A small 2D-CNN over [batch, 3, 64, 64] RGB photos scaled to 0..1; returns logits.
+
+    conv-BN-ReLU blocks: one at full resolution (a crack is a line under a pixel wide), pairs
+    at 32x32 and 16x16 and one at 8x8, channels doubling at each step down, then global mean
+    and max pooling. `width` is the channel count of the first layer; it is read back from
+    saved weights (see image_width_of), so a warm start rebuilds the same network. In training
+    mode every batch is mirrored and shifted at random (jitter_photos); the exported graph,
+    built in eval mode, does neither.
     """
 
     mean: torch.Tensor
@@ -80,22 +120,17 @@ class ImageCNN(nn.Module):
         self.register_buffer("std", torch.full((1, 3, 1, 1), 0.25))
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(3, w, kernel_size=5, stride=2, padding=2, bias=False),
-            nn.BatchNorm2d(w),
-            nn.ReLU(),
-            nn.Conv2d(w, w * 2, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(w * 2),
-            nn.ReLU(),
+            *_conv_bn_relu(3, w),
             nn.MaxPool2d(2),
-            nn.Conv2d(w * 2, w * 4, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(w * 4),
-            nn.ReLU(),
+            *_conv_bn_relu(w, w * 2),
+            *_conv_bn_relu(w * 2, w * 2),
             nn.MaxPool2d(2),
-            nn.Conv2d(w * 4, w * 4, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(w * 4),
-            nn.ReLU(),
+            *_conv_bn_relu(w * 2, w * 4),
+            *_conv_bn_relu(w * 4, w * 4),
+            nn.MaxPool2d(2),
+            *_conv_bn_relu(w * 4, w * 8),
         )
-        self.head = nn.Linear(w * 8, n_classes)
+        self.head = nn.Linear(w * 16, n_classes)
 
     @torch.no_grad()
     def fit_normalisation(self, x: torch.Tensor) -> None:
@@ -104,6 +139,8 @@ class ImageCNN(nn.Module):
         self.std.copy_(x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            x = jitter_photos(x)
         h = self.features((x - self.mean) / self.std)
         # Mean and max over the image: grime tints the whole string, a crack is a few pixels.
         pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)

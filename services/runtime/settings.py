@@ -192,6 +192,12 @@ class TrainerSettings(DriftlineSettings):
     image_learning_rate: float = Field(default=1e-2, gt=0)
     bootstrap_windows: int = Field(default=8000, ge=100)
     bootstrap_images: int = Field(default=2000, ge=100)
+    bootstrap_image_epochs: int = Field(
+        default=24,
+        ge=1,
+        description="Epochs of the first image model, trained from scratch (retraining "
+        "warm-starts from the champion and runs `epochs`)",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(
         default=None,

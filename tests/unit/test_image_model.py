@@ -1,0 +1,66 @@
+"""The image CNN: jitter only while training, an exact export, and a width warm starts read back."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from schemas.contracts import IMAGE_INPUT_NAME, IMAGE_SIZE, INSULATOR_CLASSES
+from services.runtime.settings import TrainerSettings
+from services.simulator.images import labelled_images
+from trainer.bootstrap import bootstrap_epochs
+from trainer.export import export_classifier
+from trainer.inputs import model_input
+from trainer.models import ImageCNN, image_width_of, jitter_photos
+from trainer.retrain import new_model
+
+
+def photos(n: int = 8, seed: int = 3) -> torch.Tensor:
+    x, _ = labelled_images(n, seed)
+    return torch.from_numpy(model_input("image", np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
+
+
+def test_jitter_without_shift_mirrors_some_photos_and_leaves_the_rest() -> None:
+    torch.manual_seed(0)
+    x = photos(16)
+    out = jitter_photos(x, shift=0)
+    same = [bool(torch.equal(o, i)) for o, i in zip(out, x, strict=True)]
+    mirrored = [bool(torch.equal(o, i.flip(2))) for o, i in zip(out, x, strict=True)]
+    assert all(s or m for s, m in zip(same, mirrored, strict=True))
+    assert any(mirrored)
+    assert any(same)
+
+
+def test_jitter_moves_pixels_without_inventing_values() -> None:
+    torch.manual_seed(1)
+    x = photos(4)
+    out = jitter_photos(x, shift=4)
+    assert out.shape == x.shape
+    for o, i in zip(out, x, strict=True):
+        assert set(o.flatten().tolist()) <= set(i.flatten().tolist())
+    assert not torch.equal(out, x)
+
+
+def test_the_served_graph_neither_jitters_nor_drifts_from_torch() -> None:
+    torch.manual_seed(2)
+    model = ImageCNN(len(INSULATOR_CLASSES), width=4)
+    x = photos(8)
+    model.fit_normalisation(x)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+    exported = export_classifier(model, x.numpy(), IMAGE_INPUT_NAME)
+    assert exported.parity_max_abs_diff <= 1e-4
+    assert exported.inputs[0].shape[1:] == [3, IMAGE_SIZE, IMAGE_SIZE]
+
+
+def test_a_champion_state_rebuilds_the_same_network_for_a_warm_start() -> None:
+    state = ImageCNN(len(INSULATOR_CLASSES), width=6).state_dict()
+    assert image_width_of(state) == 6
+    new_model("image", image_width_of(state)).load_state_dict(state, strict=True)
+
+
+def test_the_image_bootstrap_trains_longer_than_a_retrain() -> None:
+    settings = TrainerSettings(epochs=3, bootstrap_image_epochs=11)
+    assert bootstrap_epochs(settings, "image") == 11
+    assert bootstrap_epochs(settings, "sensor") == 3
