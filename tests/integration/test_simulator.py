@@ -27,6 +27,8 @@ def test_fleet_stream_with_labels_and_a_drift(kafka: KafkaSettings) -> None:
             scenario="aging",
             drift_at_s=0.5,
             seed=3,
+            inspection_fraction=0.3,
+            inspection_lookback_s=20.0,
         ),
         progress=False,
         keep_truth=True,
@@ -45,9 +47,18 @@ def test_fleet_stream_with_labels_and_a_drift(kafka: KafkaSettings) -> None:
     assert photo.image[:2] == b"\xff\xd8"
     truth = {t.event_id: t for t in report.truth}
     assert 150 < report.labels < 290, "about half of the events are labelled"
+    inspections = 0
     for m in labels:
         label = codec.decode(Label, m.value())
-        assert m.key() == label.event_id.encode()
-        assert label.true_class == truth[label.event_id].true_class
+        assert label.asset_id is not None
+        assert m.key() == label.asset_id.encode(), "labels are keyed by asset, as the join is"
         assert label.true_class in INSULATOR_CLASSES
         assert label.source == "simulator"
+        if label.event_id is None:  # an inspection of the asset, holding for a while back
+            inspections += 1
+            assert label.inspection_time_ms is not None
+            assert label.lookback_ms == 20_000
+            continue
+        assert label.asset_id == truth[label.event_id].asset_id
+        assert label.true_class == truth[label.event_id].true_class
+    assert 0.15 * len(labels) < inspections < 0.45 * len(labels), "about 30% are inspections"
