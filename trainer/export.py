@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,12 @@ def _specs(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:
     return specs
 
 
+# torch.export traces through process-wide state (dispatch-mode stacks, fx patching): two
+# exports at once, such as the sensor and image models retraining side by side in the trainer's
+# worker threads, corrupt each other's trace and both fail. One export at a time.
+_EXPORT_LOCK = threading.Lock()
+
+
 def export_classifier(
     model: nn.Module, example: npt.NDArray[np.float32], input_name: str
 ) -> ExportedModel:
@@ -57,16 +64,17 @@ def export_classifier(
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     # The exporter logs notes about optional torchvision ops; they are not ours to act on.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    program = torch.onnx.export(
-        served,
-        (x,),
-        None,
-        input_names=[input_name],
-        output_names=[PROBABILITIES_OUTPUT_NAME],
-        dynamic_shapes={"x": {0: batch}},
-        dynamo=True,
-        verbose=False,
-    )
+    with _EXPORT_LOCK:
+        program = torch.onnx.export(
+            served,
+            (x,),
+            None,
+            input_names=[input_name],
+            output_names=[PROBABILITIES_OUTPUT_NAME],
+            dynamic_shapes={"x": {0: batch}},
+            dynamo=True,
+            verbose=False,
+        )
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     proto = program.model_proto
