@@ -89,6 +89,10 @@ def topic_needs(app: Any, extra: Iterable[Any] = ()) -> list[TopicNeed]:
         add(agent.channel, compacted=False)
     for topic in extra:
         add(topic, compacted=False)
+    if not conf.topic_disable_leader:
+        # faust's leader election topic, subscribed by every worker (faust's naming).
+        leader = f"{conf.id}-__assignor-__leader"
+        needs.setdefault(leader, TopicNeed(leader, 1, True, False, replication))
     return sorted(needs.values(), key=lambda n: n.name)
 
 
