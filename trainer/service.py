@@ -69,6 +69,7 @@ from trainer.fit import EpochReport
 from trainer.inputs import decode_labelled
 from trainer.publish import KafkaRegistryWriter
 from trainer.runs import (
+    OUTCOME_CANCELLED,
     OUTCOME_FAILED,
     OUTCOME_PROMOTED,
     OUTCOME_SKIPPED,
@@ -592,7 +593,7 @@ class TrainerService:
                 self.metrics.gate_score.labels(outcome.model_name, "champion").set(
                     decision.champion
                 )
-        if outcome.ok:
+        if outcome.ok or outcome.outcome == OUTCOME_CANCELLED:  # cancelling is not an error
             log.info("%s", outcome.summary())
         else:
             log.error("%s", outcome.summary())
