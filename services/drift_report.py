@@ -83,7 +83,8 @@ def recovery(
         swaps = sum(
             1
             for m in marks
-            if m.modality == modality and m.kind == "swap" and drift <= m.t_s <= back
+            # up to the end of the first recovered bucket: the swap that brought it back
+            if m.modality == modality and m.kind == "swap" and drift <= m.t_s <= back + bucket_s
         )
     return RecoveryFigures(
         modality=modality,

@@ -92,7 +92,10 @@ def register(sub: Any) -> None:
     p.add_argument("--assets", type=int, default=50, help="insulators (50)")
     p.add_argument("--label-fraction", type=float, default=0.5, help="share labelled (0.5)")
     p.add_argument(
-        "--min-new-labels", type=int, default=600, help="trainer retrains after this many (600)"
+        "--min-new-labels",
+        type=int,
+        default=3000,
+        help="besides the drift response, retrain after this many new labels (3000)",
     )
     p.add_argument("--out", help="report folder (default .driftline/reports/<run>)")
     p.add_argument("--quiet", action="store_true", help="no live view")

@@ -19,7 +19,9 @@ class DemoConfig:
     label_delay_s: tuple[float, float] = (1.0, 5.0)
     bucket_s: float = 10.0
     tail_s: float = 60.0
-    min_new_labels: int = 600
+    # Label-driven retrains besides the drift response: the demo labels 50 windows a second,
+    # far faster than a field does, so a small threshold would retrain without a pause.
+    min_new_labels: int = 3000
     max_examples: int = 3000
     epochs: int = 8
     bootstrap_windows: int = 8000
