@@ -7,6 +7,7 @@ run: the same split, export checks, gate, signing and publish order as retrainin
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from services.runtime.settings import TrainerSettings
 from trainer.dataset import LabelledSet
 from trainer.export import ExportedModel, export_classifier
 from trainer.fit import EpochReport, FitConfig, FitReport, fit
+from trainer.inputs import decode_image
 from trainer.models import SensorCNN
 from trainer.publish import KafkaRegistryWriter, RegistryWriter
 from trainer.runs import RunOutcome, TrainingRun
@@ -28,6 +30,8 @@ from trainer.runs import RunOutcome, TrainingRun
 HOLDOUT_FRACTION = 0.2
 BOOTSTRAP_SOURCE = "bootstrap:simulated"
 TRIGGER_BOOTSTRAP = "bootstrap"
+# The JPEG quality inspection cameras send (the simulator's encode_jpeg default).
+CAMERA_JPEG_QUALITY = 90
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,25 @@ def bootstrap_epochs(settings: TrainerSettings, modality: str) -> int:
     return settings.bootstrap_image_epochs if modality == MODALITY_IMAGE else settings.epochs
 
 
+def as_served(
+    photos: npt.NDArray[np.uint8], quality: int = CAMERA_JPEG_QUALITY
+) -> npt.NDArray[np.uint8]:
+    """Photos [N, H, W, 3] as the models see them in service, [N, 3, H, W]: JPEG-encoded the
+    way cameras send them and decoded the way inference and retraining decode them.
+
+    Training on the raw renders would teach the CNN pixel detail (thin cracks, sensor noise)
+    that compression smears before any served photo reaches it.
+    """
+    from PIL import Image
+
+    out = np.empty((len(photos), photos.shape[3], photos.shape[1], photos.shape[2]), np.uint8)
+    for i, photo in enumerate(photos):
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(photo)).save(buffer, format="JPEG", quality=quality)
+        out[i] = decode_image(buffer.getvalue())
+    return out
+
+
 def bootstrap(
     settings: TrainerSettings,
     modality: str,
@@ -74,11 +97,11 @@ def bootstrap(
 ) -> RunOutcome:
     """Train on simulated (x, y) and publish: champion if it passes the gate, else rejected.
 
-    Sensor x is float32 [N, channels, samples]; image x is uint8 photos [N, H, W, 3].
+    Sensor x is float32 [N, channels, samples]; image x is uint8 photos [N, H, W, 3], trained
+    on as served (as_served).
     """
     if modality == MODALITY_IMAGE:
-        photos: npt.NDArray[np.uint8] = np.asarray(x, dtype=np.uint8)
-        x = np.ascontiguousarray(photos.transpose(0, 3, 1, 2))
+        x = as_served(np.asarray(x, dtype=np.uint8))
         settings = settings.model_copy(update={"epochs": bootstrap_epochs(settings, modality)})
     elif modality != MODALITY_SENSOR:
         raise ValueError(f"no model for modality {modality!r}")

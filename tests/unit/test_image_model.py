@@ -1,4 +1,5 @@
-"""The image CNN: jitter only while training, an exact export, and a width warm starts read back."""
+"""The image CNN: jitter only while training, an exact export, a width warm starts read back,
+and a bootstrap that trains on photos as they are served."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import torch
 
 from schemas.contracts import IMAGE_INPUT_NAME, IMAGE_SIZE, INSULATOR_CLASSES
 from services.runtime.settings import TrainerSettings
-from services.simulator.images import labelled_images
-from trainer.bootstrap import bootstrap_epochs
+from services.simulator.images import encode_jpeg, labelled_images
+from trainer.bootstrap import as_served, bootstrap_epochs
 from trainer.export import export_classifier
-from trainer.inputs import model_input
+from trainer.inputs import decode_image, model_input
 from trainer.models import ImageCNN, image_width_of, jitter_photos
 from trainer.retrain import new_model
 
@@ -64,3 +65,14 @@ def test_the_image_bootstrap_trains_longer_than_a_retrain() -> None:
     settings = TrainerSettings(epochs=3, bootstrap_image_epochs=11)
     assert bootstrap_epochs(settings, "image") == 11
     assert bootstrap_epochs(settings, "sensor") == 3
+
+
+def test_the_bootstrap_trains_on_photos_as_the_cameras_send_and_inference_decodes_them() -> None:
+    raw, _ = labelled_images(6, 5)
+    served = as_served(raw)
+    assert served.shape == (6, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert served.dtype == np.uint8
+    for photo, mine in zip(raw, served, strict=True):
+        assert np.array_equal(mine, decode_image(encode_jpeg(photo)))
+    # JPEG is lossy: the training photos are not the raw renders.
+    assert not np.array_equal(served, raw.transpose(0, 3, 1, 2))
