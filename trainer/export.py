@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +15,7 @@ from torch import nn
 from schemas.contracts import PROBABILITIES_OUTPUT_NAME
 from schemas.messages import TensorSpec
 from trainer.models import WithProbabilities
+from trainer.tracing import GUARD
 
 PARITY_TOLERANCE = 1e-4
 _ONNX_DTYPES: dict[int, str] = {
@@ -49,12 +49,6 @@ def _specs(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:
     return specs
 
 
-# torch.export traces through process-wide state (dispatch-mode stacks, fx patching): two
-# exports at once, such as the sensor and image models retraining side by side in the trainer's
-# worker threads, corrupt each other's trace and both fail. One export at a time.
-_EXPORT_LOCK = threading.Lock()
-
-
 def export_classifier(
     model: nn.Module, example: npt.NDArray[np.float32], input_name: str
 ) -> ExportedModel:
@@ -64,7 +58,7 @@ def export_classifier(
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     # The exporter logs notes about optional torchvision ops; they are not ours to act on.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with _EXPORT_LOCK:
+    with GUARD.export():  # alone: torch.export traces through process-wide state
         program = torch.onnx.export(
             served,
             (x,),
@@ -85,7 +79,7 @@ def export_classifier(
     data = proto.SerializeToString()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = session.run(None, {input_name: example})[0]
-    with torch.no_grad():
+    with torch.no_grad(), GUARD.step():
         want = served(x).numpy()
     diff = float(np.abs(got - want).max()) if got.size else 0.0
     if not diff <= PARITY_TOLERANCE:

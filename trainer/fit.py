@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from services.core.metrics import accuracy, macro_f1
+from trainer.tracing import GUARD
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def predict(
     """Logits for x, in batches, without gradients."""
     model.eval()
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), GUARD.step():
         for i in range(0, len(x), batch):
             out.append(model(torch.from_numpy(x[i : i + batch]).to(device)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
@@ -94,12 +95,13 @@ def fit(
         total, correct, loss_sum = 0, 0, 0.0
         for i in range(0, len(order), config.batch_size):
             idx = order[i : i + config.batch_size]
-            logits = model(xt[idx])
-            loss = loss_fn(logits, yt[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            with GUARD.step():  # never while another thread's export traces
+                logits = model(xt[idx])
+                loss = loss_fn(logits, yt[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
             loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(dim=1) == yt[idx]).sum())
             total += len(idx)

@@ -33,6 +33,7 @@ from trainer.fit import EpochReport, FitConfig, FitReport, fit
 from trainer.inputs import model_input
 from trainer.models import ImageCNN, SensorCNN, WithProbabilities, image_width_of
 from trainer.reference import reference_profile
+from trainer.tracing import GUARD
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def _warm_start(
     except (RuntimeError, KeyError) as exc:
         log.warning("champion weights do not fit the %s network, cold start: %s", modality, exc)
         return None
-    with torch.no_grad():
+    with torch.no_grad(), GUARD.step():
         mine = WithProbabilities(model).eval()(torch.from_numpy(check_x)).numpy()
     served = onnx_probabilities(champion.onnx_bytes, check_x)
     diff = float(np.abs(mine - served).max()) if mine.size else 0.0
