@@ -39,7 +39,7 @@ class TriggerPolicy:
 
     min_new_labels: int = 500
     min_labels: int = 200
-    min_drift_labels: int = 50
+    min_drift_labels: int = 200
     max_age_s: float | None = 24 * 3600.0
     retry_after_s: float = 300.0
     min_post_change_labels: int = 200

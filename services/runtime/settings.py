@@ -212,7 +212,9 @@ class TrainerSettings(DriftlineSettings):
     # Triggers (services.core.triggers).
     min_new_labels: int = Field(default=500, ge=1, description="Train after this many new labels")
     min_labels: int = Field(default=200, ge=10, description="Never train on fewer examples")
-    min_drift_labels: int = Field(default=50, ge=1, description="New labels a drift signal needs")
+    min_drift_labels: int = Field(
+        default=200, ge=1, description="New labels a drift signal needs before it trains"
+    )
     max_age_s: float | None = Field(default=24 * 3600.0, gt=0, description="Retrain older models")
     retry_after_s: float = Field(default=300.0, ge=0, description="Wait after a failed run")
     # Drift-aware retraining (services.core.changepoint, services.core.gate.post_change_split).
