@@ -56,7 +56,7 @@ from schemas import deadletter as dl
 from schemas.contracts import MODEL_NAMES
 from schemas.messages import MODALITIES, DriftSignal
 from schemas.topics import TRAINING_WINDOWS
-from services.core.changepoint import find_drop
+from services.core.changepoint import Drop, find_drop
 from services.core.triggers import TRIGGER_MANUAL, TriggerPolicy, TriggerState, decide
 from services.runtime import metrics as m
 from services.runtime import registry
@@ -105,6 +105,9 @@ class ModelState:
     # The current regime (services.core.changepoint): where it started, whether no model
     # trained for it was promoted yet, its buffered examples now and at the last run.
     regime_start_ms: int | None = None
+    regime_version: int | None = None  # the serving version whose outcomes showed the drop
+    regime_id: int = 0  # counts regimes; a run belongs to the one current at its start
+    regime_at_start: int = 0
     adapting: bool = False
     post_change: int = 0
     post_change_at_last_run: int = 0
@@ -197,6 +200,8 @@ class TrainerService:
             state.trained_through = {r.partition: r.end_offset for r in last.lineage.ranges}
             if last.lineage.change_point_ms is not None:
                 state.regime_start_ms = last.lineage.change_point_ms
+                state.regime_version = last.lineage.parent_version
+                state.regime_id = 1
                 state.post_change_at_last_run = int(last.metrics.get("post_change_examples", 0))
                 # A regime whose last version was not promoted is still waiting for its model.
                 state.adapting = last.status != "champion"
@@ -460,30 +465,48 @@ class TrainerService:
             if drop is not None and (
                 state.regime_start_ms is None or drop.at_ms > state.regime_start_ms
             ):
-                log.info(
-                    "%s: v%d accuracy fell from %.3f to %.3f at event time %s "
-                    "(%d and %d labelled outcomes, 2LLR %.0f): learning the new world from there",
-                    state.name,
-                    int(newest),
-                    drop.before,
-                    drop.after,
-                    time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(drop.at_ms / 1000)),
-                    drop.n_before,
-                    drop.n_after,
-                    drop.llr,
-                )
-                if state.running and state.change_point_at_start != drop.at_ms:
-                    # The run in progress learns and is judged on the old world: stop it
-                    # between two epochs, and start one for the new world instead.
-                    state.superseded = True
-                    log.info("%s: cancelling the run in progress, superseded", state.name)
-                state.regime_start_ms = drop.at_ms
-                state.adapting = True
-                state.post_change_at_last_run = 0
-                self.metrics.change_point.labels(state.modality).set(drop.at_ms / 1000)
+                self._on_drop(state, int(newest), drop)
         if state.regime_start_ms is not None:
             state.post_change = int((times >= state.regime_start_ms).sum())
             self.metrics.post_change_examples.labels(state.modality).set(state.post_change)
+
+    def _on_drop(self, state: ModelState, version: int, drop: Drop) -> None:
+        """A new change point, or a better estimate of the current one.
+
+        The first estimate comes with few outcomes after the change and may sit a little early;
+        a later drop found in the outcomes of the same serving version, after that estimate,
+        is the same change seen better: the regime's start moves, and a run already training
+        for the regime goes on. A drop in a newer version's outcomes is a new change.
+        """
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(drop.at_ms / 1000))
+        refined = state.regime_start_ms is not None and state.regime_version == version
+        log.info(
+            "%s: v%d accuracy fell from %.3f to %.3f at event time %s "
+            "(%d and %d labelled outcomes, 2LLR %.0f): %s",
+            state.name,
+            version,
+            drop.before,
+            drop.after,
+            when,
+            drop.n_before,
+            drop.n_after,
+            drop.llr,
+            "the change point is later than first estimated"
+            if refined
+            else "learning the new world from there",
+        )
+        if not refined:
+            if state.running and state.change_point_at_start != drop.at_ms:
+                # The run in progress learns and is judged on the old world: stop it between
+                # two epochs, and start one for the new world instead.
+                state.superseded = True
+                log.info("%s: cancelling the run in progress, superseded", state.name)
+            state.adapting = True
+            state.post_change_at_last_run = 0
+            state.regime_version = version
+            state.regime_id += 1
+        state.regime_start_ms = drop.at_ms
+        self.metrics.change_point.labels(state.modality).set(drop.at_ms / 1000)
 
     def _trigger_state(self, state: ModelState) -> TriggerState:
         return TriggerState(
@@ -506,6 +529,7 @@ class TrainerService:
         state.drift_at_start = state.drift_pending
         state.post_change_at_start = state.post_change
         change_point = state.change_point_at_start = state.regime_start_ms
+        state.regime_at_start = state.regime_id
         state.superseded = False
         state.manual = False
         state.drift_pending = False
@@ -566,7 +590,7 @@ class TrainerService:
                     r.partition: r.end_offset for r in outcome.version.lineage.ranges
                 }
                 cp = outcome.version.lineage.change_point_ms
-                if cp is not None and cp == state.regime_start_ms:  # a run of this regime
+                if cp is not None and state.regime_at_start == state.regime_id:  # this regime
                     state.post_change_at_last_run = max(1, state.post_change_at_start)
                     if outcome.outcome == OUTCOME_PROMOTED:
                         state.adapting = False

@@ -12,6 +12,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from schemas.contracts import MODEL_NAMES
+from services.core.changepoint import Drop
 from services.runtime import metrics as m
 from services.runtime.artifacts import FsspecArtifactStore
 from services.runtime.settings import TrainerSettings
@@ -128,3 +129,27 @@ def test_a_change_point_cancels_the_old_world_run_and_trains_for_the_new_one() -
     assert not state.adapting
     assert state.post_change_at_last_run == 300
     assert np.isfinite(outcome.version.metrics["holdout_macro_f1"])
+
+
+def test_a_later_estimate_on_the_same_version_refines_the_change_a_newer_version_starts_anew() -> (
+    None
+):
+    settings = TrainerSettings(artifact_root="memory://driftline-test-refine", device="cpu")
+    service = TrainerService(
+        settings,
+        m.TrainerMetrics(CollectorRegistry()),
+        runner=TrainingRun(settings, MemoryRegistryWriter(), FsspecArtifactStore("memory://x")),
+    )
+    state = service.states["sensor"]
+    service._on_drop(state, 1, Drop(600_000, 0.95, 0.6, 500, 50, 40.0))
+    assert (state.regime_start_ms, state.regime_id, state.adapting) == (600_000, 1, True)
+    state.post_change_at_last_run = 250  # a run of this regime ended (rejected)
+    # The same version's outcomes, seen with more labels: the change is a little later.
+    service._on_drop(state, 1, Drop(607_000, 0.94, 0.25, 507, 300, 200.0))
+    assert (state.regime_start_ms, state.regime_id) == (607_000, 1)
+    assert state.post_change_at_last_run == 250, "a refinement is not a new regime"
+    assert not state.superseded
+    # A version trained for the new world later falls too: a new change, a new regime.
+    service._on_drop(state, 3, Drop(900_000, 0.97, 0.3, 800, 60, 90.0))
+    assert (state.regime_start_ms, state.regime_id, state.adapting) == (900_000, 2, True)
+    assert state.post_change_at_last_run == 0
