@@ -21,7 +21,7 @@ at_s = 0
 name = "baseline"
 
 [[phase]]
-at_s = 60
+at_s = 50
 name = "storm season, replaced camera"
 sensor = { humidity_mean = 90.0, temperature_mean = 6.0, leakage_gain = 1.3, noise_scale = 1.6 }
 image = { brightness = 0.6, haze = 0.3, noise_scale = 1.6, blur_fraction = 0.6 }
@@ -37,8 +37,8 @@ def test_an_unseen_drift_is_noticed_retrained_and_recovered_in_both_modalities(
     scenario.write_text(UNSEEN_DRIFT, encoding="utf-8")
     cfg = DemoConfig(
         scenario=str(scenario),
-        drift_at_s=60,
-        duration_s=240,
+        drift_at_s=50,
+        duration_s=280,
         rate=100,
         image_rate=10,
         images=True,
