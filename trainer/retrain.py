@@ -219,13 +219,35 @@ def train_challenger(
         report=report,
         decision=decision,
         metrics=metrics,
-        reference=reference_profile(modality, x_train, probs),
+        reference=reference_profile(
+            modality, _reference_inputs(x_train, data, train_idx, change_point_ms), probs
+        ),
         warm_started=warm,
         champion_version=champion.version.version if champion is not None else None,
         train_span_ms=_span(data.event_time_ms[train_idx]),
         holdout_span_ms=_span(data.event_time_ms[hold_idx]),
         change_point_ms=change_point_ms,
     )
+
+
+def _reference_inputs(
+    x_train: npt.NDArray[np.float32],
+    data: LabelledSet,
+    train_idx: npt.NDArray[np.int64],
+    change_point_ms: int | None,
+) -> npt.NDArray[np.float32]:
+    """What the drift reference describes: the world this version is for.
+
+    After a change point that is the post-change examples, each once: the repeats and the old
+    examples kept in the training set would make the new world look drifted from its own
+    reference, and the features app would keep signalling drift for a model that fits it.
+    """
+    if change_point_ms is None:
+        return x_train
+    _, first = np.unique(train_idx, return_index=True)
+    first = np.sort(first)
+    post = first[data.event_time_ms[train_idx[first]] >= change_point_ms]
+    return x_train[post] if len(post) else x_train
 
 
 def _span(times: npt.NDArray[np.int64]) -> tuple[int, int]:

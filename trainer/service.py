@@ -398,6 +398,10 @@ class TrainerService:
             return
         if state.last_run_ms is not None and signal.window_end_ms <= state.last_run_ms:
             return  # about data the last run already saw
+        if state.regime_start_ms is not None and signal.window_start_ms < state.regime_start_ms:
+            # The window straddles the change point the trainer already acts on: it says the
+            # world changed, which is known, and the regime's own triggers follow the new one.
+            return
         if not state.drift_pending:
             log.info(
                 "%s: drift signal (%s %.3f > %.3f on v%d)",

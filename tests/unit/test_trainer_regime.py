@@ -129,6 +129,9 @@ def test_a_change_point_cancels_the_old_world_run_and_trains_for_the_new_one() -
     assert not state.adapting
     assert state.post_change_at_last_run == 300
     assert np.isfinite(outcome.version.metrics["holdout_macro_f1"])
+    reference = outcome.version.reference
+    assert reference is not None
+    assert reference.count == 300 - 60, "the drift reference is the new world, each example once"
 
 
 def test_a_later_estimate_on_the_same_version_refines_the_change_a_newer_version_starts_anew() -> (
