@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from aiokafka.partitioner import murmur2
-
 from services.core import accuracy as core
 from services.core.accuracy import AccuracySnapshot, BucketCounts, EventTimeAccuracy
 from services.features.stats import SEP
@@ -26,7 +24,7 @@ from services.features.store import (
     num,
     window_name,
 )
-from services.features.tables import StateTable
+from services.features.tables import StateTable, key_partition
 from services.runtime.metrics import FeaturesMetrics
 
 Version = tuple[str, int]  # model name, version
@@ -41,10 +39,8 @@ NEWEST_FIELD = "newest_ms"  # index hash: start of the partition's newest bucket
 
 
 def join_partition(key: bytes, partitions: int) -> int:
-    """The join-topic partition of an event id key: Kafka's default key hash, as the join
-    topic and its co-partitioned tables use it."""
-    slot: int = (murmur2(key) & 0x7FFFFFFF) % partitions
-    return slot
+    """The join-topic partition of an asset id key, as the join topic and its tables use it."""
+    return key_partition(key, partitions)
 
 
 def bucket_key(version: Version, partition: int, bucket_ms: int, start_ms: int) -> bytes:
