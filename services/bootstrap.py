@@ -72,6 +72,6 @@ def bootstrap_sensor_model(settings: TrainerSettings, windows: int = 8000) -> Mo
     return _published(bootstrap_model(settings, MODALITY_SENSOR, windows))
 
 
-def bootstrap_image_model(settings: TrainerSettings, images: int = 2000) -> ModelVersion:
+def bootstrap_image_model(settings: TrainerSettings, images: int = 8000) -> ModelVersion:
     """Simulate labelled photos and train, export and publish the first image model."""
     return _published(bootstrap_model(settings, MODALITY_IMAGE, images))

@@ -22,6 +22,13 @@ class FitConfig:
     learning_rate: float = 3e-3
     seed: int = 7
     device: str = "auto"
+    # Keep batch-norm statistics as they are (layers in eval mode while the weights train):
+    # after adapt_normalisation has set them from the new world, a few fine-tuning batches
+    # that mix in old-world examples must not pull them back.
+    freeze_norm: bool = False
+
+
+NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @dataclass
@@ -62,6 +69,47 @@ def predict(
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
+def adapt_normalisation(
+    model: nn.Module, x: npt.NDArray[np.float32], device: str = "auto", batch: int = 256
+) -> int:
+    """Re-estimate every batch-norm layer's running statistics on inputs `x` (no labels).
+
+    A change of camera or light moves the statistics of what each layer sees long before it
+    changes what a crack looks like; resetting the layers' means and variances to those of the
+    new world (an exact average over x, not a moving one) recovers much of the accuracy lost
+    to such a drift without a single gradient step. Returns the number of layers adapted
+    (0 for a network without batch norm, which is left untouched).
+    """
+    layers = [m for m in model.modules() if isinstance(m, NORM_LAYERS)]
+    if not layers or len(x) == 0:
+        return 0
+    dev = pick_device(device)
+    model.to(dev)
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over every batch below
+    was_training = model.training
+    model.train()
+    try:
+        with torch.no_grad(), GUARD.step():
+            for i in range(0, len(x), batch):
+                model(torch.from_numpy(x[i : i + batch]).to(dev))
+    finally:
+        for m, momentum in zip(layers, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+    return len(layers)
+
+
+def _train_mode(model: nn.Module, freeze_norm: bool) -> None:
+    model.train()
+    if freeze_norm:
+        for m in model.modules():
+            if isinstance(m, NORM_LAYERS):
+                m.eval()
+
+
 def fit(
     model: nn.Module,
     x_train: npt.NDArray[np.float32],
@@ -89,7 +137,7 @@ def fit(
     report = FitReport(device=str(device))
     started = time.monotonic()
     for epoch in range(1, config.epochs + 1):
-        model.train()
+        _train_mode(model, config.freeze_norm)
         t0 = time.monotonic()
         order = torch.randperm(len(xt), generator=gen).to(device)
         total, correct, loss_sum = 0, 0, 0.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -29,7 +29,7 @@ from services.core.metrics import accuracy, macro_f1
 from trainer.champion import ChampionModel
 from trainer.dataset import LabelledSet
 from trainer.export import ExportedModel, export_classifier, onnx_probabilities
-from trainer.fit import EpochReport, FitConfig, FitReport, fit
+from trainer.fit import EpochReport, FitConfig, FitReport, adapt_normalisation, fit
 from trainer.inputs import model_input
 from trainer.models import ImageCNN, SensorCNN, WithProbabilities, image_width_of
 from trainer.reference import reference_profile
@@ -62,6 +62,11 @@ class RetrainConfig:
     # examples repeated) a training set has at least, so a young regime gets enough steps.
     pre_change_share: float = 0.2
     min_adapt_examples: int = 1500
+    # After a change point, a warm-started network first takes its batch-norm statistics from
+    # the post-change inputs (adapt_normalisation), then fine-tunes with them frozen, with
+    # `adapt_fit` when given (a gentler, shorter fit than a cold one), else with `fit`.
+    adapt_norm: bool = True
+    adapt_fit: FitConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -172,7 +177,15 @@ def train_challenger(
     if model is None:
         model = new_model(modality, config.image_width)
         model.fit_normalisation(torch.from_numpy(x_train))
-    report = fit_fn(model, x_train, y_train, x_hold, y_hold, N_CLASSES, config.fit, on_epoch)
+    fit_config = config.fit
+    adapted = 0
+    if warm and change_point_ms is not None:
+        if config.adapt_norm:
+            post_inputs = _reference_inputs(x_train, data, train_idx, change_point_ms)
+            adapted = adapt_normalisation(model, post_inputs, config.fit.device)
+        if adapted:
+            fit_config = replace(config.adapt_fit or config.fit, freeze_norm=True)
+    report = fit_fn(model, x_train, y_train, x_hold, y_hold, N_CLASSES, fit_config, on_epoch)
 
     export_started = time.monotonic()
     exported = export_classifier(model, x_hold[:EXPORT_EXAMPLES], INPUT_NAMES[modality])
@@ -192,6 +205,7 @@ def train_challenger(
         "epochs": float(len(report.epochs)),
         "final_loss": report.epochs[-1].loss if report.epochs else 0.0,
         "train_distinct_examples": float(len(np.unique(train_idx))),
+        "norm_layers_adapted": float(adapted),
     }
     if change_point_ms is not None:
         after = data.event_time_ms[train_idx] >= change_point_ms

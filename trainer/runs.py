@@ -100,6 +100,18 @@ def retrain_config(settings: TrainerSettings, modality: str) -> RetrainConfig:
         image_width=settings.image_width,
         pre_change_share=settings.pre_change_share,
         min_adapt_examples=settings.min_adapt_examples,
+        adapt_norm=settings.adapt_norm,
+        adapt_fit=(
+            FitConfig(
+                epochs=settings.image_adapt_epochs,
+                batch_size=settings.batch_size,
+                learning_rate=settings.image_adapt_learning_rate,
+                seed=settings.seed,
+                device=settings.device,
+            )
+            if modality == MODALITY_IMAGE
+            else None
+        ),
     )
 
 

@@ -92,7 +92,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--modality", choices=["sensor", "image"], help="only this model (default all)")
     p.add_argument("--windows", type=int, help="simulated sensor windows (default 8000)")
-    p.add_argument("--images", type=int, help="simulated photos (default 2000)")
+    p.add_argument("--images", type=int, help="simulated photos (default 8000)")
     p.add_argument("--epochs", type=int, help="training epochs (default 8)")
     p.add_argument("--seed", type=int, help="random seed (default 7)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (auto)")

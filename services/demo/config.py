@@ -25,7 +25,7 @@ class DemoConfig:
     max_examples: int = 3000
     epochs: int = 8
     bootstrap_windows: int = 8000
-    bootstrap_images: int = 2000
+    bootstrap_images: int = 8000
     seed: int = 7
     out_dir: Path | None = None
 

@@ -191,9 +191,9 @@ class TrainerSettings(DriftlineSettings):
     learning_rate: float = Field(default=3e-3, gt=0)
     image_learning_rate: float = Field(default=1e-2, gt=0)
     bootstrap_windows: int = Field(default=8000, ge=100)
-    bootstrap_images: int = Field(default=2000, ge=100)
+    bootstrap_images: int = Field(default=8000, ge=100)
     bootstrap_image_epochs: int = Field(
-        default=24,
+        default=6,
         ge=1,
         description="Epochs of the first image model, trained from scratch (retraining "
         "warm-starts from the champion and runs `epochs`)",
@@ -242,6 +242,23 @@ class TrainerSettings(DriftlineSettings):
         default=1500,
         ge=1,
         description="Post-change examples are repeated up to this many per training set",
+    )
+    adapt_norm: bool = Field(
+        default=True,
+        description="After a change point, re-estimate a warm-started network's batch-norm "
+        "statistics on the post-change inputs before fine-tuning (the image CNN has them)",
+    )
+    image_adapt_epochs: int = Field(
+        default=3,
+        ge=1,
+        description="Epochs of an image retrain after a change point, once its batch-norm "
+        "statistics are adapted (a warm start needs few; each costs CPU time)",
+    )
+    image_adapt_learning_rate: float = Field(
+        default=1e-3,
+        gt=0,
+        description="Learning rate of that fine-tuning: gentle, so the adapted network is "
+        "refined, not retrained",
     )
     # Training set and gate (services.core.gate).
     max_sensor_examples: int = Field(default=20000, ge=100)

@@ -159,14 +159,17 @@ def _render(
         active = cracked & _col((j < n_cracks).astype(np.float64)).astype(bool)
         disc = np.floor(rng.random(n) * discs)
         cy = y_start + _col(disc + 0.5) * spacing
-        x0 = cx0 + tilt * (cy - 32.0) + _col(rng.uniform(-0.8, 0.8, n)) * rx
-        y0 = cy + _col(rng.uniform(-0.5, 0.5, n)) * ry
-        angle = rng.uniform(0, np.pi, n)
+        # A crack starts anywhere on the disc face and runs across it, towards the far rim,
+        # within about 35 degrees of the disc's plane (the disc is seen nearly edge-on).
+        start = rng.uniform(-0.7, 0.7, n)
+        x0 = cx0 + tilt * (cy - 32.0) + _col(start) * rx
+        y0 = cy + _col(rng.uniform(-0.4, 0.4, n)) * ry
+        angle = rng.uniform(-0.6, 0.6, n) + np.where(start > 0, np.pi, 0.0)
         length = _col(rng.uniform(4.0, 11.0, n)) * (0.5 + sev)
         x1 = x0 + _col(np.cos(angle)) * length
         y1 = y0 + _col(np.sin(angle)) * length * 0.5
         dist = _segment_distance(xx, yy, x0, y0, x1, y1)
-        width = _col(rng.uniform(0.45, 0.9, n))
+        width = _col(rng.uniform(0.55, 0.9, n))
         line = active & inside & (dist < width)
         img = np.where(line[..., None], img * (0.25 + 0.3 * (1 - sev))[..., None], img)
 
