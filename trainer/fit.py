@@ -37,6 +37,7 @@ class EpochReport:
     loss: float
     train_accuracy: float
     seconds: float
+    of: int = 0  # epochs this fit runs (0: not said)
 
 
 @dataclass
@@ -154,7 +155,11 @@ def fit(
             correct += int((logits.argmax(dim=1) == yt[idx]).sum())
             total += len(idx)
         rep = EpochReport(
-            epoch, loss_sum / max(total, 1), correct / max(total, 1), time.monotonic() - t0
+            epoch,
+            loss_sum / max(total, 1),
+            correct / max(total, 1),
+            time.monotonic() - t0,
+            config.epochs,
         )
         report.epochs.append(rep)
         if on_epoch is not None:

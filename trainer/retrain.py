@@ -185,6 +185,20 @@ def train_challenger(
             adapted = adapt_normalisation(model, post_inputs, config.fit.device)
         if adapted:
             fit_config = replace(config.adapt_fit or config.fit, freeze_norm=True)
+            # With the statistics adapted, a young regime needs no repeats to get enough steps:
+            # each post-change example once, each fine-tuning epoch, so the first run after a
+            # change point costs seconds and later ones grow with the new world's examples.
+            train_idx, _ = post_change_split(
+                data.event_time_ms,
+                change_point_ms,
+                holdout_fraction=config.holdout_fraction,
+                min_holdout=config.min_holdout,
+                pre_change_share=config.pre_change_share,
+                min_examples=0,
+                seed=config.fit.seed,
+            )
+            x_train = model_input(modality, data.x[train_idx])
+            y_train = data.y[train_idx]
     report = fit_fn(model, x_train, y_train, x_hold, y_hold, N_CLASSES, fit_config, on_epoch)
 
     export_started = time.monotonic()

@@ -553,7 +553,7 @@ class TrainerService:
                 "%s: epoch %d/%d loss %.4f accuracy %.3f (%.1fs)",
                 state.name,
                 rep.epoch,
-                epochs,
+                rep.of or epochs,
                 rep.loss,
                 rep.train_accuracy,
                 rep.seconds,
