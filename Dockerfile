@@ -10,7 +10,9 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY schemas ./schemas
 COPY services ./services
 COPY trainer ./trainer
-RUN useradd --uid 10001 --create-home driftline && mkdir -p /artifacts && chown driftline /artifacts
+RUN useradd --uid 10001 --create-home driftline \
+    && mkdir -p /artifacts /var/lib/driftline/features \
+    && chown driftline /artifacts /var/lib/driftline /var/lib/driftline/features
 
 FROM base AS services
 RUN pip install -c constraints.txt '.[inference,features]'

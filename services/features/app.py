@@ -13,7 +13,15 @@ Tables (all in the faust store, each with its compacted changelog):
   join-events  per event: where its input lies, the prediction served, the label joined
                (key asset \x1f event id, partitioned by asset), evicted by event time
   join-labels  labels waiting for their events (a backlog can deliver a label first)
+  join-index   the two above in time order: by asset and event time, by event time, waiting
+               labels by label time (services.features.join), partitioned by asset
   accuracy     live accuracy, written per join partition (one writer per changelog key)
+
+The store is RocksDB by default (`table_store`): one database per table and changelog partition
+under the worker's data dir, written through services.features.rocks, with one bounded cache
+for all of them, so the join's state is on disk and its memory does not grow with it. A worker
+restarted on the same data dir reads only the changelog written since (faust keeps each
+database's changelog offset); on a fresh one it reads the changelogs from the start.
 
 The join scales out: any number of `--role join` workers share the join topic's partitions
 (by asset), each recovering only the changelog partitions of its own (no standby replicas,
@@ -23,11 +31,12 @@ so no worker holds another's state). Inputs are read back from Kafka by offset w
 
 from __future__ import annotations
 
+import fcntl
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import faust
 from confluent_kafka.admin import AdminClient
@@ -38,12 +47,15 @@ from services.features.accuracy import Version
 from services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
 from services.features.readback import KafkaInputReader
 from services.features.registry import RegistryFollower
+from services.features.rocks import MIB, RocksOptions, faust_disk_table
 from services.features.settings import FeaturesSettings
 from services.features.store import FeatureStore, RedisFeatureStore
-from services.features.tables import FaustTable
+from services.features.tables import KEY_SEP, FaustTable, StateTable, key_partition
 from services.runtime.metrics import FeaturesMetrics
 
 log = logging.getLogger(__name__)
+
+PartitionOf = Callable[[bytes], int]
 
 RAW: dict[str, Any] = {
     "key_type": bytes,
@@ -110,6 +122,36 @@ def records(events: Sequence[Any]) -> list[RawRecord]:
     return out
 
 
+def data_path(settings: FeaturesSettings) -> Path:
+    """The worker's faust data dir: its tables' databases live there (with rocksdb://)."""
+    return Path(settings.data_dir) / settings.faust_app_id
+
+
+def lock_data_dir(settings: FeaturesSettings) -> list[IO[bytes]]:
+    """Hold this worker's tables in its data dir for as long as the handles stay open.
+
+    A RocksDB database takes one process: a second worker of the same role on the same dir
+    would wait on the first one's locks, then fail. It fails at once here, saying why.
+    """
+    path = data_path(settings)
+    path.mkdir(parents=True, exist_ok=True)
+    handles: list[IO[bytes]] = []
+    for part in [r for r in ("stats", "join") if settings.role in (r, "all")]:
+        handle = (path / f".{part}.lock").open("a+b")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            for held in handles:
+                held.close()
+            raise RuntimeError(
+                f"the {part} tables in {path} are in use by another features worker; give "
+                "each worker on this machine its own DRIFTLINE_DATA_DIR"
+            ) from None
+        handles.append(handle)
+    return handles
+
+
 @dataclass
 class FeaturesApp:
     """The faust app and the pipeline it drives (tests and `run` reach both)."""
@@ -141,7 +183,7 @@ def build(
     """Build the app and its pipeline; nothing connects until a faust Worker starts it."""
     s = settings
     topics = s.kafka.topics
-    datadir = Path(s.data_dir) / s.faust_app_id
+    datadir = data_path(s)
     datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     app = faust.App(
         s.faust_app_id,
@@ -168,6 +210,18 @@ def build(
     outbox = TopicOutbox(app)
     results_topic = outbox.declare(topics.inference_results)
     tables = PipelineTables()
+    rocks = RocksOptions(s.table_memory_mb * MIB) if s.on_disk else None
+
+    def by_asset(key: bytes) -> int:
+        return key_partition(key.split(KEY_SEP, 1)[0], s.join_partitions)
+
+    def state_table(
+        table: Any, partitions: int | None = None, partition_of: PartitionOf | None = None
+    ) -> StateTable:
+        if rocks is None:
+            return FaustTable(table, partitions)
+        return faust_disk_table(table, rocks, partition_of=partition_of)
+
     stats_table = join_events = accuracy = None
     reader: KafkaInputReader | None = None
     if s.runs_stats:
@@ -177,7 +231,7 @@ def build(
             value_type=bytes,
             partitions=topic_partitions(s, topics.inference_results),
         )
-        tables.stats = FaustTable(stats_table)
+        tables.stats = state_table(stats_table)
     if s.runs_join:
         join_options: dict[str, Any] = {
             "key_type": bytes,
@@ -187,10 +241,14 @@ def build(
         }
         join_events = app.Table("join-events", **join_options)
         join_labels = app.Table("join-labels", **join_options)
+        join_index = app.Table("join-index", **join_options)
         accuracy = app.Table("accuracy", **join_options)
-        tables.states = FaustTable(join_events, s.join_partitions)
-        tables.parked = FaustTable(join_labels, s.join_partitions)
-        tables.accuracy = FaustTable(accuracy, s.join_partitions)
+        # Keys of events and labels start with their asset, so their partition is known
+        # from the key; index and accuracy keys are always written with their partition.
+        tables.states = state_table(join_events, s.join_partitions, by_asset)
+        tables.parked = state_table(join_labels, s.join_partitions, by_asset)
+        tables.index = state_table(join_index, s.join_partitions)
+        tables.accuracy = state_table(accuracy, s.join_partitions)
     if store is None:
         store = RedisFeatureStore.from_url(s.redis_url.get_secret_value(), s.redis_timeout_s)
     if s.runs_join:

@@ -12,16 +12,19 @@ when a label asks for it (pipeline + readback). Sensor inputs also carry their b
 topic, for drift, but are held only until their prediction comes. Table keys are
 `asset \\x1f event id` (and `asset \\x1f\\x1e <label position>` for a waiting inspection).
 
+All of it lives in the join's tables, which are on disk with the RocksDB store: the states, the
+waiting labels, and an index table ordering them by time (an asset's events by event time for
+inspections, all events by event time for eviction, waiting labels by label time). The join
+reads them by key and by key range, so its memory does not grow with the events it holds.
+
 Entries are evicted by event time, a retention plus a grace period after the newest event seen;
 a label later than the retention is dead-lettered as expired.
 """
 
 from __future__ import annotations
 
-import bisect
-import heapq
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgspec
 
@@ -50,6 +53,15 @@ KIND_LABEL = "label"
 
 SEP = b"\x1f"
 INSPECTION_MARK = "\x1e"
+
+# Key spaces of the index table (values are MARK): every key starts with its space's byte.
+INDEX_BY_ASSET = b"a"
+INDEX_BY_TIME = b"t"
+INDEX_DUE = b"l"
+MARK = b"\x01"
+MAX_UNPAIRED = 10_000  # sensor inputs held for their prediction (for drift), at most
+DUE_BATCH = 10_000  # waiting labels decided per housekeeping pass, at most
+EVICT_BATCH = 100_000  # events evicted per housekeeping pass, at most
 
 INPUT_TYPES: dict[str, tuple[type[SensorWindow] | type[CameraImage], str]] = {
     "SensorWindow": (SensorWindow, MODALITY_SENSOR),
@@ -204,42 +216,22 @@ ScoredSink = Callable[[core.Prediction, int, int], None]
 OutcomeSink = Callable[[core.Prediction, LabelledWindow, int], None]
 
 
-@dataclass
-class _AssetEvents:
-    """One asset's event keys in event-time order (for inspections and eviction)."""
-
-    times: list[int] = field(default_factory=list)
-    keys: list[bytes] = field(default_factory=list)
-
-    def add(self, t: int, key: bytes) -> None:
-        if not self.times or t >= self.times[-1]:
-            self.times.append(t)
-            self.keys.append(key)
-        else:
-            i = bisect.bisect_right(self.times, t)
-            self.times.insert(i, t)
-            self.keys.insert(i, key)
-
-    def between(self, start: int, end: int) -> list[bytes]:
-        lo = bisect.bisect_left(self.times, start)
-        hi = bisect.bisect_right(self.times, end)
-        return self.keys[lo:hi]
-
-    def drop_before(self, t: int) -> list[bytes]:
-        n = bisect.bisect_left(self.times, t)
-        gone = self.keys[:n]
-        del self.times[:n]
-        del self.keys[:n]
-        return gone
-
-
 class JoinProcessor:
-    """Holds per-event states and waiting labels by asset and event; decides each label."""
+    """Holds per-event states and waiting labels by asset and event; decides each label.
+
+    Everything it holds per event or per label is in its tables (on disk with the RocksDB
+    store): `states` (event key -> EventState), `parked` (waiting labels) and `index`, whose
+    key spaces order them by time (see `by_asset_key`, `by_time_key`, `due_key`). In memory
+    there is only what is bounded by time or count: the emits of the batch being settled
+    (`_claimed`) and sensor inputs whose prediction has not come yet (`_unpaired`, for drift,
+    at most `max_unpaired` and `pair_keep_ms` of event time).
+    """
 
     def __init__(
         self,
         states: StateTable,
         parked: StateTable,
+        index: StateTable,
         *,
         partitions: int,
         retention_ms: int,
@@ -248,20 +240,22 @@ class JoinProcessor:
         on_pair: PairSink | None = None,
         on_scored: ScoredSink | None = None,
         on_outcome: OutcomeSink | None = None,
+        max_unpaired: int = MAX_UNPAIRED,
     ) -> None:
         self.states = states
         self.parked = parked
+        self.index = index
         self.partitions = partitions
         self.retention_ms = retention_ms
         self.keep_ms = retention_ms + grace_ms
         self.label_wait_ms = label_wait_ms
         self.pair_keep_ms = max(label_wait_ms, 600_000)
+        self.max_unpaired = max_unpaired
         self.on_pair = on_pair
         self.on_scored = on_scored
         self.on_outcome = on_outcome
         self.watermark_ms = 0
-        self._assets: dict[str, _AssetEvents] = {}
-        self._parked_times: list[tuple[int, bytes]] = []
+        self._evicted_to: int | None = None  # event time below which the index is evicted
         self._claimed: set[bytes] = set()  # decided EMIT, window not yet delivered
         self._unpaired: dict[bytes, core.StoredInput] = {}  # sensor inputs awaiting prediction
 
@@ -273,12 +267,14 @@ class JoinProcessor:
         return core.decode_state(raw) if raw is not None else None
 
     def _put(self, key: bytes, state: core.EventState, before: core.EventState | None) -> None:
-        self.states.put(self.partition(state.asset_id), key, core.encode(state))
+        partition = self.partition(state.asset_id)
+        self.states.put(partition, key, core.encode(state))
         if before is None:
-            events = self._assets.get(state.asset_id)
-            if events is None:
-                events = self._assets[state.asset_id] = _AssetEvents()
-            events.add(state.event_time_ms, key)
+            self._index_event(partition, key, state.event_time_ms)
+
+    def _index_event(self, partition: int, key: bytes, event_time_ms: int) -> None:
+        self.index.put(partition, by_asset_key(key, event_time_ms), MARK)
+        self.index.put(partition, by_time_key(key, event_time_ms), MARK)
 
     def _too_old(self, event_time_ms: int) -> bool:
         return core.evictable(event_time_ms, self.watermark_ms, self.keep_ms)
@@ -308,6 +304,8 @@ class JoinProcessor:
                 self.on_pair(state.prediction, stored)
         elif self.on_pair is not None:
             self._unpaired[key] = stored
+            if len(self._unpaired) > self.max_unpaired:  # the oldest goes without a drift pair
+                del self._unpaired[next(iter(self._unpaired))]
         return self._retry_parked(key)
 
     def on_result(self, payload: bytes) -> list[LabelOutcome]:
@@ -337,12 +335,17 @@ class JoinProcessor:
         raw_parked = self.parked.get(key)
         if raw_parked is None:
             return []
-        record = LabelRecord.unparked(core.decode_parked(raw_parked))
-        outcome = self._decide(record, key, wait=True, parked=True)
+        parked = core.decode_parked(raw_parked)
+        outcome = self._decide(LabelRecord.unparked(parked), key, wait=True, parked=True)
         if outcome.decision is core.Decision.WAIT:
             return []
-        self.parked.delete(self.partition(_asset_of(key)), key)
+        self._unpark(key, parked.label_time_ms)
         return [outcome]
+
+    def _unpark(self, key: bytes, label_time_ms: int) -> None:
+        partition = self.partition(_asset_of(key))
+        self.parked.delete(partition, key)
+        self.index.delete(partition, due_key(label_time_ms, key))
 
     def on_label(self, record: LabelRecord) -> LabelOutcome:
         """Decide a label now, or park it until the inputs have caught up with it."""
@@ -382,8 +385,9 @@ class JoinProcessor:
         if decision is core.Decision.WAIT:
             if not parked:
                 assert label.asset_id is not None
-                self.parked.put(self.partition(label.asset_id), key, core.encode(record.parked()))
-                heapq.heappush(self._parked_times, (label.label_time_ms, key))
+                partition = self.partition(label.asset_id)
+                self.parked.put(partition, key, core.encode(record.parked()))
+                self.index.put(partition, due_key(label.label_time_ms, key), MARK)
             return LabelOutcome(decision, record)
         for emit in emits:
             self._claimed.add(emit.key)
@@ -394,10 +398,11 @@ class JoinProcessor:
     ) -> tuple[core.Decision, tuple[Emit, ...]]:
         assert label.asset_id is not None
         start, end = label.interval()
-        events = self._assets.get(label.asset_id)
-        keys = events.between(start, end) if events is not None else []
+        asset = label.asset_id.encode()
+        prefix = INDEX_BY_ASSET + asset + SEP
         found: list[tuple[bytes, core.EventState]] = []
-        for key in keys:
+        for ikey, _ in self.index.scan(prefix + _time(start), prefix + _time(end + 1)):
+            key = asset + SEP + ikey[len(prefix) + 8 :]
             state = self._state(key)
             if state is not None:
                 found.append((key, state))
@@ -418,9 +423,9 @@ class JoinProcessor:
         least once) rather than losing it; a label seen after the mark is a duplicate.
         """
         self._claimed.discard(emit.key)
-        current = self._state(emit.key) or emit.state
-        self._put(emit.key, core.marked(current, label), self._state(emit.key))
-        p = current.prediction
+        before = self._state(emit.key)
+        self._put(emit.key, core.marked(before or emit.state, label), before)
+        p = (before or emit.state).prediction
         if p is not None and self.on_outcome is not None:
             self.on_outcome(p, window, emit.partition)
 
@@ -428,51 +433,68 @@ class JoinProcessor:
         """Give up an emit whose window could not be built (its input is gone)."""
         self._claimed.discard(emit.key)
 
-    def due(self) -> list[LabelOutcome]:
-        """Waiting labels the inputs have now passed: decided with what the join holds."""
+    def due(self, limit: int = DUE_BATCH) -> list[LabelOutcome]:
+        """Waiting labels the inputs have now passed (at most `limit`; the rest next time),
+        decided with what the join holds."""
         out: list[LabelOutcome] = []
-        heap = self._parked_times
-        while heap and heap[0][0] + self.label_wait_ms < self.watermark_ms:
-            _, key = heapq.heappop(heap)
+        stop = INDEX_DUE + _time(self.watermark_ms - self.label_wait_ms)
+        for ikey, _ in self.index.scan(INDEX_DUE, stop):
+            if len(out) >= limit:
+                break
+            key = ikey[len(INDEX_DUE) + 8 :]
             raw = self.parked.get(key)
+            self._unpark(key, _untime(ikey[len(INDEX_DUE) :][:8]))
             if raw is None:
                 continue
-            self.parked.delete(self.partition(_asset_of(key)), key)
             record = LabelRecord.unparked(core.decode_parked(raw))
             out.append(self._decide(record, key, wait=False))
         return out
 
     def restore(self) -> None:
-        """Rebuild the indexes from recovered tables (after each recovery)."""
-        self._assets = {}
-        self._claimed.clear()
-        rows: dict[str, list[tuple[int, bytes]]] = {}
-        for key, value in self.states.items():
-            if SEP not in key:
-                continue  # a key of the event-id-keyed join before 0.x: not ours to read
-            state = core.decode_state(value)
-            rows.setdefault(state.asset_id, []).append((state.event_time_ms, key))
-            self.watermark_ms = max(self.watermark_ms, state.event_time_ms)
-        for asset, items in rows.items():
-            items.sort()
-            self._assets[asset] = _AssetEvents([t for t, _ in items], [k for _, k in items])
-        self._parked_times = [
-            (core.decode_parked(v).label_time_ms, k) for k, v in self.parked.items()
-        ]
-        heapq.heapify(self._parked_times)
+        """Pick up recovered tables: the watermark is the newest event time indexed.
 
-    def evict(self) -> int:
-        """Delete entries older than the watermark minus retention and grace."""
+        Tables recovered from a version without the index (states but no index entries) are
+        indexed here, once.
+        """
+        self._claimed.clear()
+        self._evicted_to = None
+        if _first(self.index, INDEX_BY_TIME) is None and next(self.states.items(), None):
+            for key, value in self.states.items():
+                if SEP not in key:
+                    continue  # a key of the event-id-keyed join before 0.x: not ours to read
+                state = core.decode_state(value)
+                self._index_event(self.partition(state.asset_id), key, state.event_time_ms)
+        if _first(self.index, INDEX_DUE) is None and next(self.parked.items(), None):
+            for key, value in self.parked.items():
+                label_time_ms = core.decode_parked(value).label_time_ms
+                self.index.put(self.partition(_asset_of(key)), due_key(label_time_ms, key), MARK)
+        newest = _first(self.index, INDEX_BY_TIME, reverse=True)
+        if newest is not None:
+            t = _untime(newest[len(INDEX_BY_TIME) :][:8])
+            self.watermark_ms = max(self.watermark_ms, t)
+
+    def evict(self, limit: int = EVICT_BATCH) -> int:
+        """Delete events older than the watermark minus retention and grace (at most `limit`
+        of them; the rest next time)."""
         removed = 0
-        limit = self.watermark_ms - self.keep_ms
-        for asset in list(self._assets):
-            events = self._assets[asset]
-            for key in events.drop_before(limit):
-                if self.states.get(key) is not None:
-                    self.states.delete(self.partition(asset), key)
-                    removed += 1
-            if not events.times:
-                del self._assets[asset]
+        before = self.watermark_ms - self.keep_ms
+        start = INDEX_BY_TIME + (_time(self._evicted_to) if self._evicted_to is not None else b"")
+        done_to = before
+        for ikey, _ in self.index.scan(start, INDEX_BY_TIME + _time(before)):
+            t = _untime(ikey[len(INDEX_BY_TIME) :][:8])
+            if removed >= limit:
+                done_to = t
+                break
+            key = ikey[len(INDEX_BY_TIME) + 8 :]
+            partition = self.partition(_asset_of(key))
+            self.states.delete(partition, key)
+            self.index.delete(partition, by_asset_key(key, t))
+            self.index.delete(partition, ikey)
+            self._unpaired.pop(key, None)
+            removed += 1
+        # Nothing older than `before` is indexed again: inputs and results that old are
+        # dropped (_too_old), so the next scan starts here, past this one's tombstones.
+        self._evicted_to = done_to
         pair_limit = self.watermark_ms - self.pair_keep_ms
         stale = [k for k, s in self._unpaired.items() if s.event_time_ms < pair_limit]
         for key in stale:
@@ -481,6 +503,38 @@ class JoinProcessor:
 
     def __len__(self) -> int:
         return len(self.states)
+
+
+def _time(t: int) -> bytes:
+    """An event time as 8 bytes that sort as the times do (negative ones too)."""
+    return (t + (1 << 63)).to_bytes(8, "big")
+
+
+def _untime(b: bytes) -> int:
+    return int.from_bytes(b, "big") - (1 << 63)
+
+
+def by_asset_key(key: bytes, event_time_ms: int) -> bytes:
+    """`a asset \\x1f time event id`: an asset's events in event-time order (inspections)."""
+    asset, event_id = key.split(SEP, 1)
+    return INDEX_BY_ASSET + asset + SEP + _time(event_time_ms) + event_id
+
+
+def by_time_key(key: bytes, event_time_ms: int) -> bytes:
+    """`t time asset \\x1f event id`: every event in event-time order (eviction)."""
+    return INDEX_BY_TIME + _time(event_time_ms) + key
+
+
+def due_key(label_time_ms: int, key: bytes) -> bytes:
+    """`l label time key`: waiting labels in the order their wait runs out."""
+    return INDEX_DUE + _time(label_time_ms) + key
+
+
+def _first(table: StateTable, space: bytes, *, reverse: bool = False) -> bytes | None:
+    """The first (or last) key of an index key space."""
+    stop = bytes([space[0] + 1])
+    found = next(table.scan(space, stop, reverse=reverse), None)
+    return found[0] if found is not None else None
 
 
 def _asset_of(key: bytes) -> str:

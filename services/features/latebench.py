@@ -1,20 +1,26 @@
 """`driftline features bench --late-labels`: a simulated week of events with labels days late.
 
-The join runs in process (the pipeline with in-memory tables, as `rebuild` runs it) over a
-fleet at accelerated event time: events for two weeks, labels for the first week's, 1 to 7
-days after their event, a share of them asset inspections. Inputs are "read back" by
-regenerating the record at the position the join noted (no copy of the inputs is held, so the
-process memory is the join's). Printed: resident memory and the join's state at the end,
-its disk use, and labels in vs labelled windows out against an oracle (must be equal).
+The join runs in process (the pipeline, as `rebuild` runs it) on its real disk store: its
+tables are RocksDB databases in a temporary directory, opened with the app's options
+(services.features.rocks), without the changelog. The fleet runs at accelerated event time:
+events for two weeks, labels for the first week's, 1 to 7 days after their event, a share of
+them asset inspections. Inputs are "read back" by regenerating the record at the position the
+join noted, the labels not yet due wait in a database of the bench's own, and the oracle keeps
+only each asset's last half hour of events (what an inspection can cover), so the process
+memory is the join's. Printed: resident memory and the join's disk use as the state grows,
+and labelled windows out against the oracle (must be equal).
 """
 
 from __future__ import annotations
 
 import asyncio
 import resource
+import tempfile
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,11 +31,13 @@ from schemas import headers as h
 from schemas.avro import encode_record
 from schemas.contracts import INSULATOR_CLASSES, SENSOR_CHANNELS, SENSOR_SAMPLES
 from schemas.messages import InferenceResult, Label
+from services.features.join import INDEX_BY_TIME
 from services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
 from services.features.readback import FetchedRecord, Position
+from services.features.rocks import MIB, DiskTable, LocalDatabases, RocksOptions, disk_bytes
 from services.features.settings import FeaturesSettings
 from services.features.store import MemoryFeatureStore
-from services.features.tables import DictTable
+from services.features.tables import KEY_SEP, StateTable, key_partition
 from services.runtime.metrics import FeaturesMetrics
 
 DAY_MS = 86_400_000
@@ -103,8 +111,67 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+@dataclass
+class Checkpoint:
+    day: int
+    events: int
+    rss_bytes: int
+    disk_bytes: int
+    cache_bytes: int
+
+
+class Oracle:
+    """Which events the labels must label, counted as they are generated.
+
+    A per-event label labels its event; an inspection labels its asset's events of the last
+    `lookback` not labelled already, so only that much of each asset's events is kept.
+    """
+
+    def __init__(self, lookback_ms: int) -> None:
+        self.lookback_ms = lookback_ms
+        self.recent: dict[str, deque[list[int]]] = {}  # asset -> [event time, labelled]
+        self.expected = 0
+
+    def event(self, asset: str, t: int, *, labelled: bool) -> None:
+        recent = self.recent.setdefault(asset, deque())
+        recent.append([t, int(labelled)])
+        while recent and recent[0][0] < t - self.lookback_ms:
+            recent.popleft()
+        self.expected += int(labelled)
+
+    def inspection(self, asset: str, t: int) -> None:
+        for entry in self.recent.get(asset, ()):
+            if t - self.lookback_ms <= entry[0] <= t and not entry[1]:
+                entry[1] = 1
+                self.expected += 1
+
+
+def _held(index: StateTable) -> int:
+    """Events held: the join's by-time index, counted (exact, unlike RocksDB's estimate)."""
+    return sum(1 for _ in index.scan(INDEX_BY_TIME, bytes([INDEX_BY_TIME[0] + 1])))
+
+
+def _tables(path: Path, options: RocksOptions) -> tuple[PipelineTables, list[LocalDatabases]]:
+    """The join's tables as the app has them on rocksdb://, less the changelog."""
+    dbs = [LocalDatabases(path / name, options) for name in ("events", "labels", "index", "acc")]
+
+    def by_asset(key: bytes) -> int:
+        return key_partition(key.split(KEY_SEP, 1)[0], PARTITIONS)
+
+    states, parked, index, accuracy = (
+        DiskTable(d, PARTITIONS, partition_of=by_asset if i < 2 else None)
+        for i, d in enumerate(dbs)
+    )
+    return PipelineTables(states=states, parked=parked, index=index, accuracy=accuracy), dbs
+
+
 async def _run(
     settings: FeaturesSettings,
+    workdir: Path,
     *,
     assets: int,
     per_asset_per_hour: int,
@@ -116,7 +183,11 @@ async def _run(
     topics = settings.kafka.topics
     outbox = CountingOutbox(f"{settings.faust_app_id}-join")
     reader = RegeneratingReader()
-    tables = PipelineTables(states=DictTable(), parked=DictTable(), accuracy=DictTable())
+    options = RocksOptions(settings.table_memory_mb * MIB)
+    state_dir = workdir / "join"
+    tables, dbs = _tables(state_dir, options)
+    source_dbs = LocalDatabases(workdir / "source", RocksOptions(8 * MIB))
+    source = source_dbs.db(0)  # labels not yet due: key due time + sequence, value the label
     p = FeaturesPipeline(
         settings,
         FeaturesMetrics(CollectorRegistry()),
@@ -129,12 +200,11 @@ async def _run(
     rss0 = _rss_bytes()
     t0 = 1_700_000_000_000
     hour = 3_600_000
+    lookback = hour // 2
     offsets = [0] * PARTITIONS
-    pending_labels: list[tuple[int, int, bytes]] = []  # (due, seq, value)
-    expected: set[str] = set()
-    by_asset: dict[str, list[tuple[int, str]]] = {}
-    inspections: list[Label] = []
-    labels_in = events = 0
+    oracle = Oracle(lookback)
+    checkpoints: list[Checkpoint] = []
+    labels_in = inspections = events = 0
     seq = 0
     started = time.perf_counter()
     for h_i in range(14 * 24 + 1):  # one hour more: the last labels' wait runs out
@@ -168,8 +238,7 @@ async def _run(
                     RawRecord(topics.inference_results, part, offset, b"", codec.encode(r), AVRO)
                 )
                 events += 1
-                if h_i < 7 * 24:
-                    by_asset.setdefault(asset, []).append((t, event_id))
+                label: Label | None = None
                 if h_i < 7 * 24 and rng.random() < label_share:
                     due = t + int(rng.uniform(1, 7) * DAY_MS)
                     if rng.random() < inspection_share:
@@ -179,9 +248,9 @@ async def _run(
                             label_time_ms=due,
                             asset_id=asset,
                             inspection_time_ms=t,
-                            lookback_ms=hour // 2,
+                            lookback_ms=lookback,
                         )
-                        inspections.append(label)
+                        inspections += 1
                     else:
                         label = Label(
                             event_id=event_id,
@@ -190,51 +259,64 @@ async def _run(
                             label_time_ms=due,
                             asset_id=asset,
                         )
-                        expected.add(event_id)
                     seq += 1
-                    pending_labels.append((due, seq, codec.encode(label)))
+                    source.put(due.to_bytes(8, "big") + seq.to_bytes(8, "big"), codec.encode(label))
+                oracle.event(asset, t, labelled=label is not None and not label.is_inspection)
+                if label is not None and label.is_inspection:
+                    oracle.inspection(asset, t)
         await p.on_inputs(inputs)
         await p.on_results(results, forward=True)
         await p.on_join(outbox.take())
         end = start + hour
-        pending_labels.sort()
-        n_due = 0
-        while n_due < len(pending_labels) and pending_labels[n_due][0] < end:
-            n_due += 1
-        if n_due:
-            batch = [
-                RawRecord(topics.feedback_labels, 0, s, b"", v, AVRO)
-                for _, s, v in pending_labels[:n_due]
-            ]
-            del pending_labels[:n_due]
+        batch: list[RawRecord] = []
+        # Every label is due a day or more after its event: none is due before `start`.
+        for key, value in source.items(from_key=start.to_bytes(8, "big")):
+            if int.from_bytes(key[:8], "big") >= end:
+                break
+            offset = labels_in + len(batch)
+            batch.append(RawRecord(topics.feedback_labels, 0, offset, b"", value, AVRO))
+            source.delete(key)
+        if batch:
             labels_in += len(batch)
             await p.on_labels(batch)
             await p.on_join(outbox.take())
         await p.evict()
+        if (h_i + 1) % 48 == 0:  # every two simulated days
+            checkpoints.append(
+                Checkpoint(
+                    (h_i + 1) // 24,
+                    _held(p.join.index),
+                    _rss_bytes(),
+                    disk_bytes(state_dir),
+                    options.usage_bytes(),
+                )
+            )
     seconds = time.perf_counter() - started
-    for label in inspections:
-        lo, hi = label.interval()
-        assert label.asset_id is not None
-        expected.update(e for t, e in by_asset[label.asset_id] if lo <= t <= hi)
-    state_bytes = sum(len(k) + len(v) for k, v in p.join.states.items())
     out = outbox.counts.get(topics.training_windows, 0)
-    return {
+    held = _held(p.join.index)
+    fig = {
         "events": events,
         "labels_in": labels_in,
-        "inspections_in": len(inspections),
-        "events_labelled_expected": len(expected),
+        "inspections_in": inspections,
+        "events_labelled_expected": oracle.expected,
         "labelled_windows_out": out,
         "dead_letters": outbox.counts.get(topics.dlq("feedback.labels"), 0),
-        "join_entries": len(p.join.states),
-        "join_state_bytes": state_bytes,
-        "rss_growth_bytes": _rss_bytes() - rss0,
+        "join_entries": held,
+        "rss_start_bytes": rss0,
         "rss_bytes": _rss_bytes(),
-        "disk_bytes": 0,  # memory tables; their changelogs live in Kafka
+        "rss_peak_bytes": _peak_rss_bytes(),
+        "disk_bytes": disk_bytes(state_dir),
+        "cache_bytes": options.usage_bytes(),
+        "cache_limit_bytes": options.memory_bytes,
+        "checkpoints": checkpoints,
         "readback_batches": reader.reads,
         "inputs_read_back": reader.records,
         "seconds": seconds,
-        "ok": out == len(expected),
+        "ok": out == oracle.expected,
     }
+    for d in [*dbs, source_dbs]:
+        d.close()
+    return fig
 
 
 def main(
@@ -245,30 +327,42 @@ def main(
     label_share: float = 0.25,
     inspection_share: float = 0.1,
     seed: int = 5,
+    workdir: Path | None = None,
 ) -> int:
-    fig = asyncio.run(
-        _run(
-            settings,
-            assets=assets,
-            per_asset_per_hour=per_asset_per_hour,
-            label_share=label_share,
-            inspection_share=inspection_share,
-            seed=seed,
+    with tempfile.TemporaryDirectory(prefix="driftline-latebench-", dir=workdir) as tmp:
+        fig = asyncio.run(
+            _run(
+                settings,
+                Path(tmp),
+                assets=assets,
+                per_asset_per_hour=per_asset_per_hour,
+                label_share=label_share,
+                inspection_share=inspection_share,
+                seed=seed,
+            )
         )
-    )
     mib = 1024 * 1024
+    rate = assets * per_asset_per_hour / 3600
     print(
-        f"late labels: {fig['events']:,} events over 14 simulated days "
-        f"({assets} assets), labels 1-7 days late for the first week's\n"
+        f"late labels: {fig['events']:,} events over 14 simulated days ({assets} assets, "
+        f"{rate:.2f} events/s), labels 1-7 days late for the first week's\n"
         f"  labels in       {fig['labels_in']:,} ({fig['inspections_in']:,} asset inspections)\n"
         f"  windows out     {fig['labelled_windows_out']:,} "
         f"(expected {fig['events_labelled_expected']:,}: "
         f"{'equal' if fig['ok'] else 'NOT EQUAL'}), dead letters {fig['dead_letters']:,}\n"
-        f"  join state      {fig['join_entries']:,} events, {fig['join_state_bytes'] / mib:.1f} MiB"
-        f" of keys+values; resident memory {fig['rss_bytes'] / mib:.0f} MiB "
-        f"(+{fig['rss_growth_bytes'] / mib:.0f} MiB during the run)\n"
-        f"  disk            {fig['disk_bytes']} bytes (memory tables, changelogs in Kafka)\n"
+        f"  join state      {fig['join_entries']:,} events held, on disk (RocksDB): "
+        f"{fig['disk_bytes'] / mib:.1f} MiB\n"
+        f"  resident memory {fig['rss_bytes'] / mib:.0f} MiB at the end, peak "
+        f"{fig['rss_peak_bytes'] / mib:.0f} MiB ({fig['rss_start_bytes'] / mib:.0f} MiB before "
+        f"the first event); RocksDB cache {fig['cache_bytes'] / mib:.0f} of "
+        f"{fig['cache_limit_bytes'] / mib:.0f} MiB\n"
         f"  read back       {fig['inputs_read_back']:,} inputs in {fig['readback_batches']:,} "
         f"batches; {fig['seconds']:.1f} s\n"
+        f"  {'day':>4} {'events held':>12} {'RSS MiB':>8} {'disk MiB':>9} {'cache MiB':>10}"
     )
+    for c in fig["checkpoints"]:
+        print(
+            f"  {c.day:>4} {c.events:>12,} {c.rss_bytes / mib:>8.0f} {c.disk_bytes / mib:>9.1f} "
+            f"{c.cache_bytes / mib:>10.0f}"
+        )
     return 0 if fig["ok"] else 1

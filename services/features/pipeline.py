@@ -86,6 +86,7 @@ class PipelineTables:
     stats: StateTable | None = None
     states: StateTable | None = None
     parked: StateTable | None = None
+    index: StateTable | None = None  # the join's time-ordered keys (services.features.join)
     accuracy: StateTable | None = None
 
 
@@ -146,9 +147,11 @@ class FeaturesPipeline:
         )
         self.join: j.JoinProcessor | None = None
         if tables.states is not None and tables.parked is not None:
+            assert tables.index is not None, "the join needs its index table"
             self.join = j.JoinProcessor(
                 tables.states,
                 tables.parked,
+                tables.index,
                 partitions=s.join_partitions,
                 retention_ms=s.join_retention_s * 1000,
                 grace_ms=s.join_grace_s * 1000,

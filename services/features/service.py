@@ -6,7 +6,7 @@ import logging
 
 from prometheus_client import CollectorRegistry
 
-from services.features.app import build
+from services.features.app import build, lock_data_dir
 from services.features.settings import FeaturesSettings
 from services.features.startup import (
     Readiness,
@@ -26,6 +26,8 @@ def run(settings: FeaturesSettings, metrics_registry: CollectorRegistry | None =
     reg = metrics_registry or CollectorRegistry()
     # An existing join topic fixes the partitioning of the join's state: keep to it.
     settings = deployed_join_partitions(settings)
+    # Held until this function returns: the worker's tables in its data dir are its own.
+    locks = lock_data_dir(settings) if settings.on_disk else []
     features = build(settings, m.FeaturesMetrics(reg))
     # Every topic exists, with leaders, before the worker joins its group: otherwise the first
     # assignment can leave the join's agents without partitions (see services.features.startup).
@@ -58,3 +60,5 @@ def run(settings: FeaturesSettings, metrics_registry: CollectorRegistry | None =
         if server is not None:
             server.shutdown()
             server.server_close()
+        for lock in locks:
+            lock.close()

@@ -22,9 +22,17 @@ class FeaturesSettings(DriftlineSettings):
     redis_timeout_s: float = Field(default=2.0, gt=0)
     app_id: str = Field(default="driftline-features", description="faust app id (after prefix)")
     role: Role = Field(default="all", description="stats, join, or both in one worker (all)")
-    table_store: str = Field(default="memory://", description="faust table store URL")
+    table_store: str = Field(
+        default="rocksdb://",
+        description="faust table store: rocksdb:// (state on disk under data_dir) or memory://",
+    )
+    table_memory_mb: int = Field(
+        default=64, ge=8, description="RocksDB cache of all tables of a worker (memtables too)"
+    )
     data_dir: str = Field(
-        default=".driftline/features", description="faust's working files (a dir per app id)"
+        default=".driftline/features",
+        description="faust's working files and the tables' RocksDB databases (a dir per app "
+        "id); one per worker: two workers on one machine need two",
     )
     session_timeout_s: float = Field(default=30.0, gt=0, description="consumer group session")
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
@@ -82,6 +90,11 @@ class FeaturesSettings(DriftlineSettings):
     @property
     def faust_app_id(self) -> str:
         return f"{self.kafka.topic_prefix}{self.app_id}"
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the tables are on RocksDB (else in faust's memory store)."""
+        return self.table_store.split(":", 1)[0] == "rocksdb"
 
     @property
     def runs_stats(self) -> bool:

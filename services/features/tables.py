@@ -1,20 +1,28 @@
-"""Keyed state with a changelog: the port the aggregators write through, and its two adapters.
+"""Keyed state with a changelog: the port the aggregators and the join write through.
 
-The aggregators keep decoded state in memory and write every change through a `StateTable`;
-in the app that is a faust table (each change also goes to its changelog topic, which is how a
-restarted worker gets its state back), in tests and in `rebuild` it is a plain dict.
+Every change goes through a `StateTable`. In the app that is a faust table: on the RocksDB
+store (the default) `services.features.rocks.DiskTable`, on `memory://` FaustTable here; each
+change also goes to the table's changelog topic, which is how a restarted worker gets its state
+back. In tests and in `rebuild` it is a plain dict (DictTable).
+
+The statistics and accuracy keep their decoded state in memory (bounded by their windows) and
+use the table for recovery; the join keeps its per-event state only in the tables and reads
+them (`get`, `scan` over an ordered key range), so on disk its memory does not grow with them.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any, Protocol
 
 from aiokafka.partitioner import murmur2
 
+Item = tuple[bytes, bytes]
 KEY_SEP = b"\x1f"  # composite keys: the part before the first separator picks the partition
 
 
+@functools.lru_cache(maxsize=16_384)  # keys are asset ids; murmur2 is Python here
 def key_partition(key: bytes, partitions: int) -> int:
     """Kafka's default partition of a key (murmur2), as producers compute it."""
     slot: int = (murmur2(key) & 0x7FFFFFFF) % partitions
@@ -31,6 +39,13 @@ class StateTable(Protocol):
     def delete(self, partition: int | None, key: bytes) -> None: ...
 
     def items(self) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def scan(self, start: bytes, stop: bytes, *, reverse: bool = False) -> Iterator[Item]:
+        """Items with start <= key < stop, in byte order of the keys (descending: reverse).
+
+        Writes made while iterating may or may not be seen; deleting what was yielded is safe.
+        """
+        ...
 
     def partition(self, key: bytes) -> int | None:
         """The changelog partition a recovered key came from, when known."""
@@ -56,6 +71,9 @@ class DictTable:
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         return iter(list(self.data.items()))
+
+    def scan(self, start: bytes, stop: bytes, *, reverse: bool = False) -> Iterator[Item]:
+        return _scan(self.data, start, stop, reverse)
 
     def partition(self, key: bytes) -> int | None:
         return None
@@ -115,6 +133,9 @@ class FaustTable:
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         return iter(list(self.table.data.items()))
 
+    def scan(self, start: bytes, stop: bytes, *, reverse: bool = False) -> Iterator[Item]:
+        return _scan(self.table.data, start, stop, reverse)
+
     def partition(self, key: bytes) -> int | None:
         # The memory store records the changelog partition of every key it recovered.
         known = self._known()
@@ -123,3 +144,10 @@ class FaustTable:
 
     def __len__(self) -> int:
         return len(self.table.data)
+
+
+def _scan(data: Any, start: bytes, stop: bytes, reverse: bool) -> Iterator[Item]:
+    """An ordered range of a dict-like store: sorts its keys (the in-memory stores are small;
+    a large state belongs on disk, where a range is a seek)."""
+    keys = sorted((k for k in data if start <= k < stop), reverse=reverse)
+    return iter([(k, data[k]) for k in keys])

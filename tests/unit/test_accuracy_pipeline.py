@@ -12,7 +12,7 @@ from services.features.accuracy import (
 )
 from services.features.reader import accuracy_lines
 from services.features.store import ACCURACY_KEY
-from tests.unit.test_join_pipeline import (
+from tests.unit.test_join_pipeline import (  # noqa: F401  (join_tables: dict and disk)
     BASE,
     MODEL,
     _join_all,
@@ -22,6 +22,7 @@ from tests.unit.test_join_pipeline import (
     _run,
     _settings,
     _window,
+    join_tables,
 )
 
 

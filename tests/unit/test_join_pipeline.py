@@ -1,10 +1,15 @@
-"""The features pipeline in process, with its in-memory twins: join, statistics, Redis outages."""
+"""The features pipeline in process, with its in-memory twins: join, statistics, Redis outages.
+
+Every test runs twice: with the join's tables as dicts and on disk (RocksDB databases in a
+temporary directory, as the app has them on rocksdb://, less the changelog).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,15 +21,43 @@ from schemas.contracts import INSULATOR_CLASSES, SENSOR_CHANNELS, SENSOR_SAMPLES
 from schemas.messages import CameraImage, InferenceResult, Label, LabelledWindow, SensorWindow
 from services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
 from services.features.readback import MemoryInputReader
+from services.features.rocks import MIB, DiskTable, LocalDatabases, RocksOptions
 from services.features.settings import FeaturesSettings
 from services.features.store import MemoryFeatureStore
-from services.features.tables import DictTable
+from services.features.tables import KEY_SEP, DictTable, StateTable, key_partition
 from services.runtime.metrics import FeaturesMetrics
 from services.runtime.settings import KafkaSettings
 
 AVRO: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
 BASE = 1_700_000_040_000 - 1_700_000_040_000 % 60_000
 MODEL = "insulator-sensor"
+
+
+JoinTable = Callable[[bool], StateTable]  # (keyed by asset) -> a new table
+_join_table: list[JoinTable] = []
+
+
+@pytest.fixture(autouse=True, params=["dict", "disk"])
+def join_tables(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
+    """The join's tables of every pipeline a test builds: dicts, or RocksDB on disk."""
+    opened: list[LocalDatabases] = []
+    options = RocksOptions(8 * MIB)
+
+    def on_disk(by_asset: bool) -> StateTable:
+        dbs = LocalDatabases(tmp_path / f"table-{len(opened)}", options)
+        opened.append(dbs)
+        partitions = FeaturesSettings().join_partitions
+
+        def partition_of(key: bytes) -> int:
+            return key_partition(key.split(KEY_SEP, 1)[0], partitions)
+
+        return DiskTable(dbs, partitions, partition_of=partition_of if by_asset else None)
+
+    _join_table.append((lambda _by_asset: DictTable()) if request.param == "dict" else on_disk)
+    yield
+    _join_table.pop()
+    for dbs in opened:
+        dbs.close()
 
 
 @dataclass
@@ -69,7 +102,8 @@ def _pipeline(
     store = store or MemoryFeatureStore()
     tables = PipelineTables(stats=DictTable(), accuracy=DictTable())
     if join:
-        tables.states, tables.parked = DictTable(), DictTable()
+        table = _join_table[-1] if _join_table else (lambda _by_asset: DictTable())
+        tables.states, tables.parked, tables.index = table(True), table(True), table(False)
     pipeline = FeaturesPipeline(
         settings,
         FeaturesMetrics(CollectorRegistry()),
@@ -578,6 +612,7 @@ def test_a_restarted_join_recovers_its_tables_and_emits_each_label_once() -> Non
         assert second.join is not None
         assert first.join is not None
         second.join.states, second.join.parked = first.join.states, first.join.parked
+        second.join.index = first.join.index
         second.reader = first.reader
         second.outbox = outbox
         second.on_join_recovered()
