@@ -27,7 +27,6 @@ from schemas.messages import (
 )
 from services.runtime import registry
 from services.runtime.artifacts import ArtifactStore, FsspecArtifactStore, sha256_hex
-from services.runtime.kafka import producer
 from services.runtime.settings import KafkaSettings
 from services.runtime.signing import key_id, sign, verify
 from trainer.export import ExportedModel
@@ -69,11 +68,10 @@ class KafkaRegistryWriter:
         return self._snapshot().latest_version(name) + 1
 
     def publish(self, mv: ModelVersion) -> None:
-        prod = producer(self.kafka)
         if mv.status != STATUS_CHAMPION:
-            registry.publish(prod, self.topic, mv)
+            registry.publish(self.kafka, self.topic, mv)
             return
-        registry.promote(prod, self.topic, mv, self.champion(mv.name))
+        registry.promote(self.kafka, self.topic, mv, self.champion(mv.name))
 
 
 class MemoryRegistryWriter:

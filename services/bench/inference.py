@@ -191,7 +191,7 @@ def _publish(kafka: KafkaSettings, w: Workload, root: Path, version: int) -> Mod
         status=STATUS_CHAMPION,
         created_time_ms=int(time.time() * 1000),
     )
-    registry.publish(producer(kafka), kafka.topics.models_registry, mv)
+    registry.publish(kafka, kafka.topics.models_registry, mv)
     return mv
 
 

@@ -79,7 +79,6 @@ def run(args: argparse.Namespace) -> int:
     from schemas.contracts import MODEL_NAMES
     from schemas.messages import STATUS_REJECTED
     from services.runtime import registry
-    from services.runtime.kafka import producer
     from services.runtime.settings import DriftlineSettings
 
     settings = settings_from(DriftlineSettings, args)
@@ -94,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         if current is None or target is None:
             print(f"driftline models: {model} has no earlier served version", file=sys.stderr)
             return 1
-        registry.promote(producer(settings.kafka), topic, target, current)
+        registry.promote(settings.kafka, topic, target, current)
         print(f"rolled back {model}: v{current.version} retired, v{target.version} serves")
         return 0
     if args.version is None:
@@ -112,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if mv.status == STATUS_REJECTED:
         print(f"note: the gate rejected {mv.name} v{mv.version}; promoting it by hand")
-    registry.promote(producer(settings.kafka), topic, mv, champion)
+    registry.promote(settings.kafka, topic, mv, champion)
     was = f" (v{champion.version} retired)" if champion is not None else ""
     print(f"promoted {mv.name} v{mv.version}{was}")
     return 0

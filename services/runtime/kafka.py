@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -10,6 +13,8 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from schemas.topics import Topics, TopicSpec, all_specs
 from services.runtime.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
 
 
 def producer(kafka: KafkaSettings, **overrides: Any) -> Producer:
@@ -120,3 +125,74 @@ def flush_or_raise(prod: Producer, tracker: DeliveryTracker, timeout_s: float = 
         raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"{remaining} records undelivered"))
     if tracker.errors:
         raise KafkaException(KafkaError(KafkaError._FAIL, "; ".join(tracker.errors[:3])))
+
+
+# (key, value, headers) of one record
+Record = tuple[str | bytes | None, bytes, list[tuple[str, str | bytes | None]]]
+
+
+class FatalProducerError(KafkaException):
+    """A producer went fatal (librdkafka's term) on every attempt; the last cause is named."""
+
+
+def send_all(
+    kafka: KafkaSettings,
+    topic: str,
+    records: Sequence[Record],
+    *,
+    attempts: int = 4,
+    backoff_s: float = 1.0,
+    timeout_s: float = 30.0,
+) -> None:
+    """Write `records` in order, each acknowledged by every in-sync replica, or raise.
+
+    For the few records a command or the trainer writes now and then (the registry). An
+    idempotent producer that goes fatal can never produce again: librdkafka makes it so when
+    the broker refuses it a producer id, as a broker does for a principal whose ACLs it has not
+    yet applied (seen on a freshly started secured broker) or lacks. Each attempt therefore
+    takes a fresh producer; a fatal error is retried with backoff and its cause logged, any
+    other error raises at once. Writing the same records again is harmless for the registry:
+    readers fold records by key.
+    """
+    fatal: list[KafkaError] = []
+
+    def on_error(err: KafkaError) -> None:
+        if err.fatal():
+            fatal.append(err)
+
+    for attempt in range(1, attempts + 1):
+        fatal.clear()
+        prod = producer(kafka, error_cb=on_error)
+        tracker = DeliveryTracker()
+        try:
+            for key, value, headers in records:
+                prod.produce(topic, key=key, value=value, headers=headers, on_delivery=tracker)
+            flush_or_raise(prod, tracker, timeout_s)
+            return
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            went_fatal = bool(fatal) or (
+                isinstance(err, KafkaError) and (err.fatal() or err.code() == KafkaError._FATAL)
+            )
+            if not went_fatal:
+                raise
+            with contextlib.suppress(KafkaException):
+                prod.poll(0)  # serves error_cb, which names the cause
+            cause = str(fatal[-1]) if fatal else str(err)
+            if attempt == attempts:
+                raise FatalProducerError(
+                    KafkaError(
+                        KafkaError._FATAL,
+                        f"writing {topic}: the producer went fatal {attempts} times; last: "
+                        f"{cause} (does this principal have Write on {topic}?)",
+                        fatal=True,
+                    )
+                ) from exc
+            log.warning(
+                "writing %s: producer went fatal (%s); retrying with a new producer (%d/%d)",
+                topic,
+                cause,
+                attempt,
+                attempts - 1,
+            )
+            time.sleep(backoff_s * 2 ** (attempt - 1))

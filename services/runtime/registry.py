@@ -12,14 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from schemas import codec
 from schemas import headers as h
 from schemas.deadletter import CodecError
 from schemas.messages import STATUS_CHAMPION, STATUS_RETIRED, ModelVersion
-from services.runtime.kafka import DeliveryTracker, flush_or_raise
+from services.runtime.kafka import Record, send_all
 from services.runtime.settings import KafkaSettings
+
+_HEADERS: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
 
 
 def version_key(name: str, version: int) -> str:
@@ -55,18 +57,14 @@ class RegistrySnapshot:
 
 
 def publish(
-    producer: Producer, topic: str, mv: ModelVersion, *, as_champion: bool | None = None
+    kafka: KafkaSettings, topic: str, mv: ModelVersion, *, as_champion: bool | None = None
 ) -> None:
     """Write a version record (and the champion pointer when it is the champion); wait for acks."""
-    tracker = DeliveryTracker()
     value = codec.encode(mv)
-    hdrs: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
-    producer.produce(
-        topic, key=version_key(mv.name, mv.version), value=value, headers=hdrs, on_delivery=tracker
-    )
+    records: list[Record] = [(version_key(mv.name, mv.version), value, _HEADERS)]
     if as_champion if as_champion is not None else mv.status == STATUS_CHAMPION:
-        producer.produce(topic, key=mv.name, value=value, headers=hdrs, on_delivery=tracker)
-    flush_or_raise(producer, tracker)
+        records.append((mv.name, value, _HEADERS))
+    send_all(kafka, topic, records)
 
 
 # A version that served once: the trainer and `models promote` retire a champion they replace.
@@ -91,20 +89,18 @@ def records_for(mv: ModelVersion, previous: ModelVersion | None) -> list[tuple[s
 
 
 def promote(
-    producer: Producer, topic: str, mv: ModelVersion, previous: ModelVersion | None
+    kafka: KafkaSettings, topic: str, mv: ModelVersion, previous: ModelVersion | None
 ) -> ModelVersion:
     """Make `mv` the champion (its record and the pointer), retiring `previous`; wait for acks.
 
     The registry has one partition, so these records are read back in the order written.
     """
     champion = msgspec.structs.replace(mv, status=STATUS_CHAMPION)
-    tracker = DeliveryTracker()
-    hdrs: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
-    for key, record in records_for(champion, previous):
-        producer.produce(
-            topic, key=key, value=codec.encode(record), headers=hdrs, on_delivery=tracker
-        )
-    flush_or_raise(producer, tracker)
+    send_all(
+        kafka,
+        topic,
+        [(key, codec.encode(record), _HEADERS) for key, record in records_for(champion, previous)],
+    )
     return champion
 
 

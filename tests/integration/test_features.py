@@ -523,7 +523,7 @@ def publish_version(
         created_time_ms=int(time.time() * 1000),
         reference=reference_profile("sensor", train, probs),
     )
-    publish(producer(kafka), kafka.topics.models_registry, mv, as_champion=False)
+    publish(kafka, kafka.topics.models_registry, mv, as_champion=False)
 
 
 def test_drift_signal_when_inputs_shift_from_the_reference(

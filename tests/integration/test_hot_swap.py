@@ -16,7 +16,6 @@ from schemas import codec
 from schemas.messages import STATUS_CHAMPION, InferenceResult, ModelVersion
 from services.inference import service
 from services.runtime import registry
-from services.runtime.kafka import producer
 from services.runtime.settings import InferenceSettings, KafkaSettings, SimulatorSettings
 from services.runtime.shutdown import StopFlag
 from services.runtime.signing import generate_keypair, sign
@@ -28,7 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 def republish(kafka: KafkaSettings, mv: ModelVersion, **changes: object) -> ModelVersion:
     new = msgspec.structs.replace(mv, **changes)
-    registry.publish(producer(kafka), kafka.topics.models_registry, new)
+    registry.publish(kafka, kafka.topics.models_registry, new)
     return new
 
 
@@ -151,7 +150,7 @@ def test_rollback_and_signatures(kafka: KafkaSettings, sensor_champion: ModelVer
         republish(kafka, sensor_champion, status=STATUS_CHAMPION)
         s.wait_for(lambda: s.swaps("rejected", "signature") == 3)
         # ... and at the signed version 2, which serves.
-        registry.publish(producer(kafka), kafka.topics.models_registry, signed)
+        registry.publish(kafka, kafka.topics.models_registry, signed)
     finally:
         s.close()
     no_key = Serving(InferenceSettings(kafka=kafka, max_wait_ms=5))

@@ -67,7 +67,7 @@ def image_champion(kafka: KafkaSettings, tmp_path: Path) -> ModelVersion:
         status=STATUS_CHAMPION,
         created_time_ms=int(time.time() * 1000),
     )
-    registry.publish(producer(kafka), kafka.topics.models_registry, mv)
+    registry.publish(kafka, kafka.topics.models_registry, mv)
     return mv
 
 

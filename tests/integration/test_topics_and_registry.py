@@ -13,7 +13,7 @@ from schemas.topics import all_specs
 from services.inference.model import REJECT_DIGEST, REJECT_FETCH, ModelRejected, load
 from services.runtime import registry
 from services.runtime.artifacts import FsspecArtifactStore
-from services.runtime.kafka import admin, create_topics, producer
+from services.runtime.kafka import admin, create_topics
 from services.runtime.settings import KafkaSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -36,18 +36,18 @@ def test_registry_keeps_every_version_and_follows_the_champion(
 ) -> None:
     topic = kafka.topics.models_registry
     worse = msgspec.structs.replace(sensor_champion, version=2, status=STATUS_REJECTED)
-    registry.publish(producer(kafka), topic, worse)
+    registry.publish(kafka, topic, worse)
     snap = registry.read_snapshot(kafka, topic)
     assert sorted(snap.versions[sensor_champion.name]) == [1, 2]
     assert snap.champions[sensor_champion.name].version == 1
     assert snap.latest_version(sensor_champion.name) == 2
 
     better = msgspec.structs.replace(sensor_champion, version=3, status=STATUS_CHAMPION)
-    registry.publish(producer(kafka), topic, better)
+    registry.publish(kafka, topic, better)
     assert registry.read_snapshot(kafka, topic).champions[sensor_champion.name].version == 3
 
     # Rollback: publish the earlier version as champion again.
-    registry.publish(producer(kafka), topic, sensor_champion)
+    registry.publish(kafka, topic, sensor_champion)
     assert registry.read_snapshot(kafka, topic).champions[sensor_champion.name].version == 1
 
 
