@@ -27,3 +27,14 @@ class DecodedBatch:
 
     def __len__(self) -> int:
         return len(self.positions)
+
+    def take(self, rows: npt.NDArray[np.intp]) -> DecodedBatch:
+        """The rows `rows` of this batch (inputs, ids, times), without its failures."""
+        picked = rows.tolist()
+        return DecodedBatch(
+            positions=[self.positions[i] for i in picked],
+            event_ids=[self.event_ids[i] for i in picked],
+            asset_ids=[self.asset_ids[i] for i in picked],
+            event_time_ms=self.event_time_ms[rows],
+            inputs=self.inputs[rows],
+        )

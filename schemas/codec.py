@@ -49,13 +49,15 @@ def _json_record(kind: type[Message], data: bytes) -> dict[str, Any]:
         record = _JSON_DECODER.decode(data)
     except msgspec.DecodeError as exc:
         raise dl.CodecError(dl.UNDECODABLE, f"not valid JSON: {exc}") from exc
+    except (RecursionError, MemoryError, ValueError, TypeError) as exc:  # nesting too deep, ...
+        raise dl.CodecError(dl.UNDECODABLE, f"not decodable JSON: {_named(exc)}") from exc
     if not isinstance(record, dict):
         raise dl.CodecError(dl.SCHEMA_INVALID, f"JSON {kind.avro_name} must be an object")
     if kind is SensorWindow and isinstance(record.get("samples"), list):
         # Simple producers may send samples as nested lists [[ch0...], [ch1...]].
         try:
             array = np.asarray(record["samples"], dtype="<f4")
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError, OverflowError) as exc:
             raise dl.CodecError(dl.BAD_SHAPE, f"samples are not a numeric matrix: {exc}") from exc
         if array.ndim != 2:
             raise dl.CodecError(dl.BAD_SHAPE, f"samples must be 2-D, got {array.ndim}-D")
@@ -64,10 +66,31 @@ def _json_record(kind: type[Message], data: bytes) -> dict[str, Any]:
     return record
 
 
+def _named(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
 def decode_record(
     kind: type[Message], data: bytes | None, content_type: str | None
 ) -> dict[str, Any]:
-    """Decode the wire bytes to a dict of fields without building the message."""
+    """Decode the wire bytes to a dict of fields without building the message.
+
+    Every failure is a CodecError (a dead-letter reason naming the exception), never another
+    exception: a record no decoder foresaw must not stop a partition.
+    """
+    try:
+        return _decode_record(kind, data, content_type)
+    except dl.CodecError:
+        raise
+    except Exception as exc:  # the unforeseen: dead-letter it with its class and message
+        raise dl.CodecError(
+            dl.UNDECODABLE, f"cannot decode {kind.avro_name}: {_named(exc)}"
+        ) from exc
+
+
+def _decode_record(
+    kind: type[Message], data: bytes | None, content_type: str | None
+) -> dict[str, Any]:
     if not data:
         raise dl.CodecError(dl.EMPTY_VALUE, "empty value or tombstone")
     if content_type is None or content_type == h.CONTENT_TYPE_AVRO:
@@ -75,7 +98,7 @@ def decode_record(
             return avro.decode_record(kind.avro_name, data)
         except Exception as exc:  # fastavro raises many types on malformed bytes
             raise dl.CodecError(
-                dl.UNDECODABLE, f"not a valid Avro {kind.avro_name}: {type(exc).__name__}: {exc}"
+                dl.UNDECODABLE, f"not a valid Avro {kind.avro_name}: {_named(exc)}"
             ) from exc
     if content_type == h.CONTENT_TYPE_JSON:
         return _json_record(kind, data)
@@ -89,6 +112,8 @@ def decode(kind: type[M], data: bytes | None, content_type: str | None = None) -
         msg = msgspec.convert(record, kind)
     except msgspec.ValidationError as exc:
         raise dl.CodecError(dl.SCHEMA_INVALID, f"invalid {kind.avro_name}: {exc}") from exc
+    except Exception as exc:  # e.g. RecursionError on a deeply nested field
+        raise dl.CodecError(dl.SCHEMA_INVALID, f"invalid {kind.avro_name}: {_named(exc)}") from exc
     if isinstance(msg, SensorWindow):
         expected = 4 * len(msg.channels) * msg.n_samples
         if len(msg.samples) != expected:

@@ -66,8 +66,11 @@ def decode_sensor_batch(
         except dl.CodecError as exc:
             failures.append((pos, exc))
             continue
-        except (KeyError, TypeError) as exc:
+        except KeyError as exc:
             failures.append((pos, dl.CodecError(dl.SCHEMA_INVALID, f"missing field {exc}")))
+            continue
+        except Exception as exc:  # the unforeseen dead-letters the record, never the partition
+            failures.append((pos, dl.CodecError(dl.SCHEMA_INVALID, f"{type(exc).__name__}: {exc}")))
             continue
         positions.append(pos)
         event_ids.append(event_id)

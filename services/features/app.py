@@ -44,6 +44,7 @@ from confluent_kafka.admin import AdminClient
 from schemas import headers as h
 from schemas.messages import ModelVersion
 from services.features.accuracy import Version
+from services.features.credentials import faust_credentials
 from services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
 from services.features.readback import KafkaInputReader
 from services.features.registry import RegistryFollower
@@ -188,6 +189,8 @@ def build(
     app = faust.App(
         s.faust_app_id,
         broker=broker_urls(s.kafka.bootstrap_servers),
+        # The same SASL/TLS settings as every other service's librdkafka clients.
+        broker_credentials=faust_credentials(s.kafka),
         store=s.table_store,
         topic_allow_declare=True,
         topic_replication_factor=s.replication_factor,

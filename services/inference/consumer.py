@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from schemas import codec
 from schemas import deadletter as dl
@@ -26,7 +26,7 @@ from schemas import headers as h
 from schemas.avro import encode_record
 from schemas.batch import DecodedBatch
 from services.core.batching import Batcher, BatchPolicy
-from services.core.scoring import commit_offsets, rewind_offsets, top1
+from services.core.scoring import commit_offsets, rewind_offsets, score_apart, top1
 from services.inference.delivery import Delivery, RewindBatch, for_settings
 from services.inference.model import LoadedModel
 from services.inference.watcher import ModelSlot
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 AVRO_HEADERS: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
 RETRY_BACKOFF_S = 0.5
+COMMITTED_TIMEOUT_S = 5.0
 IDLE_POLL_S = 0.1
 
 
@@ -85,6 +86,7 @@ class InferenceConsumer:
         self._lag_series: set[tuple[str, str]] = set()
         self._delivery: Delivery | None = None
         self._pending_rewind: dict[tuple[str, int], int] | None = None
+        self._from_committed = False
         self._batcher: Batcher[Message] = Batcher(
             BatchPolicy(settings.batch_size, settings.batch_wait_s)
         )
@@ -152,6 +154,9 @@ class InferenceConsumer:
             while not stop():
                 if self.health is not None:
                     self.health.tick()
+                if self._from_committed and not self._seek_committed(consumer):
+                    time.sleep(RETRY_BACKOFF_S)  # the coordinator is away: consume nothing yet
+                    continue
                 if self._pending_rewind:
                     batcher.take()
                     self._rewind(consumer, [], self._pending_rewind)
@@ -161,18 +166,18 @@ class InferenceConsumer:
                     consumer.consume(num_messages=batcher.room(), timeout=wait), time.monotonic()
                 )
                 if not batcher.ready(time.monotonic()):
+                    try:
+                        delivery.idle()
+                    except RewindBatch as exc:
+                        self._failed(consumer, [], exc)
                     continue
                 msgs = batcher.take()
                 try:
                     stats = self.process(consumer, delivery, msgs)
                 except (RewindBatch, KafkaException, BufferError) as exc:
-                    log.warning("batch not committed, rewinding to retry it: %s", exc)
-                    self.metrics.batch_failures.labels("deliver").inc()
                     if not isinstance(exc, RewindBatch):
                         delivery.abandon()
-                    rewind = exc.rewind if isinstance(exc, RewindBatch) else None
-                    self._rewind(consumer, msgs, rewind)
-                    time.sleep(RETRY_BACKOFF_S)
+                    self._failed(consumer, msgs, exc)
                     continue
                 if on_batch is not None:
                     on_batch(stats)
@@ -180,6 +185,44 @@ class InferenceConsumer:
             delivery.close()
             self._delivery = None
             consumer.close()
+
+    def _failed(self, consumer: Consumer, msgs: list[Message], exc: Exception) -> None:
+        """A batch (or batches in flight) did not commit: read them again."""
+        log.warning("batch not committed, rewinding to retry it: %s", exc)
+        self.metrics.batch_failures.labels("deliver").inc()
+        if isinstance(exc, RewindBatch) and exc.from_committed:
+            # Whether it committed is not known: the group's committed offsets will say.
+            self._batcher.take()
+            self._from_committed = True
+        else:
+            rewind = exc.rewind if isinstance(exc, RewindBatch) else None
+            self._rewind(consumer, msgs, rewind)
+        time.sleep(RETRY_BACKOFF_S)
+
+    def _seek_committed(self, consumer: Consumer) -> bool:
+        """Seek every assigned partition to the group's committed offset; False if unknown."""
+        parts = [TopicPartition(t, p) for t, p in sorted(self.assigned)]
+        try:
+            committed = consumer.committed(parts, timeout=COMMITTED_TIMEOUT_S) if parts else []
+        except KafkaException as exc:
+            log.warning("committed offsets not available yet: %s", exc)
+            return False
+        self._batcher.take()
+        if any(tp.error is not None for tp in committed):
+            log.warning("committed offsets not available yet: %s", [tp.error for tp in committed])
+            return False
+        try:
+            for tp in committed:
+                # No committed offset yet: the partition starts where the reset policy says.
+                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                if (tp.topic, tp.partition) in self.assigned:
+                    consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+        except KafkaException as exc:
+            log.warning("cannot seek to the committed offsets yet: %s", exc)
+            return False
+        log.info("reading again from the committed offsets of %d partitions", len(committed))
+        self._from_committed = False
+        return True
 
     def _rewind(
         self,
@@ -217,15 +260,23 @@ class InferenceConsumer:
         if len(batch):
             t0 = time.perf_counter()
             try:
-                probs: npt.NDArray[np.float32] | None = model.predict(batch.inputs)
-            except Exception as exc:  # a model that cannot score a valid batch
-                log.exception("scoring failed for %d events", len(batch))
-                failures += [
-                    (p, dl.CodecError(dl.SCORING_FAILED, str(exc))) for p in batch.positions
-                ]
-                probs = None
+                probs = model.predict(batch.inputs)
+            except Exception as exc:  # a model that cannot score this batch: find who fails
+                log.warning(
+                    "scoring failed for %d events (%s); splitting the batch", len(batch), exc
+                )
+                batch, probs, failed = score_apart(model.predict, batch)
+                failures += failed
             inference_s = time.perf_counter() - t0
-            if probs is not None:
+            bad = ~np.isfinite(probs).all(axis=1) if len(probs) else np.zeros(0, dtype=bool)
+            if bad.any():  # a score that is not a number is no score: dead-letter those events
+                failures += [
+                    (batch.positions[i], dl.CodecError(dl.SCORING_FAILED, "non-finite scores"))
+                    for i in np.flatnonzero(bad).tolist()
+                ]
+                keep = np.flatnonzero(~bad)
+                batch, probs = batch.take(keep), probs[keep]
+            if len(batch):
                 self._produce_results(delivery, batch, probs, model)
                 self.metrics.inference_seconds.labels(self.modality).observe(inference_s)
                 self.metrics.batch_size.labels(self.modality).observe(len(batch))

@@ -13,9 +13,11 @@ incarnation and aborts its open transaction immediately instead of after the tim
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,8 +29,6 @@ from services.runtime.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 
-COMMIT_RETRIES = 5
-
 
 Offsets = dict[tuple[str, int], int]
 
@@ -37,12 +37,17 @@ class RewindBatch(Exception):
     """Outputs were not all committed: seek back and process again.
 
     `rewind` names where to seek per partition when it differs from the current batch's
-    first offsets (a pipelined batch that failed after later ones were taken).
+    first offsets (a pipelined batch that failed after later ones were taken). With
+    `from_committed`, whether the batch's transaction committed is not known: the consumer
+    reads again from the group's committed offsets, which say it.
     """
 
-    def __init__(self, message: str, rewind: Offsets | None = None) -> None:
+    def __init__(
+        self, message: str, rewind: Offsets | None = None, *, from_committed: bool = False
+    ) -> None:
         super().__init__(message)
         self.rewind = rewind
+        self.from_committed = from_committed
 
 
 class Delivery(Protocol):
@@ -52,6 +57,7 @@ class Delivery(Protocol):
     ) -> None: ...
     def commit(self, offsets: list[TopicPartition], starts: Offsets) -> None: ...
     def drain(self) -> None: ...
+    def idle(self) -> None: ...
     def abandon(self) -> None: ...
     def close(self) -> None: ...
 
@@ -142,6 +148,13 @@ class AtLeastOnce:
         if self.in_flight:
             self._give_up(f"{len(self.in_flight)} batches unacknowledged after {timeout_s}s")
 
+    def idle(self) -> None:
+        """No batch to take: serve delivery reports and commit what they completed, so an idle
+        stream's last batch is committed within a poll, not when the next batch comes."""
+        if self.in_flight:
+            self.producer.poll(0)
+            self._settle()
+
     def abandon(self) -> None:
         # Outputs already produced stay produced; the replay may duplicate them.
         self.current = _InFlight()
@@ -154,12 +167,33 @@ class AtLeastOnce:
 
 
 class ExactlyOnce:
-    """One transaction per batch: outputs and input offsets commit together or not at all."""
+    """One transaction per batch: outputs and input offsets commit together or not at all.
+
+    Every transactional call is bounded (`transaction_call_timeout_s` for a batch's commit and
+    for a new producer's set-up), so no broker fault can hold the consumer's thread, and each
+    failure is handled by its class:
+
+    - retriable (a timed-out or interrupted request): the call is made again until the batch's
+      time is spent;
+    - abortable (the transaction failed but the producer lives): abort, rewind the batch;
+    - fatal, or out of time, or an abort that fails: the outcome of the transaction is not
+      known. The producer is dropped; the next batch builds a new one, whose
+      init_transactions fences the old one and settles its transaction. The consumer then
+      reads again from the group's committed offsets, which say whether the batch landed.
+    """
 
     def __init__(self, settings: InferenceSettings, consumer: Consumer) -> None:
         self.settings = settings
         self.consumer = consumer
-        self.producer = self._new_producer()
+        self.timeout_s = settings.transaction_call_timeout_s
+        self._producer: Producer | None = None
+        self._producer = self._new_producer()
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:  # dropped after a fault: set up a new one (bounded)
+            self._producer = self._new_producer()
+        return self._producer
 
     def _new_producer(self) -> Producer:
         prod = producer(
@@ -169,8 +203,17 @@ class ExactlyOnce:
                 "transaction.timeout.ms": self.settings.transaction_timeout_ms,
             },
         )
-        prod.init_transactions(self.settings.registry_timeout_s)
+        deadline = time.monotonic() + self.timeout_s
+        _bounded(prod.init_transactions, deadline, "init_transactions")
         return prod
+
+    def _drop(self, why: object) -> None:
+        log.error("rebuilding the transactional producer: %s", why)
+        old, self._producer = self._producer, None
+        if old is not None:
+            # What it still holds is part of a transaction that will not commit.
+            with contextlib.suppress(KafkaException, RuntimeError):
+                old.purge(in_queue=True, in_flight=True)
 
     def begin(self) -> None:
         self.producer.begin_transaction()
@@ -181,55 +224,72 @@ class ExactlyOnce:
         self.producer.produce(topic, key=key, value=value, headers=headers)
 
     def commit(self, offsets: list[TopicPartition], starts: Offsets) -> None:
-        del starts  # a failed transaction rewinds to the current batch's own first offsets
+        del starts  # an aborted transaction rewinds to the current batch's own first offsets
+        prod = self.producer
+        deadline = time.monotonic() + self.timeout_s
         try:
-            self.producer.send_offsets_to_transaction(
-                offsets, self.consumer.consumer_group_metadata()
+            meta = self.consumer.consumer_group_metadata()
+            _bounded(
+                lambda t: prod.send_offsets_to_transaction(offsets, meta, t),
+                deadline,
+                "send_offsets_to_transaction",
             )
-            for attempt in range(COMMIT_RETRIES):
-                try:
-                    self.producer.commit_transaction()
-                    return
-                except KafkaException as exc:
-                    err = exc.args[0]
-                    if (
-                        isinstance(err, KafkaError)
-                        and err.retriable()
-                        and attempt + 1 < COMMIT_RETRIES
-                    ):
-                        log.warning("retrying transaction commit: %s", err)
-                        continue
-                    raise
+            _bounded(prod.commit_transaction, deadline, "commit_transaction")
         except KafkaException as exc:
-            self._recover(exc)
-            raise RewindBatch(f"transaction not committed: {exc}") from exc
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.txn_requires_abort() and not err.fatal():
+                if self._abort(deadline):
+                    raise RewindBatch(f"transaction aborted: {err}") from exc
+            else:
+                self._drop(err)
+            raise RewindBatch(f"transaction outcome unknown: {err}", from_committed=True) from exc
 
-    def _recover(self, exc: KafkaException) -> None:
-        err = exc.args[0]
-        if isinstance(err, KafkaError) and err.fatal():
-            # A fatal error (e.g. fenced by a newer instance): this producer is dead.
-            log.error("fatal producer error, rebuilding the transactional producer: %s", err)
-            self.producer = self._new_producer()
-            return
-        log.warning("aborting transaction: %s", err)
+    def _abort(self, deadline: float) -> bool:
+        """Abort the open transaction; False (and the producer dropped) if that fails."""
+        prod = self._producer
+        if prod is None:
+            return False
         try:
-            self.producer.abort_transaction(self.settings.registry_timeout_s)
-        except KafkaException as abort_exc:
-            log.error("abort failed, rebuilding the transactional producer: %s", abort_exc)
-            self.producer = self._new_producer()
+            _bounded(prod.abort_transaction, deadline, "abort_transaction")
+            return True
+        except KafkaException as exc:
+            self._drop(f"abort failed: {exc}")
+            return False
 
     def drain(self) -> None:
         """Nothing waits between batches: each transaction is committed before the next."""
 
+    def idle(self) -> None:
+        """Nothing waits between batches."""
+
     def abandon(self) -> None:
-        try:
-            self.producer.abort_transaction(self.settings.registry_timeout_s)
-        except KafkaException as exc:
-            log.warning("abort of an abandoned batch failed, rebuilding the producer: %s", exc)
-            self.producer = self._new_producer()
+        """A batch failed before its commit: abort its transaction (or drop the producer)."""
+        if self._producer is not None:
+            self._abort(time.monotonic() + self.timeout_s)
 
     def close(self) -> None:
-        self.producer.flush(10)
+        if self._producer is not None:
+            self._producer.flush(min(self.timeout_s, 10.0))
+
+
+def _bounded(call: Callable[[float], object], deadline: float, what: str) -> None:
+    """Run a transactional call with the time left; again while its error is retriable."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise KafkaException(
+                KafkaError(KafkaError._TIMED_OUT, f"{what} did not complete in time", fatal=False)
+            )
+        try:
+            call(left)
+            return
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.retriable() and not err.fatal():
+                log.warning("%s: %s; retrying", what, err)
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                continue
+            raise
 
 
 def for_settings(settings: InferenceSettings, consumer: Consumer) -> Delivery:

@@ -25,6 +25,9 @@ from schemas.messages import CameraImage
 
 FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG"}
 CONVERTIBLE_MODES = {"RGB", "L", "P", "RGBA", "LA"}
+# A photo with a side under this many pixels holds nothing an inspection could judge (a 1x1
+# PNG, a thumbnail of a thumbnail): it is dead-lettered, not scored as if it were a photo.
+MIN_IMAGE_SIDE = 32
 
 
 def _fetch(uri: str, allowed_prefixes: Sequence[str], max_bytes: int) -> bytes:
@@ -61,6 +64,11 @@ def decode_image(
                     dl.BAD_IMAGE, f"declared {content_type} but the bytes are {img.format}"
                 )
             width, height = img.size
+            if min(width, height) < MIN_IMAGE_SIDE:
+                raise dl.CodecError(
+                    dl.BAD_IMAGE,
+                    f"{width}x{height} pixels: a photo needs at least {MIN_IMAGE_SIDE} a side",
+                )
             if width * height > max_pixels:
                 raise dl.CodecError(
                     dl.BAD_IMAGE, f"{width}x{height} pixels exceed the limit of {max_pixels}"
@@ -75,6 +83,10 @@ def decode_image(
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Warning) as exc:
         raise dl.CodecError(dl.BAD_IMAGE, f"corrupt or truncated image: {exc}") from exc
+    except Exception as exc:  # whatever else a hostile file makes Pillow raise
+        raise dl.CodecError(
+            dl.BAD_IMAGE, f"undecodable image: {type(exc).__name__}: {exc}"
+        ) from exc
     array = np.asarray(rgb, dtype=np.uint8)
     if array.shape != (size, size, IMAGE_CHANNELS):
         raise dl.CodecError(dl.BAD_IMAGE, f"decoded to shape {array.shape}")
@@ -116,6 +128,9 @@ def decode_image_batch(
             pixels.append(decode_image(data, msg.content_type, size=size, max_pixels=max_pixels))
         except dl.CodecError as exc:
             failures.append((pos, exc))
+            continue
+        except Exception as exc:  # the unforeseen dead-letters the record, never the partition
+            failures.append((pos, dl.CodecError(dl.BAD_IMAGE, f"{type(exc).__name__}: {exc}")))
             continue
         positions.append(pos)
         event_ids.append(msg.event_id)

@@ -137,6 +137,13 @@ class InferenceSettings(DriftlineSettings):
         "the previous incarnation's open transaction at once",
     )
     transaction_timeout_ms: int = Field(default=30_000, ge=1000)
+    transaction_call_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest a batch's transaction may take to commit (offsets and commit "
+        "together), and to set up a new transactional producer, before it is given up: the "
+        "producer is rebuilt and the batch read again from the group's committed offsets",
+    )
     max_value_bytes: int = Field(default=1 << 20, ge=1, description="Larger records dead-letter")
     max_image_bytes: int = Field(default=4 << 20, ge=1)
     max_image_pixels: int = Field(default=4096 * 4096, ge=1, description="Decompression-bomb limit")

@@ -113,3 +113,42 @@ def test_sigkill_and_restart(
         assert len(records) == N
     else:
         assert len(records) == N + duplicated
+
+
+def test_at_least_once_commits_the_last_batch_soon_after_the_stream_goes_idle(
+    kafka: KafkaSettings, sensor_champion: ModelVersion, tmp_path: Path
+) -> None:
+    from confluent_kafka import TopicPartition
+
+    n = 120
+    sensors.run(
+        SimulatorSettings(kafka=kafka, count=n, rate=50_000, assets=6, seed=8), progress=False
+    )
+    env = {
+        **os.environ,
+        "DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "DRIFTLINE_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
+        "DRIFTLINE_EXACTLY_ONCE": "false",
+        "DRIFTLINE_INSTANCE_ID": "idle",
+    }
+    log = tmp_path / "infer.log"
+    proc = _start(env, log)
+    reader = Consumer(kafka.client_config(**{"group.id": "driftline-inference-sensor"}))
+    try:
+        drain(kafka, kafka.topics.inference_results, expect=n, timeout_s=90, settle_s=0.5)
+        source = kafka.topics.name("sensor.windows")
+        parts = [TopicPartition(source, p) for p in range(3)]
+        # The stream is idle now: its last batch's offsets must be committed within about a
+        # second, without waiting for another batch to arrive.
+        deadline = time.monotonic() + 3.0
+        committed = 0
+        while time.monotonic() < deadline:
+            committed = sum(max(tp.offset, 0) for tp in reader.committed(parts, timeout=5))
+            if committed == n:
+                break
+            time.sleep(0.2)
+        assert committed == n, f"{n - committed} offsets left uncommitted while idle"
+    finally:
+        reader.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)

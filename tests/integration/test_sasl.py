@@ -27,7 +27,7 @@ from pydantic import SecretStr
 
 from schemas import codec
 from schemas.messages import InferenceResult
-from schemas.topics import SENSOR_WINDOWS
+from schemas.topics import FEEDBACK_LABELS, INFERENCE_RESULTS, SENSOR_WINDOWS
 from services.inference import service
 from services.runtime.kafka import DeliveryTracker, admin, create_topics, producer
 from services.runtime.localstack import LocalStack, StackPorts, StackStatus, free_port
@@ -38,7 +38,10 @@ from tests.integration.kafka_io import drain
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-PASSWORDS = {name: secrets.token_hex(16) for name in ("admin", "trainer", "inference", "simulator")}
+PASSWORDS = {
+    name: secrets.token_hex(16)
+    for name in ("admin", "trainer", "inference", "simulator", "features")
+}
 SCRAM_CLIENT = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-512"}
 PARTITIONS = 3
 
@@ -205,3 +208,95 @@ def test_the_pipeline_runs_over_sasl_scram_and_only_the_trainer_writes_the_regis
     results = [codec.decode(InferenceResult, m.value()) for m in records]
     assert len({r.event_id for r in results}) == n == len(results)
     assert {(r.model_name, r.model_version) for r in results} == {(champion.name, champion.version)}
+
+
+def grant_features(kafka_admin: KafkaSettings) -> None:
+    """docs/operations.md's grants for the features principal, on this test's topic prefix."""
+    t = kafka_admin.topics
+    topic, group = ResourceType.TOPIC, ResourceType.GROUP
+    prefixed = ResourcePatternType.PREFIXED
+    bindings = [
+        *(
+            _acl("features", topic, name, op)
+            for name in (
+                t.inference_results,
+                t.sensor_windows,
+                t.camera_images,
+                t.feedback_labels,
+                t.models_registry,
+            )
+            for op in (AclOperation.READ, AclOperation.DESCRIBE)
+        ),
+        *(
+            _acl("features", topic, name, AclOperation.WRITE)
+            for name in (
+                t.training_windows,
+                t.drift_signals,
+                t.dlq(FEEDBACK_LABELS),
+                t.dlq(INFERENCE_RESULTS),
+            )
+        ),
+        # The faust app's own topics (join, changelogs) and group carry the app id.
+        _acl("features", topic, f"{t.name('')}driftline-features", AclOperation.ALL, prefixed),
+        _acl("features", group, f"{t.name('')}driftline-features", AclOperation.ALL, prefixed),
+        _acl("features", group, "driftline-features", AclOperation.READ, prefixed),
+    ]
+    client = admin(kafka_admin)
+    for future in client.create_acls(bindings, request_timeout=30).values():
+        future.result(timeout=30)
+
+
+def test_the_features_app_reads_writes_and_joins_over_sasl_scram(
+    scram_stack: StackStatus, tmp_path: Path
+) -> None:
+    import json
+
+    import redis
+
+    from tests.integration.test_features import (
+        FeaturesProcess,
+        base_minute,
+        produce_results,
+        random_results,
+        sensor_windows,
+    )
+
+    prefix = f"f{uuid.uuid4().hex[:8]}."
+    kafka_admin = as_user(scram_stack, "admin", prefix)
+    create_topics(kafka_admin, partitions=PARTITIONS)
+    grant_features(kafka_admin)
+    n = 300
+    results = random_results(sensor_windows(n, base_minute(), seed=3, step_ms=250), seed=3)
+    produce_results(kafka_admin, results)  # the admin stands in for inference here
+
+    key_prefix = f"{prefix}:"
+    features = as_user(scram_stack, "features", prefix)
+    app = FeaturesProcess(
+        features,
+        scram_stack.redis_url,
+        key_prefix,
+        tmp_path / "features.log",
+        {
+            "DRIFTLINE_KAFKA__CLIENT": json.dumps(SCRAM_CLIENT),
+            "DRIFTLINE_KAFKA__SASL_USERNAME": "features",
+            "DRIFTLINE_KAFKA__SASL_PASSWORD": PASSWORDS["features"],
+        },
+    )
+    try:
+        app.start()  # ready means every agent has its partitions: faust authenticated
+        app.wait(
+            lambda: app.metric("driftline_feature_events_total", outcome="accepted") >= n,
+            90,
+            "the results to be folded into statistics",
+        )
+        rds = redis.Redis.from_url(scram_stack.redis_url, decode_responses=True)
+        try:
+            app.wait(
+                lambda: any(True for _ in rds.scan_iter(match=f"{key_prefix}stats:*", count=100)),
+                30,
+                "statistics in Redis",
+            )
+        finally:
+            rds.close()
+    finally:
+        app.stop()

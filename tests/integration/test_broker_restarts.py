@@ -1,0 +1,146 @@
+"""Exactly-once through broker crashes: the only broker is killed with SIGKILL and started again,
+several times in a row, while sensor windows stream through `driftline infer`. Every window is
+scored exactly once (read_committed, counted by event id), the consumer never hangs, and it
+stops on SIGTERM within seconds afterwards.
+
+The broker is this test's own (a LocalStack in tmp_path), so the session's shared broker and
+the tests using it are not disturbed. A restarted broker takes 20-70 s to serve again on a
+busy 2-core machine, so scripts/test kills it 3 times (DRIFTLINE_BROKER_RESTARTS) and
+scripts/broker-restarts 10 times.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from schemas import codec
+from schemas.messages import InferenceResult
+from services.runtime.kafka import create_topics
+from services.runtime.localstack import LocalStack
+from services.runtime.settings import KafkaSettings, SimulatorSettings
+from services.simulator import sensors
+from services.simulator.sensors import SimulationReport
+from tests.integration.conftest import _free_ports
+from tests.integration.kafka_io import drain
+from tests.integration.test_delivery import _count_uncommitted, _start
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.timeout(int(os.environ.get("DRIFTLINE_BROKER_RESTARTS_TIMEOUT", "900"))),
+]
+
+RESTARTS = int(os.environ.get("DRIFTLINE_BROKER_RESTARTS", "3"))
+RATE = 100  # windows per second, streamed through every restart
+
+
+def test_exactly_once_survives_broker_kills_with_nothing_lost_repeated_or_hung(
+    tiny_sensor_model: object, tmp_path: Path
+) -> None:
+    from schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES
+    from schemas.messages import STATUS_CHAMPION, Lineage
+    from trainer.bootstrap import TrainedModel
+    from trainer.publish import publish_version
+
+    stack = LocalStack(tmp_path / "stack", _free_ports())
+    status = stack.up()
+    kafka = KafkaSettings(bootstrap_servers=status.bootstrap_servers, topic_prefix="r.")
+    consumer = None
+    try:
+        create_topics(kafka, partitions=3)
+        assert isinstance(tiny_sensor_model, TrainedModel)
+        publish_version(
+            kafka=kafka,
+            artifact_root=(tmp_path / "artifacts").as_uri(),
+            name=MODEL_NAMES["sensor"],
+            version=1,
+            modality="sensor",
+            exported=tiny_sensor_model.exported,
+            model=tiny_sensor_model.model,
+            classes=list(INSULATOR_CLASSES),
+            metrics={},
+            lineage=Lineage(source="test"),
+            status=STATUS_CHAMPION,
+        )
+        env = {
+            **os.environ,
+            "DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "DRIFTLINE_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
+            "DRIFTLINE_EXACTLY_ONCE": "true",
+            "DRIFTLINE_INSTANCE_ID": "restarts",
+            "DRIFTLINE_LOG_LEVEL": "INFO",
+        }
+        log = tmp_path / "infer.log"
+        consumer = _start(env, log)
+
+        # The stream lasts into the restarts; what it sends while the broker is away waits in
+        # the simulator's producer and goes out after the restart.
+        count = RATE * (40 + 14 * RESTARTS)
+        sent: list[SimulationReport] = []
+        failed: list[BaseException] = []
+
+        def stream() -> None:
+            try:
+                sent.append(
+                    sensors.run(
+                        SimulatorSettings(kafka=kafka, count=count, rate=RATE, assets=20, seed=9),
+                        progress=False,
+                        keep_truth=True,
+                    )
+                )
+            except BaseException as exc:  # reported by the test below
+                failed.append(exc)
+
+        streamer = threading.Thread(target=stream, daemon=True)
+        streamer.start()
+        seen = _count_uncommitted(kafka, kafka.topics.inference_results, 300, timeout_s=90)
+        assert seen >= 300, f"no results before the first kill:\n{log.read_text()[-3000:]}"
+
+        outages: list[float] = []
+        for i in range(RESTARTS):
+            pid = stack.status().kafka_pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            down = time.monotonic()
+            time.sleep(2.0 + (i % 3))  # the consumer meets the outage mid-transaction
+            stack.up()
+            outages.append(time.monotonic() - down)
+            assert consumer.poll() is None, (
+                f"consumer died after kill {i + 1}:\n{log.read_text()[-3000:]}"
+            )
+            time.sleep(3.0)  # commits resume before the next kill
+        print(f"\n{RESTARTS} broker kills; down for {min(outages):.1f}-{max(outages):.1f} s each")
+
+        streamer.join(timeout=count / RATE + 240)
+        assert not failed, f"the stream failed: {failed[0]!r}"
+        assert sent, "the stream did not finish"
+        truth = {t.event_id for t in sent[0].truth}
+        records = drain(kafka, kafka.topics.inference_results, expect=len(truth), timeout_s=180)
+        ids = Counter(codec.decode(InferenceResult, m.value()).event_id for m in records)
+        lost = truth - set(ids)
+        duplicated = sum(c - 1 for c in ids.values())
+        print(
+            f"{len(truth)} windows sent, {len(records)} results: {len(lost)} lost, "
+            f"{duplicated} duplicated"
+        )
+        assert not lost, f"{len(lost)} events lost\n{log.read_text()[-3000:]}"
+        assert duplicated == 0, f"{duplicated} results repeated under exactly-once"
+
+        stopping = time.monotonic()
+        consumer.send_signal(signal.SIGTERM)
+        rc = consumer.wait(timeout=30)
+        print(f"SIGTERM honoured in {time.monotonic() - stopping:.1f} s")
+        assert rc == 0, log.read_text()[-3000:]
+        consumer = None
+    finally:
+        if consumer is not None:
+            consumer.kill()
+            consumer.wait(timeout=30)
+        stack.down()
