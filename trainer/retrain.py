@@ -7,6 +7,7 @@ point of a run (including a CUDA out-of-memory error) leaves the registry untouc
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -29,7 +30,15 @@ from services.core.metrics import accuracy, macro_f1
 from trainer.champion import ChampionModel
 from trainer.dataset import LabelledSet
 from trainer.export import ExportedModel, export_classifier, onnx_probabilities
-from trainer.fit import EpochReport, FitConfig, FitReport, adapt_normalisation, fit
+from trainer.fit import (
+    EpochReport,
+    FitConfig,
+    FitReport,
+    adapt_normalisation,
+    fit,
+    pick_device,
+    predict,
+)
 from trainer.inputs import model_input
 from trainer.models import ImageCNN, SensorCNN, WithProbabilities, image_width_of
 from trainer.reference import reference_profile
@@ -140,11 +149,14 @@ def train_challenger(
     on_epoch: Callable[[EpochReport], None] | None = None,
     fit_fn: FitFn = fit,
     change_point_ms: int | None = None,
+    champion_problem: str | None = None,
 ) -> Challenger:
     """Train a challenger on all but the most recent examples and gate it on those.
 
     With `change_point_ms`, the world is taken to have changed then: the holdout is drawn from
     after it and the training set is dominated by post-change examples (post_change_split).
+    `champion_problem` says why a champion that exists could not be loaded; such a champion,
+    like one that cannot be scored here, keeps the gate from promoting (ChampionGate.decide).
     """
     started = time.monotonic()
     if change_point_ms is None:
@@ -181,25 +193,50 @@ def train_challenger(
     adapted = 0
     if warm and change_point_ms is not None:
         if config.adapt_norm:
-            post_inputs = _reference_inputs(x_train, data, train_idx, change_point_ms)
-            adapted = adapt_normalisation(model, post_inputs, config.fit.device)
+            rows = _post_change_rows(data, train_idx, change_point_ms)
+            balanced = _class_balanced(rows, y_train[rows])
+            adapted = adapt_normalisation(model, x_train[balanced], config.fit.device)
         if adapted:
             fit_config = replace(config.adapt_fit or config.fit, freeze_norm=True)
             # With the statistics adapted, a young regime needs no repeats to get enough steps:
             # each post-change example once, each fine-tuning epoch, so the first run after a
             # change point costs seconds and later ones grow with the new world's examples.
+            # And no pre-change examples: seen through the new world's statistics, an old-world
+            # photo is not what it was, and fitting it teaches the network that distortion
+            # (measured: see docs/trainer.md, "after a change point").
             train_idx, _ = post_change_split(
                 data.event_time_ms,
                 change_point_ms,
                 holdout_fraction=config.holdout_fraction,
                 min_holdout=config.min_holdout,
-                pre_change_share=config.pre_change_share,
+                pre_change_share=0.0,
                 min_examples=0,
                 seed=config.fit.seed,
             )
             x_train = model_input(modality, data.x[train_idx])
             y_train = data.y[train_idx]
+    adapted_only = copy.deepcopy(model.state_dict()) if adapted else None
     report = fit_fn(model, x_train, y_train, x_hold, y_hold, N_CLASSES, fit_config, on_epoch)
+    kept_adapted = False
+    if adapted_only is not None:
+        # A few fine-tuning steps on a few hundred examples can undo part of what adapting the
+        # statistics gained: the challenger is whichever of the two scores better on the
+        # holdout (adapted only, or adapted and fine-tuned), and its metrics say which.
+        tuned = _torch_score(config.gate, model, x_hold, y_hold, config.fit.device)
+        fine_tuned = copy.deepcopy(model.state_dict())
+        model.load_state_dict(adapted_only)
+        plain = _torch_score(config.gate, model, x_hold, y_hold, config.fit.device)
+        if plain > tuned:
+            kept_adapted = True
+            log.info(
+                "%s: keeping the adapted statistics without the fine-tune (%s %.3f vs %.3f)",
+                modality,
+                config.gate.metric,
+                plain,
+                tuned,
+            )
+        else:
+            model.load_state_dict(fine_tuned)
 
     export_started = time.monotonic()
     exported = export_classifier(model, x_hold[:EXPORT_EXAMPLES], INPUT_NAMES[modality])
@@ -220,6 +257,7 @@ def train_challenger(
         "final_loss": report.epochs[-1].loss if report.epochs else 0.0,
         "train_distinct_examples": float(len(np.unique(train_idx))),
         "norm_layers_adapted": float(adapted),
+        "fine_tune_discarded": 1.0 if kept_adapted else 0.0,
     }
     if change_point_ms is not None:
         after = data.event_time_ms[train_idx] >= change_point_ms
@@ -231,12 +269,14 @@ def train_challenger(
             champion_probs = onnx_probabilities(champion.onnx_bytes, x_hold)
         except Exception as exc:  # ONNX Runtime raises its own types; the champion is unusable
             log.warning("champion v%d cannot be scored: %s", champion.version.version, exc)
+            champion_problem = f"v{champion.version.version} cannot be scored: {exc}"
         else:
             champion_score, c_acc, c_f1 = _score(config.gate, y_hold, champion_probs)
             metrics["champion_holdout_accuracy"] = c_acc
             metrics["champion_holdout_macro_f1"] = c_f1
             metrics["champion_version"] = float(champion.version.version)
-    decision = config.gate.decide(score, champion_score)
+    decision = config.gate.decide(score, champion_score, champion_problem=champion_problem)
+    metrics["gate_champion_unusable"] = 1.0 if champion_problem is not None else 0.0
     metrics["gate_margin"] = decision.margin
     metrics["gate_promoted"] = 1.0 if decision.promote else 0.0
     metrics["run_seconds"] = time.monotonic() - started
@@ -258,6 +298,18 @@ def train_challenger(
     )
 
 
+def _torch_score(
+    gate: ChampionGate,
+    model: nn.Module,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+    device: str,
+) -> float:
+    """The gate's metric of the network as it is now, on (x, y), in eval mode."""
+    logits = predict(model, x, pick_device(device))
+    return gate.score(y, logits.argmax(axis=1).astype(np.int64), N_CLASSES)
+
+
 def _reference_inputs(
     x_train: npt.NDArray[np.float32],
     data: LabelledSet,
@@ -272,10 +324,34 @@ def _reference_inputs(
     """
     if change_point_ms is None:
         return x_train
+    post = _post_change_rows(data, train_idx, change_point_ms)
+    return x_train[post] if len(post) else x_train
+
+
+def _post_change_rows(
+    data: LabelledSet, train_idx: npt.NDArray[np.int64], change_point_ms: int
+) -> npt.NDArray[np.intp]:
+    """Rows of the training set that are post-change examples, each example once."""
     _, first = np.unique(train_idx, return_index=True)
     first = np.sort(first)
-    post = first[data.event_time_ms[train_idx[first]] >= change_point_ms]
-    return x_train[post] if len(post) else x_train
+    post: npt.NDArray[np.intp] = first[data.event_time_ms[train_idx[first]] >= change_point_ms]
+    return post
+
+
+def _class_balanced(rows: npt.NDArray[np.intp], y: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
+    """`rows` with each class present repeated up to the count of the most frequent one.
+
+    Batch-norm statistics taken from a fleet that is mostly healthy describe mostly healthy
+    discs; the network learnt its weights under the statistics of a class-balanced set (the
+    bootstrap), and under skewed ones it misjudges the rarer faults. Taking the new world's
+    statistics over a class-balanced view of its examples keeps them what the weights expect.
+    """
+    if len(rows) == 0:
+        return rows
+    counts = np.bincount(y)
+    most = int(counts.max())
+    parts = [np.resize(rows[y == c], most) for c in np.flatnonzero(counts)]
+    return np.concatenate(parts).astype(np.intp)
 
 
 def _span(times: npt.NDArray[np.int64]) -> tuple[int, int]:

@@ -132,16 +132,17 @@ class TrainingRun:
         self.store = store
         self.fit_fn = fit_fn
 
-    def _champion(self, name: str) -> ChampionModel | None:
+    def _champion(self, name: str) -> tuple[ChampionModel | None, str | None]:
+        """The champion, or why there is a champion that cannot be used (None: there is none)."""
         mv = self.registry.champion(name)
         if mv is None:
-            return None
+            return None, None
         try:
-            return load_champion(mv, self.store, self.settings.public_key)
+            return load_champion(mv, self.store, self.settings.public_key), None
         except ChampionUnavailable as exc:
-            # Consumers refuse it too; the challenger is gated against nothing but the floor.
-            log.warning("champion unusable, training from scratch: %s", exc)
-            return None
+            # The challenger trains from scratch but is not promoted on its own score alone.
+            log.warning("champion v%d unusable, training from scratch: %s", mv.version, exc)
+            return None, f"v{mv.version}: {exc}"
 
     def run(
         self,
@@ -176,7 +177,7 @@ class TrainingRun:
                 raise RunCancelled(f"stopped after epoch {rep.epoch}")
 
         try:
-            champion = self._champion(name)
+            champion, champion_problem = self._champion(name)
             challenger = train_challenger(
                 modality,
                 data,
@@ -185,6 +186,7 @@ class TrainingRun:
                 epoch_done,
                 fit_fn=self.fit_fn,
                 change_point_ms=change_point_ms,
+                champion_problem=champion_problem,
             )
             if cancelled is not None and cancelled():
                 raise RunCancelled("stopped before publishing")

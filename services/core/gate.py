@@ -58,7 +58,16 @@ class ChampionGate:
             return accuracy(y_true, y_pred)
         return macro_f1(y_true, y_pred, n_classes)
 
-    def decide(self, challenger: float, champion: float | None) -> GateDecision:
+    def decide(
+        self, challenger: float, champion: float | None, *, champion_problem: str | None = None
+    ) -> GateDecision:
+        """Promote iff the challenger clears the floor and beats the champion by the margin.
+
+        `champion_problem` says a champion exists but could not be fetched, verified or
+        scored: then there is nothing to compare with, and the challenger is not promoted on
+        its own score; an operator may still promote it (`driftline models promote`).
+        """
+
         def verdict(promote: bool, reason: str) -> GateDecision:
             return GateDecision(promote, self.metric, challenger, champion, self.margin, reason)
 
@@ -66,8 +75,14 @@ class ChampionGate:
             return verdict(
                 False, f"{self.metric} {challenger:.4f} is below the floor {self.min_score:.4f}"
             )
+        if champion_problem is not None:
+            return verdict(
+                False,
+                f"the champion could not be scored ({champion_problem}); not promoted on the "
+                "challenger's score alone (an operator may: driftline models promote)",
+            )
         if champion is None:
-            return verdict(True, "no usable champion to beat")
+            return verdict(True, "no champion yet")
         if challenger + _EPS >= champion + self.margin:
             return verdict(
                 True,

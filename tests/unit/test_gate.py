@@ -43,3 +43,12 @@ def test_the_holdout_is_the_most_recent_examples() -> None:
     assert sorted(np.concatenate([train, hold]).tolist()) == list(range(10))
     _, small = time_ordered_split(times, 0.2, min_holdout=4)
     assert len(small) == 4, "at least min_holdout examples are held out"
+
+
+def test_a_champion_that_cannot_be_scored_is_no_reason_to_promote() -> None:
+    gate = ChampionGate(metric="macro_f1", margin=0.01, min_score=0.3)
+    decision = gate.decide(0.99, None, champion_problem="v3: sha256 mismatch")
+    assert not decision.promote
+    assert "v3: sha256 mismatch" in decision.reason
+    assert "driftline models promote" in decision.reason
+    assert gate.decide(0.99, None).promote, "with no champion at all, the floor is the bar"

@@ -180,7 +180,7 @@ def test_a_crash_mid_publish_leaves_the_registry_on_the_last_good_version(root: 
     assert reg.snapshot.champions[SENSOR].version == 1
 
 
-def test_a_tampered_champion_is_neither_scored_nor_learned_from(root: str) -> None:
+def test_a_tampered_champion_is_neither_scored_nor_learned_from_nor_bypassed(root: str) -> None:
     reg = MemoryRegistryWriter()
     store = FsspecArtifactStore(root)
     first = TrainingRun(settings(root), reg, store).run(
@@ -195,7 +195,15 @@ def test_a_tampered_champion_is_neither_scored_nor_learned_from(root: str) -> No
     assert out.version is not None
     assert out.version.metrics["warm_start"] == 0.0
     assert "champion_holdout_macro_f1" not in out.version.metrics
-    assert out.outcome == OUTCOME_PROMOTED, "a usable challenger replaces a refused champion"
+    # With nothing to compare against, the gate does not promote on the challenger's own
+    # score; the version is published as rejected, with the reason, for an operator to judge.
+    assert out.outcome == OUTCOME_REJECTED
+    assert out.version.status == STATUS_REJECTED
+    assert out.version.metrics["gate_champion_unusable"] == 1.0
+    assert out.challenger is not None
+    assert "could not be scored" in out.challenger.decision.reason
+    assert "v1" in out.challenger.decision.reason
+    assert reg.snapshot.champions[SENSOR].version == 1
 
 
 def test_the_image_model_trains_exports_and_publishes(root: str) -> None:
