@@ -147,3 +147,15 @@ def test_a_post_change_retrain_adapts_the_statistics_then_fine_tunes_with_them_f
     assert plain.metrics["norm_layers_adapted"] == 0
     assert not seen[0].freeze_norm
     assert seen[0].epochs == 6
+
+
+def test_statistics_are_taken_over_a_class_balanced_view_of_the_new_world() -> None:
+    from trainer.retrain import _class_balanced
+
+    rows = np.arange(10, 20, dtype=np.intp)
+    y = np.array([0, 0, 0, 0, 0, 0, 1, 1, 3, 0], dtype=np.int64)  # mostly healthy
+    picked = _class_balanced(rows, y)
+    by_class = {c: int(np.isin(picked, rows[y == c]).sum()) for c in (0, 1, 3)}
+    assert by_class == {0: 7, 1: 7, 3: 7}
+    assert set(picked.tolist()) == set(rows.tolist()), "every example is used"
+    assert _class_balanced(rows[:0], y[:0]).size == 0
