@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 AVRO_HEADERS: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
 RETRY_BACKOFF_S = 0.5
-COMMITTED_TIMEOUT_S = 5.0
+COMMITTED_TIMEOUT_S = 2.0
 IDLE_POLL_S = 0.1
 
 
@@ -154,8 +154,11 @@ class InferenceConsumer:
             while not stop():
                 if self.health is not None:
                     self.health.tick()
-                if self._from_committed and not self._seek_committed(consumer):
-                    time.sleep(RETRY_BACKOFF_S)  # the coordinator is away: consume nothing yet
+                if self._from_committed and not self._seek_committed(consumer, delivery):
+                    # The coordinator is away or the group is rejoining: consume nothing but
+                    # keep polling, which serves the rebalance the group may need before it
+                    # answers (what is read now is read again from the committed offsets).
+                    consumer.consume(num_messages=batcher.room(), timeout=RETRY_BACKOFF_S)
                     continue
                 if self._pending_rewind:
                     batcher.take()
@@ -199,10 +202,11 @@ class InferenceConsumer:
             self._rewind(consumer, msgs, rewind)
         time.sleep(RETRY_BACKOFF_S)
 
-    def _seek_committed(self, consumer: Consumer) -> bool:
+    def _seek_committed(self, consumer: Consumer, delivery: Delivery) -> bool:
         """Seek every assigned partition to the group's committed offset; False if unknown."""
         parts = [TopicPartition(t, p) for t, p in sorted(self.assigned)]
         try:
+            delivery.recover()
             committed = consumer.committed(parts, timeout=COMMITTED_TIMEOUT_S) if parts else []
         except KafkaException as exc:
             log.warning("committed offsets not available yet: %s", exc)

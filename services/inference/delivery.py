@@ -58,6 +58,7 @@ class Delivery(Protocol):
     def commit(self, offsets: list[TopicPartition], starts: Offsets) -> None: ...
     def drain(self) -> None: ...
     def idle(self) -> None: ...
+    def recover(self) -> None: ...
     def abandon(self) -> None: ...
     def close(self) -> None: ...
 
@@ -147,6 +148,9 @@ class AtLeastOnce:
             self._settle()
         if self.in_flight:
             self._give_up(f"{len(self.in_flight)} batches unacknowledged after {timeout_s}s")
+
+    def recover(self) -> None:
+        """Nothing to settle before reading again: offsets are committed by the consumer."""
 
     def idle(self) -> None:
         """No batch to take: serve delivery reports and commit what they completed, so an idle
@@ -261,6 +265,12 @@ class ExactlyOnce:
 
     def idle(self) -> None:
         """Nothing waits between batches."""
+
+    def recover(self) -> None:
+        """Before reading again from the committed offsets: a dropped producer is replaced now,
+        since the new one's init_transactions is what fences the old one and settles its open
+        transaction, and until then the group's committed offsets are not stable."""
+        _ = self.producer
 
     def abandon(self) -> None:
         """A batch failed before its commit: abort its transaction (or drop the producer)."""
