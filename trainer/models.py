@@ -103,12 +103,18 @@ def jitter_photos(x: torch.Tensor, shift: int = IMAGE_SHIFT) -> torch.Tensor:
 class ImageCNN(nn.Module):
     """A small 2D-CNN over [batch, 3, 64, 64] RGB photos scaled to 0..1; returns logits.
 
-    conv-BN-ReLU blocks: one at full resolution (a crack is a line under a pixel wide), pairs
-    at 32x32 and 16x16 and one at 8x8, channels doubling at each step down, then global mean
-    and max pooling. `width` is the channel count of the first layer; it is read back from
-    saved weights (see image_width_of), so a warm start rebuilds the same network. In training
-    mode every batch is mirrored and shifted at random (jitter_photos); the exported graph,
-    built in eval mode, does neither.
+    The stem folds each 2x2 block of pixels into channels (space-to-depth, 64x64x3 to
+    32x32x12), so the first convolution still sees every pixel (a crack is a line under a
+    pixel wide) while it and everything after work at 32x32 or less: two conv-BN-ReLU blocks
+    at 32x32, one at 16x16 and one at 8x8, channels doubling at each step, then global mean
+    and max pooling. A training step costs about half what it did with a full-resolution
+    first layer and paired blocks (measured on the 2-core development machine:
+    docs/trainer.md, "The image bootstrap"), so the first model trains more epochs in less
+    time. An older champion's weights do not fit this network; a retrain then starts cold.
+    `width` is the channel count of the first layer; it is read back from saved weights (see
+    image_width_of), so a warm start rebuilds the same network. In training mode every batch
+    is mirrored and shifted at random (jitter_photos); the exported graph, built in eval
+    mode, does neither.
     """
 
     mean: torch.Tensor
@@ -119,14 +125,12 @@ class ImageCNN(nn.Module):
         self.register_buffer("mean", torch.full((1, 3, 1, 1), 0.5))
         self.register_buffer("std", torch.full((1, 3, 1, 1), 0.25))
         w = width
+        self.stem = nn.PixelUnshuffle(2)
         self.features = nn.Sequential(
-            *_conv_bn_relu(3, w),
-            nn.MaxPool2d(2),
+            *_conv_bn_relu(3 * 4, w),
             *_conv_bn_relu(w, w * 2),
-            *_conv_bn_relu(w * 2, w * 2),
             nn.MaxPool2d(2),
             *_conv_bn_relu(w * 2, w * 4),
-            *_conv_bn_relu(w * 4, w * 4),
             nn.MaxPool2d(2),
             *_conv_bn_relu(w * 4, w * 8),
         )
@@ -141,7 +145,7 @@ class ImageCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             x = jitter_photos(x)
-        h = self.features((x - self.mean) / self.std)
+        h = self.features(self.stem((x - self.mean) / self.std))
         # Mean and max over the image: grime tints the whole string, a crack is a few pixels.
         pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
         logits: torch.Tensor = self.head(pooled)

@@ -200,7 +200,7 @@ class TrainerSettings(DriftlineSettings):
     bootstrap_windows: int = Field(default=8000, ge=100)
     bootstrap_images: int = Field(default=8000, ge=100)
     bootstrap_image_epochs: int = Field(
-        default=6,
+        default=10,
         ge=1,
         description="Epochs of the first image model, trained from scratch (retraining "
         "warm-starts from the champion and runs `epochs`)",

@@ -4,16 +4,20 @@ and a bootstrap that trains on photos as they are served."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from schemas.contracts import IMAGE_INPUT_NAME, IMAGE_SIZE, INSULATOR_CLASSES
 from services.runtime.settings import TrainerSettings
+from services.simulator import images
 from services.simulator.images import encode_jpeg, labelled_images
 from trainer.bootstrap import as_served, bootstrap_epochs
+from trainer.champion import ChampionModel
 from trainer.export import export_classifier
+from trainer.fit import FitConfig, fit
 from trainer.inputs import decode_image, model_input
 from trainer.models import ImageCNN, image_width_of, jitter_photos
-from trainer.retrain import new_model
+from trainer.retrain import _warm_start, new_model
 
 
 def photos(n: int = 8, seed: int = 3) -> torch.Tensor:
@@ -76,3 +80,39 @@ def test_the_bootstrap_trains_on_photos_as_the_cameras_send_and_inference_decode
         assert np.array_equal(mine, decode_image(encode_jpeg(photo)))
     # JPEG is lossy: the training photos are not the raw renders.
     assert not np.array_equal(served, raw.transpose(0, 3, 1, 2))
+
+
+def test_weights_of_an_earlier_image_network_cold_start_instead_of_failing() -> None:
+    # The first image CNN had a full-resolution first layer (3 input channels) and paired
+    # blocks; a champion saved by it must not stop a retrain, only its warm start.
+    old = {
+        "mean": torch.zeros(1, 3, 1, 1),
+        "std": torch.ones(1, 3, 1, 1),
+        "features.0.weight": torch.zeros(16, 3, 3, 3),
+        "head.weight": torch.zeros(len(INSULATOR_CLASSES), 256),
+    }
+    champion = ChampionModel(version=None, onnx_bytes=b"", weights=old)  # type: ignore[arg-type]
+    check = photos(2).numpy()
+    assert _warm_start("image", champion, check, image_width=16) is None
+
+
+def test_training_leaves_the_network_in_the_default_layout() -> None:
+    # fit trains photos channels-last; what is saved (safetensors wants contiguous tensors)
+    # and exported must not depend on that.
+    x = photos(16).numpy()
+    y = np.arange(16, dtype=np.int64) % len(INSULATOR_CLASSES)
+    model = ImageCNN(len(INSULATOR_CLASSES), width=4)
+    fit(model, x, y, x[:4], y[:4], len(INSULATOR_CLASSES), FitConfig(epochs=1, batch_size=8))
+    for name, tensor in model.state_dict().items():
+        assert tensor.is_contiguous(), name
+    assert export_classifier(model, x[:4], IMAGE_INPUT_NAME).parity_max_abs_diff <= 1e-4
+
+
+def test_a_large_photo_set_is_the_same_however_many_threads_render_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first, classes = labelled_images(600, 11)  # three chunks, rendered on every core
+    monkeypatch.setattr(images.os, "cpu_count", lambda: 1)
+    one_thread, again = labelled_images(600, 11)
+    assert np.array_equal(first, one_thread)
+    assert np.array_equal(classes, again)
