@@ -57,7 +57,13 @@ from schemas.contracts import MODEL_NAMES
 from schemas.messages import MODALITIES, DriftSignal
 from schemas.topics import TRAINING_WINDOWS
 from services.core.changepoint import Drop, find_drop
-from services.core.triggers import TRIGGER_MANUAL, TriggerPolicy, TriggerState, decide
+from services.core.triggers import (
+    TRIGGER_DRIFT,
+    TRIGGER_MANUAL,
+    TriggerPolicy,
+    TriggerState,
+    decide,
+)
 from services.runtime import metrics as m
 from services.runtime import registry
 from services.runtime.artifacts import FsspecArtifactStore
@@ -82,6 +88,12 @@ log = logging.getLogger(__name__)
 BATCH = 500
 STATUS_EVERY_S = 30.0
 DETECT_EVERY_S = 2.0
+# A drift signal that a drift-triggered run found harmless (the served model beat or matched
+# its challenger on labelled examples newer than the signal) comes back while the served
+# model's reference stays as it was, every window. It triggers again only for another served
+# version, or once its score has grown by this factor: a deployment whose class mix differs
+# from the training set's would otherwise retrain on every window, and lose every gate.
+DRIFT_REARM_FACTOR = 1.5
 
 
 @dataclass
@@ -102,6 +114,12 @@ class ModelState:
     outcome: RunOutcome | None = None
     labels_at_start: int = 0
     drift_at_start: bool = False
+    # The newest drift signal taken (served version, score), the one the run in progress
+    # started on, and the one a rejected drift run dismissed (see DRIFT_REARM_FACTOR).
+    drift_signal: tuple[int, float] | None = None
+    drift_signal_at_start: tuple[int, float] | None = None
+    trigger_at_start: str = ""
+    dismissed_drift: tuple[int, float] | None = None
     # The current regime (services.core.changepoint): where it started, whether no model
     # trained for it was promoted yet, its buffered examples now and at the last run.
     regime_start_ms: int | None = None
@@ -402,6 +420,14 @@ class TrainerService:
             # The window straddles the change point the trainer already acts on: it says the
             # world changed, which is known, and the regime's own triggers follow the new one.
             return
+        dismissed = state.dismissed_drift
+        if (
+            dismissed is not None
+            and signal.model_version == dismissed[0]
+            and signal.score < DRIFT_REARM_FACTOR * dismissed[1]
+        ):
+            return  # what a drift run already found harmless (logged when it was dismissed)
+        state.drift_signal = (signal.model_version, signal.score)
         if not state.drift_pending:
             log.info(
                 "%s: drift signal (%s %.3f > %.3f on v%d)",
@@ -507,6 +533,7 @@ class TrainerService:
                 log.info("%s: cancelling the run in progress, superseded", state.name)
             state.adapting = True
             state.post_change_at_last_run = 0
+            state.dismissed_drift = None
             state.regime_version = version
             state.regime_id += 1
         state.regime_start_ms = drop.at_ms
@@ -531,6 +558,8 @@ class TrainerService:
         data = state.buffer.snapshot()
         state.labels_at_start = state.new_labels
         state.drift_at_start = state.drift_pending
+        state.drift_signal_at_start = state.drift_signal
+        state.trigger_at_start = reason
         state.post_change_at_start = state.post_change
         change_point = state.change_point_at_start = state.regime_start_ms
         state.regime_at_start = state.regime_id
@@ -593,6 +622,7 @@ class TrainerService:
                 state.trained_through = {
                     r.partition: r.end_offset for r in outcome.version.lineage.ranges
                 }
+                self._fold_drift(state, outcome)
                 cp = outcome.version.lineage.change_point_ms
                 if cp is not None and state.regime_at_start == state.regime_id:  # this regime
                     state.post_change_at_last_run = max(1, state.post_change_at_start)
@@ -605,6 +635,25 @@ class TrainerService:
                 state.last_failure_ms = now_ms
                 state.drift_pending = state.drift_pending or state.drift_at_start
             self._record(outcome)
+
+    def _fold_drift(self, state: ModelState, outcome: RunOutcome) -> None:
+        """After a published run: a drift run whose challenger lost dismisses its signal."""
+        if outcome.outcome == OUTCOME_PROMOTED:
+            state.dismissed_drift = None  # a new version, a new reference to drift from
+            return
+        signal = state.drift_signal_at_start
+        if state.trigger_at_start != TRIGGER_DRIFT or signal is None:
+            return
+        state.dismissed_drift = signal
+        log.info(
+            "%s: v%d held its ground on labelled data after the drift signal (%.3f); "
+            "signals on v%d trigger again from %.3f",
+            state.name,
+            signal[0],
+            signal[1],
+            signal[0],
+            DRIFT_REARM_FACTOR * signal[1],
+        )
 
     def _record(self, outcome: RunOutcome) -> None:
         self.outcomes.append(outcome)

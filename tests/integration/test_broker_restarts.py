@@ -15,10 +15,12 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer
 
 from schemas import codec
 from schemas.messages import InferenceResult
@@ -38,6 +40,38 @@ pytestmark = [
 ]
 
 RESTARTS = int(os.environ.get("DRIFTLINE_BROKER_RESTARTS", "3"))
+# Seconds between a restart and the next kill; unset, the next kill waits until results are
+# committed again. A short gap kills the broker while the consumer is still recovering from
+# the previous kill (with 3 s on a busy 2-core machine the consumer rejoined the group and
+# then scored nothing more: an open fault, see scripts/broker-restarts).
+_GAP = os.environ.get("DRIFTLINE_BROKER_RESTARTS_GAP_S")
+GAP_S = float(_GAP) if _GAP else None
+RESUME_TIMEOUT_S = 150.0
+
+
+def _count_committed(kafka: KafkaSettings, topic: str, at_least: int) -> int:
+    """Results a read_committed reader sees, read from the start until `at_least` or timeout."""
+    consumer = Consumer(
+        kafka.client_config(
+            **{
+                "group.id": f"count-{uuid.uuid4().hex[:6]}",
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+            }
+        )
+    )
+    consumer.subscribe([topic])
+    seen = 0
+    deadline = time.monotonic() + RESUME_TIMEOUT_S
+    try:
+        while seen < at_least and time.monotonic() < deadline:
+            seen += len([m for m in consumer.consume(500, timeout=0.5) if m.error() is None])
+    finally:
+        consumer.close()
+    return seen
+
+
 RATE = 100  # windows per second, streamed through every restart
 
 
@@ -104,6 +138,7 @@ def test_exactly_once_survives_broker_kills_with_nothing_lost_repeated_or_hung(
         assert seen >= 300, f"no results before the first kill:\n{log.read_text()[-3000:]}"
 
         outages: list[float] = []
+        scored = seen
         for i in range(RESTARTS):
             pid = stack.status().kafka_pid
             assert pid is not None
@@ -115,7 +150,17 @@ def test_exactly_once_survives_broker_kills_with_nothing_lost_repeated_or_hung(
             assert consumer.poll() is None, (
                 f"consumer died after kill {i + 1}:\n{log.read_text()[-3000:]}"
             )
-            time.sleep(3.0)  # commits resume before the next kill
+            if GAP_S is None:
+                # The next kill comes once the consumer commits again: each kill tests a
+                # recovery, not a kill landing in the middle of the last one's.
+                target = min(scored + 200, count)
+                scored = _count_committed(kafka, kafka.topics.inference_results, target)
+                assert scored >= target, (
+                    f"nothing committed {RESUME_TIMEOUT_S:.0f} s after the broker came back "
+                    f"from kill {i + 1} ({scored} results):\n{log.read_text()[-3000:]}"
+                )
+            else:
+                time.sleep(GAP_S)
         print(f"\n{RESTARTS} broker kills; down for {min(outages):.1f}-{max(outages):.1f} s each")
 
         streamer.join(timeout=count / RATE + 240)

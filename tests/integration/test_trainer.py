@@ -577,6 +577,58 @@ def test_a_drift_signal_triggers_a_training(
         running.close()
 
 
+def drift_signal(score: float, version: int = 1) -> bytes:
+    now = int(time.time() * 1000)
+    return codec.encode(
+        DriftSignal(
+            model_name=SENSOR,
+            model_version=version,
+            statistic="psi",
+            score=score,
+            threshold=0.25,
+            drifted=True,
+            window_start_ms=now - 60_000,
+            window_end_ms=now,
+            sample_count=500,
+        )
+    )
+
+
+def test_a_drift_signal_the_champion_survived_does_not_retrain_every_window(
+    kafka: KafkaSettings, sensor_champion: ModelVersion, tmp_path: Path
+) -> None:
+    # Inputs that differ from the training set without hurting the model (a fleet whose class
+    # mix is not the bootstrap's) keep the drift signal up. Once a drift run has lost its gate,
+    # the same signal on the same version must not start a run per window; a stronger one may.
+    x, y = labelled_dataset(900, seed=21)
+    produce(kafka, kafka.topics.training_windows, labelled_sensor_windows(x[:300], y[:300]))
+    running = RunningTrainer(
+        trainer_settings(
+            kafka, tmp_path, min_new_labels=10_000, min_drift_labels=100, gate_margin=0.9
+        )
+    ).start()
+    key = [SENSOR.encode()]
+    try:
+        produce(kafka, kafka.topics.drift_signals, [drift_signal(0.6)], keys=key)
+        wait_for(lambda: bool(running.outcomes), 120, "a drift-triggered run")
+        first = running.outcomes[0]
+        assert first.trigger == "drift", first.summary()
+        assert first.outcome == "rejected", first.summary()
+        produce(
+            kafka,
+            kafka.topics.training_windows,
+            labelled_sensor_windows(x[300:600], y[300:600], start=300),
+        )
+        produce(kafka, kafka.topics.drift_signals, [drift_signal(0.7)], keys=key)
+        time.sleep(8)
+        assert len(running.outcomes) == 1, [o.summary() for o in running.outcomes]
+        produce(kafka, kafka.topics.drift_signals, [drift_signal(1.2)], keys=key)
+        wait_for(lambda: len(running.outcomes) >= 2, 120, "a run on the stronger signal")
+        assert running.outcomes[1].trigger == "drift"
+    finally:
+        running.close()
+
+
 def served_windows(
     x: npt.NDArray[np.float32],
     y: npt.NDArray[np.int64],
