@@ -104,7 +104,7 @@ def retrain_config(settings: TrainerSettings, modality: str) -> RetrainConfig:
         adapt_fit=(
             FitConfig(
                 epochs=settings.image_adapt_epochs,
-                batch_size=settings.batch_size,
+                batch_size=settings.image_adapt_batch_size,
                 learning_rate=settings.image_adapt_learning_rate,
                 seed=settings.seed,
                 device=settings.device,

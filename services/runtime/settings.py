@@ -256,16 +256,22 @@ class TrainerSettings(DriftlineSettings):
         "statistics on the post-change inputs before fine-tuning (the image CNN has them)",
     )
     image_adapt_epochs: int = Field(
-        default=3,
+        default=8,
         ge=1,
         description="Epochs of an image retrain after a change point, once its batch-norm "
-        "statistics are adapted (a warm start needs few; each costs CPU time)",
+        "statistics are adapted (a few hundred post-change photos: each costs seconds)",
     )
     image_adapt_learning_rate: float = Field(
-        default=1e-3,
+        default=1e-4,
         gt=0,
         description="Learning rate of that fine-tuning: gentle, so the adapted network is "
-        "refined, not retrained",
+        "refined, not retrained (1e-3 undid what the statistics gained; docs/trainer.md)",
+    )
+    image_adapt_batch_size: int = Field(
+        default=32,
+        ge=1,
+        description="Batch size of that fine-tuning: small, so a few hundred photos give "
+        "enough steps",
     )
     # Training set and gate (services.core.gate).
     max_sensor_examples: int = Field(default=20000, ge=100)
