@@ -118,7 +118,6 @@ class ModelState:
     # started on, and the one a rejected drift run dismissed (see DRIFT_REARM_FACTOR).
     drift_signal: tuple[int, float] | None = None
     drift_signal_at_start: tuple[int, float] | None = None
-    trigger_at_start: str = ""
     dismissed_drift: tuple[int, float] | None = None
     # The current regime (services.core.changepoint): where it started, whether no model
     # trained for it was promoted yet, its buffered examples now and at the last run.
@@ -559,7 +558,6 @@ class TrainerService:
         state.labels_at_start = state.new_labels
         state.drift_at_start = state.drift_pending
         state.drift_signal_at_start = state.drift_signal
-        state.trigger_at_start = reason
         state.post_change_at_start = state.post_change
         change_point = state.change_point_at_start = state.regime_start_ms
         state.regime_at_start = state.regime_id
@@ -642,7 +640,7 @@ class TrainerService:
             state.dismissed_drift = None  # a new version, a new reference to drift from
             return
         signal = state.drift_signal_at_start
-        if state.trigger_at_start != TRIGGER_DRIFT or signal is None:
+        if outcome.trigger != TRIGGER_DRIFT or signal is None:
             return
         state.dismissed_drift = signal
         log.info(

@@ -229,12 +229,7 @@ def generate_images(
     # of the GIL inside its array operations; 8,000 photos took 15 s on one core, 9 s on two).
     rngs = rng.spawn(len(starts))
     with ThreadPoolExecutor(max_workers=min(len(starts), os.cpu_count() or 1)) as pool:
-        parts = list(
-            pool.map(
-                lambda k: _render(rngs[k], classes[starts[k] : starts[k] + CHUNK], world),
-                range(len(starts)),
-            )
-        )
+        parts = list(pool.map(lambda r, i: _render(r, classes[i : i + CHUNK], world), rngs, starts))
     return np.concatenate(parts)
 
 

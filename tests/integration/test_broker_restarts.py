@@ -15,12 +15,10 @@ import os
 import signal
 import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer
 
 from schemas import codec
 from schemas.messages import InferenceResult
@@ -31,7 +29,7 @@ from services.simulator import sensors
 from services.simulator.sensors import SimulationReport
 from tests.integration.conftest import _free_ports
 from tests.integration.kafka_io import drain
-from tests.integration.test_delivery import _count_uncommitted, _start
+from tests.integration.test_delivery import _count_visible, _start
 
 pytestmark = [
     pytest.mark.integration,
@@ -47,29 +45,6 @@ RESTARTS = int(os.environ.get("DRIFTLINE_BROKER_RESTARTS", "3"))
 _GAP = os.environ.get("DRIFTLINE_BROKER_RESTARTS_GAP_S")
 GAP_S = float(_GAP) if _GAP else None
 RESUME_TIMEOUT_S = 150.0
-
-
-def _count_committed(kafka: KafkaSettings, topic: str, at_least: int) -> int:
-    """Results a read_committed reader sees, read from the start until `at_least` or timeout."""
-    consumer = Consumer(
-        kafka.client_config(
-            **{
-                "group.id": f"count-{uuid.uuid4().hex[:6]}",
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "enable.auto.commit": False,
-            }
-        )
-    )
-    consumer.subscribe([topic])
-    seen = 0
-    deadline = time.monotonic() + RESUME_TIMEOUT_S
-    try:
-        while seen < at_least and time.monotonic() < deadline:
-            seen += len([m for m in consumer.consume(500, timeout=0.5) if m.error() is None])
-    finally:
-        consumer.close()
-    return seen
 
 
 RATE = 100  # windows per second, streamed through every restart
@@ -134,7 +109,7 @@ def test_exactly_once_survives_broker_kills_with_nothing_lost_repeated_or_hung(
 
         streamer = threading.Thread(target=stream, daemon=True)
         streamer.start()
-        seen = _count_uncommitted(kafka, kafka.topics.inference_results, 300, timeout_s=90)
+        seen = _count_visible(kafka, kafka.topics.inference_results, 300, timeout_s=90)
         assert seen >= 300, f"no results before the first kill:\n{log.read_text()[-3000:]}"
 
         outages: list[float] = []
@@ -154,7 +129,13 @@ def test_exactly_once_survives_broker_kills_with_nothing_lost_repeated_or_hung(
                 # The next kill comes once the consumer commits again: each kill tests a
                 # recovery, not a kill landing in the middle of the last one's.
                 target = min(scored + 200, count)
-                scored = _count_committed(kafka, kafka.topics.inference_results, target)
+                scored = _count_visible(
+                    kafka,
+                    kafka.topics.inference_results,
+                    target,
+                    RESUME_TIMEOUT_S,
+                    committed=True,
+                )
                 assert scored >= target, (
                     f"nothing committed {RESUME_TIMEOUT_S:.0f} s after the broker came back "
                     f"from kill {i + 1} ({scored} results):\n{log.read_text()[-3000:]}"

@@ -25,14 +25,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 N = 6000
 
 
-def _count_uncommitted(kafka: KafkaSettings, topic: str, at_least: int, timeout_s: float) -> int:
-    """Results visible to a read_uncommitted reader: shows the consumer is mid-stream."""
+def _count_visible(
+    kafka: KafkaSettings, topic: str, at_least: int, timeout_s: float, *, committed: bool = False
+) -> int:
+    """Records a fresh reader sees from the start, until `at_least` or the timeout: with
+    read_uncommitted (the default) they show the consumer is mid-stream, with `committed`
+    that its transactions commit."""
+    isolation = "read_committed" if committed else "read_uncommitted"
     consumer = Consumer(
         kafka.client_config(
             **{
                 "group.id": f"peek-{uuid.uuid4().hex[:6]}",
                 "auto.offset.reset": "earliest",
-                "isolation.level": "read_uncommitted",
+                "isolation.level": isolation,
                 "enable.auto.commit": False,
             }
         )
@@ -89,7 +94,7 @@ def test_sigkill_and_restart(
     log = tmp_path / "infer.log"
     first = _start(env, log)
     try:
-        seen = _count_uncommitted(kafka, kafka.topics.inference_results, 1000, timeout_s=90)
+        seen = _count_visible(kafka, kafka.topics.inference_results, 1000, timeout_s=90)
         assert seen >= 1000, f"consumer made no progress before the kill: {log.read_text()[-2000:]}"
     finally:
         first.send_signal(signal.SIGKILL)
