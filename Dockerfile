@@ -10,6 +10,7 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY schemas ./schemas
 COPY services ./services
 COPY trainer ./trainer
+COPY driftline ./driftline
 RUN useradd --uid 10001 --create-home driftline \
     && mkdir -p /artifacts /var/lib/driftline/features \
     && chown driftline /artifacts /var/lib/driftline /var/lib/driftline/features

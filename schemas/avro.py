@@ -18,7 +18,7 @@ _FRAMING = struct.Struct(">bI")
 
 def schema_names() -> list[str]:
     """Record names of every committed contract, e.g. ["Alert", "CameraImage", ...]."""
-    folder = resources.files("schemas").joinpath(AVRO_PACKAGE_DIR)
+    folder = resources.files("driftline.schemas").joinpath(AVRO_PACKAGE_DIR)
     return sorted(
         p.name.removesuffix(".avsc") for p in folder.iterdir() if p.name.endswith(".avsc")
     )
@@ -26,7 +26,7 @@ def schema_names() -> list[str]:
 
 def schema_json(name: str) -> dict[str, Any]:
     """The .avsc of a record, as committed (logical types included)."""
-    path = resources.files("schemas").joinpath(AVRO_PACKAGE_DIR, f"{name}.avsc")
+    path = resources.files("driftline.schemas").joinpath(AVRO_PACKAGE_DIR, f"{name}.avsc")
     loaded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return loaded
 
@@ -72,7 +72,7 @@ def strip_framing(data: bytes) -> tuple[int | None, memoryview]:
 @functools.cache
 def _writer_schema(name: str, version: int) -> Any:
     """The schema that wrote `version` of a record, when it differs from the current one."""
-    from schemas.writers import WRITER_SCHEMAS
+    from driftline.schemas.writers import WRITER_SCHEMAS
 
     writer = WRITER_SCHEMAS.get((name, version))
     return None if writer is None else fastavro.parse_schema(_without_logical_types(writer))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from schemas.deadletter import CodecError
+from driftline.schemas.deadletter import CodecError
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ from typing import Any, TypeVar
 import msgspec
 import numpy as np
 
-from schemas import avro
-from schemas import deadletter as dl
-from schemas import headers as h
-from schemas.messages import Message, SensorWindow
+from driftline.schemas import avro
+from driftline.schemas import deadletter as dl
+from driftline.schemas import headers as h
+from driftline.schemas.messages import Message, SensorWindow
 
 M = TypeVar("M", bound=Message)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from schemas.messages import MODALITY_IMAGE, MODALITY_SENSOR
+from driftline.schemas.messages import MODALITY_IMAGE, MODALITY_SENSOR
 
 # Insulator condition classes, in the order every model's probabilities use.
 INSULATOR_CLASSES: tuple[str, ...] = ("healthy", "contaminated", "cracked", "flashover_damaged")

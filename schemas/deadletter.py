@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from schemas import headers as h
-from schemas.messages import DeadLetter
+from driftline.schemas import headers as h
+from driftline.schemas.messages import DeadLetter
 
 # Bounded reason codes: they label metrics, so keep the set small and stable.
 UNDECODABLE = "undecodable"

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from schemas import codec
-from schemas import deadletter as dl
-from schemas.batch import DecodedBatch
-from schemas.messages import SensorWindow
+from driftline.schemas import codec
+from driftline.schemas import deadletter as dl
+from driftline.schemas.batch import DecodedBatch
+from driftline.schemas.messages import SensorWindow
 
 
 def decode_sensor_batch(

@@ -55,16 +55,16 @@ def check_modality(
     import onnxruntime as ort
     import torch
 
-    from schemas.contracts import IMAGE_INPUT_NAME, SENSOR_INPUT_NAME
-    from services.core.gate import time_ordered_split
-    from services.core.metrics import macro_f1
-    from services.simulator.fleet import labelled_dataset
-    from services.simulator.images import labelled_images
-    from trainer.export import export_classifier
-    from trainer.fit import FitConfig, fit
-    from trainer.inputs import model_input
-    from trainer.models import WithProbabilities
-    from trainer.retrain import new_model
+    from driftline.schemas.contracts import IMAGE_INPUT_NAME, SENSOR_INPUT_NAME
+    from driftline.services.core.gate import time_ordered_split
+    from driftline.services.core.metrics import macro_f1
+    from driftline.services.simulator.fleet import labelled_dataset
+    from driftline.services.simulator.images import labelled_images
+    from driftline.trainer.export import export_classifier
+    from driftline.trainer.fit import FitConfig, fit
+    from driftline.trainer.inputs import model_input
+    from driftline.trainer.models import WithProbabilities
+    from driftline.trainer.retrain import new_model
 
     t0 = time.monotonic()
     if modality == "image":

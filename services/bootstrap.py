@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from schemas.contracts import MODEL_NAMES
-from schemas.messages import MODALITY_IMAGE, MODALITY_SENSOR, ModelVersion
-from services.runtime.settings import (
+from driftline.schemas.contracts import MODEL_NAMES
+from driftline.schemas.messages import MODALITY_IMAGE, MODALITY_SENSOR, ModelVersion
+from driftline.services.runtime.settings import (
     TrainerSettings,
 )
 
 if TYPE_CHECKING:
-    from trainer.fit import EpochReport
-    from trainer.runs import RunOutcome
+    from driftline.trainer.fit import EpochReport
+    from driftline.trainer.runs import RunOutcome
 
 
 class BootstrapFailed(RuntimeError):
@@ -38,9 +38,9 @@ def bootstrap_model(
     settings: TrainerSettings, modality: str, count: int | None = None
 ) -> RunOutcome:
     """Simulate labelled data for one modality, then train, gate, export, sign and publish."""
-    from services.simulator.fleet import labelled_dataset
-    from services.simulator.images import labelled_images
-    from trainer.bootstrap import bootstrap, bootstrap_epochs
+    from driftline.services.simulator.fleet import labelled_dataset
+    from driftline.services.simulator.images import labelled_images
+    from driftline.trainer.bootstrap import bootstrap, bootstrap_epochs
 
     x: npt.NDArray[np.float32] | npt.NDArray[np.uint8]
     if modality == MODALITY_IMAGE:

@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from services.commands import (
+from driftline.services.commands import (
     alerts,
     bench,
     demo,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.core.ledger import Ledger
+from driftline.services.core.ledger import Ledger
 
 RECOVERY_GOAL = 0.95
 

@@ -15,17 +15,17 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from schemas.contracts import INSULATOR_CLASSES, SENSOR_CHANNELS, SENSOR_INPUT_NAME
-from schemas.messages import MODALITY_IMAGE, MODALITY_SENSOR
-from services.runtime.artifacts import FsspecArtifactStore
-from services.runtime.settings import TrainerSettings
-from trainer.dataset import LabelledSet
-from trainer.export import ExportedModel, export_classifier
-from trainer.fit import EpochReport, FitConfig, FitReport, fit
-from trainer.inputs import decode_image
-from trainer.models import SensorCNN
-from trainer.publish import KafkaRegistryWriter, RegistryWriter
-from trainer.runs import RunOutcome, TrainingRun
+from driftline.schemas.contracts import INSULATOR_CLASSES, SENSOR_CHANNELS, SENSOR_INPUT_NAME
+from driftline.schemas.messages import MODALITY_IMAGE, MODALITY_SENSOR
+from driftline.services.runtime.artifacts import FsspecArtifactStore
+from driftline.services.runtime.settings import TrainerSettings
+from driftline.trainer.dataset import LabelledSet
+from driftline.trainer.export import ExportedModel, export_classifier
+from driftline.trainer.fit import EpochReport, FitConfig, FitReport, fit
+from driftline.trainer.inputs import decode_image
+from driftline.trainer.models import SensorCNN
+from driftline.trainer.publish import KafkaRegistryWriter, RegistryWriter
+from driftline.trainer.runs import RunOutcome, TrainingRun
 
 HOLDOUT_FRACTION = 0.2
 BOOTSTRAP_SOURCE = "bootstrap:simulated"

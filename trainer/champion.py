@@ -15,10 +15,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
-from schemas.contracts import INSULATOR_CLASSES
-from schemas.messages import ModelVersion
-from services.runtime.artifacts import ArtifactError, ArtifactStore, fetch_verified
-from services.runtime.signing import SignatureError, verify
+from driftline.schemas.contracts import INSULATOR_CLASSES
+from driftline.schemas.messages import ModelVersion
+from driftline.services.runtime.artifacts import ArtifactError, ArtifactStore, fetch_verified
+from driftline.services.runtime.signing import SignatureError, verify
 
 log = logging.getLogger(__name__)
 

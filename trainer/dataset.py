@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from schemas.messages import OffsetRange
+from driftline.schemas.messages import OffsetRange
 
 # Trim only once the buffer is this much over capacity, so trimming (a sort) is amortised.
 TRIM_SLACK = 0.1

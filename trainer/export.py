@@ -12,10 +12,10 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from schemas.contracts import PROBABILITIES_OUTPUT_NAME
-from schemas.messages import TensorSpec
-from trainer.models import WithProbabilities
-from trainer.tracing import GUARD
+from driftline.schemas.contracts import PROBABILITIES_OUTPUT_NAME
+from driftline.schemas.messages import TensorSpec
+from driftline.trainer.models import WithProbabilities
+from driftline.trainer.tracing import GUARD
 
 PARITY_TOLERANCE = 1e-4
 _ONNX_DTYPES: dict[int, str] = {

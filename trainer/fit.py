@@ -11,8 +11,8 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from services.core.metrics import accuracy, macro_f1
-from trainer.tracing import GUARD
+from driftline.services.core.metrics import accuracy, macro_f1
+from driftline.trainer.tracing import GUARD
 
 
 @dataclass(frozen=True)

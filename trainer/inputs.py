@@ -14,17 +14,17 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from schemas import codec
-from schemas import deadletter as dl
-from schemas import headers as h
-from schemas.contracts import (
+from driftline.schemas import codec
+from driftline.schemas import deadletter as dl
+from driftline.schemas import headers as h
+from driftline.schemas.contracts import (
     IMAGE_CHANNELS,
     IMAGE_SIZE,
     INSULATOR_CLASSES,
     SENSOR_CHANNELS,
     SENSOR_SAMPLES,
 )
-from schemas.messages import (
+from driftline.schemas.messages import (
     MODALITY_IMAGE,
     MODALITY_SENSOR,
     CameraImage,

@@ -18,18 +18,18 @@ from pydantic import SecretStr
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from schemas import codec
-from schemas.messages import (
+from driftline.schemas import codec
+from driftline.schemas.messages import (
     STATUS_CHAMPION,
     Lineage,
     ModelVersion,
     ReferenceProfile,
 )
-from services.runtime import registry
-from services.runtime.artifacts import ArtifactStore, FsspecArtifactStore, sha256_hex
-from services.runtime.settings import KafkaSettings
-from services.runtime.signing import key_id, sign, verify
-from trainer.export import ExportedModel
+from driftline.services.runtime import registry
+from driftline.services.runtime.artifacts import ArtifactStore, FsspecArtifactStore, sha256_hex
+from driftline.services.runtime.settings import KafkaSettings
+from driftline.services.runtime.signing import key_id, sign, verify
+from driftline.trainer.export import ExportedModel
 
 TOPIC_WAIT_S = 10.0
 

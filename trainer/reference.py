@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from schemas.contracts import SENSOR_CHANNELS
-from schemas.messages import MODALITY_SENSOR, FeatureHistogram, ReferenceProfile
-from services.core.profile import CONFIDENCE_FEATURE, Histogram, profile, sensor_summaries
+from driftline.schemas.contracts import SENSOR_CHANNELS
+from driftline.schemas.messages import MODALITY_SENSOR, FeatureHistogram, ReferenceProfile
+from driftline.services.core.profile import CONFIDENCE_FEATURE, Histogram, profile, sensor_summaries
 
 
 def _feature(hist: Histogram) -> FeatureHistogram:

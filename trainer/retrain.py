@@ -18,19 +18,24 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from schemas.contracts import (
+from driftline.schemas.contracts import (
     IMAGE_INPUT_NAME,
     INSULATOR_CLASSES,
     SENSOR_CHANNELS,
     SENSOR_INPUT_NAME,
 )
-from schemas.messages import MODALITY_IMAGE, MODALITY_SENSOR, ReferenceProfile
-from services.core.gate import ChampionGate, GateDecision, post_change_split, time_ordered_split
-from services.core.metrics import accuracy, macro_f1
-from trainer.champion import ChampionModel
-from trainer.dataset import LabelledSet
-from trainer.export import ExportedModel, export_classifier, onnx_probabilities
-from trainer.fit import (
+from driftline.schemas.messages import MODALITY_IMAGE, MODALITY_SENSOR, ReferenceProfile
+from driftline.services.core.gate import (
+    ChampionGate,
+    GateDecision,
+    post_change_split,
+    time_ordered_split,
+)
+from driftline.services.core.metrics import accuracy, macro_f1
+from driftline.trainer.champion import ChampionModel
+from driftline.trainer.dataset import LabelledSet
+from driftline.trainer.export import ExportedModel, export_classifier, onnx_probabilities
+from driftline.trainer.fit import (
     EpochReport,
     FitConfig,
     FitReport,
@@ -39,10 +44,10 @@ from trainer.fit import (
     pick_device,
     predict,
 )
-from trainer.inputs import model_input
-from trainer.models import ImageCNN, SensorCNN, WithProbabilities, image_width_of
-from trainer.reference import reference_profile
-from trainer.tracing import GUARD
+from driftline.trainer.inputs import model_input
+from driftline.trainer.models import ImageCNN, SensorCNN, WithProbabilities, image_width_of
+from driftline.trainer.reference import reference_profile
+from driftline.trainer.tracing import GUARD
 
 log = logging.getLogger(__name__)
 

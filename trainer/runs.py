@@ -15,16 +15,22 @@ from dataclasses import dataclass
 
 import torch
 
-from schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES
-from schemas.messages import MODALITY_IMAGE, STATUS_CHAMPION, STATUS_REJECTED, Lineage, ModelVersion
-from services.core.gate import ChampionGate
-from services.runtime.artifacts import ArtifactStore
-from services.runtime.settings import TrainerSettings
-from trainer.champion import ChampionModel, ChampionUnavailable, load_champion
-from trainer.dataset import LabelledSet
-from trainer.fit import EpochReport, FitConfig, fit
-from trainer.publish import RegistryWriter, build_version
-from trainer.retrain import Challenger, FitFn, RetrainConfig, train_challenger
+from driftline.schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES
+from driftline.schemas.messages import (
+    MODALITY_IMAGE,
+    STATUS_CHAMPION,
+    STATUS_REJECTED,
+    Lineage,
+    ModelVersion,
+)
+from driftline.services.core.gate import ChampionGate
+from driftline.services.runtime.artifacts import ArtifactStore
+from driftline.services.runtime.settings import TrainerSettings
+from driftline.trainer.champion import ChampionModel, ChampionUnavailable, load_champion
+from driftline.trainer.dataset import LabelledSet
+from driftline.trainer.fit import EpochReport, FitConfig, fit
+from driftline.trainer.publish import RegistryWriter, build_version
+from driftline.trainer.retrain import Challenger, FitFn, RetrainConfig, train_challenger
 
 log = logging.getLogger(__name__)
 

@@ -51,30 +51,30 @@ from confluent_kafka import (
 )
 from prometheus_client import CollectorRegistry
 
-from schemas import codec
-from schemas import deadletter as dl
-from schemas.contracts import MODEL_NAMES
-from schemas.messages import MODALITIES, DriftSignal
-from schemas.topics import TRAINING_WINDOWS
-from services.core.changepoint import Drop, find_drop
-from services.core.triggers import (
+from driftline.schemas import codec
+from driftline.schemas import deadletter as dl
+from driftline.schemas.contracts import MODEL_NAMES
+from driftline.schemas.messages import MODALITIES, DriftSignal
+from driftline.schemas.topics import TRAINING_WINDOWS
+from driftline.services.core.changepoint import Drop, find_drop
+from driftline.services.core.triggers import (
     TRIGGER_DRIFT,
     TRIGGER_MANUAL,
     TriggerPolicy,
     TriggerState,
     decide,
 )
-from services.runtime import metrics as m
-from services.runtime import registry
-from services.runtime.artifacts import FsspecArtifactStore
-from services.runtime.deadletters import describe, dlq_record
-from services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
-from services.runtime.settings import TrainerSettings
-from trainer.dataset import Example, TrainingBuffer
-from trainer.fit import EpochReport
-from trainer.inputs import decode_labelled
-from trainer.publish import KafkaRegistryWriter
-from trainer.runs import (
+from driftline.services.runtime import metrics as m
+from driftline.services.runtime import registry
+from driftline.services.runtime.artifacts import FsspecArtifactStore
+from driftline.services.runtime.deadletters import describe, dlq_record
+from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
+from driftline.services.runtime.settings import TrainerSettings
+from driftline.trainer.dataset import Example, TrainingBuffer
+from driftline.trainer.fit import EpochReport
+from driftline.trainer.inputs import decode_labelled
+from driftline.trainer.publish import KafkaRegistryWriter
+from driftline.trainer.runs import (
     OUTCOME_CANCELLED,
     OUTCOME_FAILED,
     OUTCOME_PROMOTED,

@@ -24,25 +24,25 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from schemas import codec
-from schemas import deadletter as dl
-from schemas import headers as h
-from schemas.messages import Alert, InferenceResult
-from schemas.topics import INFERENCE_RESULTS
-from services.alerts.settings import AlertsSettings
-from services.alerts.webhook import SKIPPED, WebhookSender
-from services.core.alerting import SUPPRESSIONS, AlertEngine, Observation, RaisedAlert
-from services.core.batching import Batcher, BatchPolicy
-from services.core.scoring import commit_offsets, rewind_offsets
-from services.runtime.deadletters import describe, dlq_record
-from services.runtime.kafka import (
+from driftline.schemas import codec
+from driftline.schemas import deadletter as dl
+from driftline.schemas import headers as h
+from driftline.schemas.messages import Alert, InferenceResult
+from driftline.schemas.topics import INFERENCE_RESULTS
+from driftline.services.alerts.settings import AlertsSettings
+from driftline.services.alerts.webhook import SKIPPED, WebhookSender
+from driftline.services.core.alerting import SUPPRESSIONS, AlertEngine, Observation, RaisedAlert
+from driftline.services.core.batching import Batcher, BatchPolicy
+from driftline.services.core.scoring import commit_offsets, rewind_offsets
+from driftline.services.runtime.deadletters import describe, dlq_record
+from driftline.services.runtime.kafka import (
     DeliveryTracker,
     consumer_config,
     flush_or_raise,
     position,
     producer,
 )
-from services.runtime.metrics import AlertsMetrics, Health
+from driftline.services.runtime.metrics import AlertsMetrics, Health
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
-from services.alerts.consumer import AlertsConsumer, BatchStats
-from services.alerts.settings import AlertsSettings
-from services.alerts.webhook import HttpPost, WebhookSender
-from services.runtime import metrics as m
+from driftline.services.alerts.consumer import AlertsConsumer, BatchStats
+from driftline.services.alerts.settings import AlertsSettings
+from driftline.services.alerts.webhook import HttpPost, WebhookSender
+from driftline.services.runtime import metrics as m
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from typing import Self
 
 from pydantic import Field, SecretStr, model_validator
 
-from schemas.contracts import FAULTY_CLASSES
-from services.core.alerting import AlertRules
-from services.runtime.settings import DriftlineSettings
+from driftline.schemas.contracts import FAULTY_CLASSES
+from driftline.services.core.alerting import AlertRules
+from driftline.services.runtime.settings import DriftlineSettings
 
 
 class AlertsSettings(DriftlineSettings):

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
-from schemas.messages import Alert
+from driftline.schemas.messages import Alert
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,14 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from schemas import headers as h
-from services.runtime.kafka import DeliveryTracker, create_topics, flush_or_raise, producer
-from services.runtime.settings import KafkaSettings
+from driftline.schemas import headers as h
+from driftline.services.runtime.kafka import (
+    DeliveryTracker,
+    create_topics,
+    flush_or_raise,
+    producer,
+)
+from driftline.services.runtime.settings import KafkaSettings
 
 AVRO: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
 JSON: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_JSON.encode())]
@@ -27,7 +32,7 @@ def bench_kafka(bootstrap: str | None, partitions: int) -> KafkaSettings:
     if bootstrap is None:
         bootstrap = os.environ.get("DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS")
     if bootstrap is None:
-        from services.runtime import localstack
+        from driftline.services.runtime import localstack
 
         stack = localstack.LocalStack(
             localstack.default_data_dir(), localstack.StackPorts.from_env(), log=lambda _m: None

@@ -30,9 +30,9 @@ import numpy.typing as npt
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from schemas import codec
-from schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES, SENSOR_CHANNELS
-from schemas.messages import (
+from driftline.schemas import codec
+from driftline.schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES, SENSOR_CHANNELS
+from driftline.schemas.messages import (
     MODALITY_IMAGE,
     MODALITY_SENSOR,
     STATUS_CHAMPION,
@@ -42,25 +42,33 @@ from schemas.messages import (
     ModelVersion,
     SensorWindow,
 )
-from schemas.topics import CAMERA_IMAGES, SENSOR_WINDOWS
-from services.bench.harness import AVRO, JSON, Reader, bench_kafka, preload, rss_bytes, write_report
-from services.bench.load import latency_run
-from services.core.scoring import commit_offsets, top1
-from services.inference.consumer import BatchStats, InferenceConsumer
-from services.inference.model import LoadedModel, load
-from services.inference.service import decoder_for
-from services.inference.watcher import ModelSlot, RegistryWatcher
-from services.runtime import registry
-from services.runtime.artifacts import FsspecArtifactStore, sha256_hex
-from services.runtime.kafka import (
+from driftline.schemas.topics import CAMERA_IMAGES, SENSOR_WINDOWS
+from driftline.services.bench.harness import (
+    AVRO,
+    JSON,
+    Reader,
+    bench_kafka,
+    preload,
+    rss_bytes,
+    write_report,
+)
+from driftline.services.bench.load import latency_run
+from driftline.services.core.scoring import commit_offsets, top1
+from driftline.services.inference.consumer import BatchStats, InferenceConsumer
+from driftline.services.inference.model import LoadedModel, load
+from driftline.services.inference.service import decoder_for
+from driftline.services.inference.watcher import ModelSlot, RegistryWatcher
+from driftline.services.runtime import registry
+from driftline.services.runtime.artifacts import FsspecArtifactStore, sha256_hex
+from driftline.services.runtime.kafka import (
     DeliveryTracker,
     consumer_config,
     flush_or_raise,
     position,
     producer,
 )
-from services.runtime.metrics import InferenceMetrics
-from services.runtime.settings import InferenceSettings, KafkaSettings
+from driftline.services.runtime.metrics import InferenceMetrics
+from driftline.services.runtime.settings import InferenceSettings, KafkaSettings
 
 Say = Callable[[str], None]
 
@@ -81,10 +89,10 @@ class Workload:
 def _sensor_workload(n: int, seed: int, say: Say) -> Workload:
     import torch
 
-    from services.simulator.fleet import generate_windows, labelled_dataset
-    from trainer.export import export_classifier
-    from trainer.fit import FitConfig, fit
-    from trainer.models import SensorCNN
+    from driftline.services.simulator.fleet import generate_windows, labelled_dataset
+    from driftline.trainer.export import export_classifier
+    from driftline.trainer.fit import FitConfig, fit
+    from driftline.trainer.models import SensorCNN
 
     say("training the bench sensor model (3 epochs on 6000 simulated windows)")
     torch.manual_seed(seed)
@@ -136,9 +144,9 @@ def _sensor_workload(n: int, seed: int, say: Say) -> Workload:
 def _image_workload(n: int, seed: int, say: Say) -> Workload:
     import torch
 
-    from services.simulator.images import encode_jpeg, generate_images
-    from trainer.export import export_classifier
-    from trainer.models import ImageCNN
+    from driftline.services.simulator.images import encode_jpeg, generate_images
+    from driftline.trainer.export import export_classifier
+    from driftline.trainer.models import ImageCNN
 
     say("building the bench image model (untrained weights: speed does not depend on them)")
     torch.manual_seed(seed)
@@ -239,8 +247,8 @@ def _b1(kafka: KafkaSettings, w: Workload, n: int, batch: int) -> float:
     prod = producer(kafka)
     tracker = DeliveryTracker()
     out = kafka.topics.name("bench.passthrough")
-    from schemas.topics import TopicSpec
-    from services.runtime.kafka import create_topics
+    from driftline.schemas.topics import TopicSpec
+    from driftline.services.runtime.kafka import create_topics
 
     create_topics(kafka, [TopicSpec("bench.passthrough", "asset_id", "bytes", partitions=3)])
     done, first = 0, 0.0
@@ -268,8 +276,8 @@ def _b1(kafka: KafkaSettings, w: Workload, n: int, batch: int) -> float:
 def _naive(kafka: KafkaSettings, w: Workload, model: LoadedModel, n: int) -> float:
     """The common first attempt: one message at a time, JSON, batch of 1, commit each."""
     topic = kafka.topics.name(w.source_base + ".json")
-    from schemas.topics import TopicSpec
-    from services.runtime.kafka import create_topics
+    from driftline.schemas.topics import TopicSpec
+    from driftline.services.runtime.kafka import create_topics
 
     create_topics(kafka, [TopicSpec(w.source_base + ".json", "asset_id", "json", partitions=3)])
     preload(kafka, topic, list(zip(w.keys[:n], w.json[:n], strict=True)), JSON)
@@ -288,7 +296,7 @@ def _naive(kafka: KafkaSettings, w: Workload, model: LoadedModel, n: int) -> flo
         if kind is SensorWindow:
             x = np.asarray(msg["samples"], dtype=np.float32)[None]
         else:
-            from services.inference.images import decode_image
+            from driftline.services.inference.images import decode_image
 
             img = codec.decode(CameraImage, m.value(), "application/json")
             pixels = decode_image(img.image or b"", img.content_type, max_pixels=1 << 24)

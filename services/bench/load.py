@@ -13,8 +13,8 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from schemas import codec
-from schemas.messages import CameraImage, InferenceResult, SensorWindow
+from driftline.schemas import codec
+from driftline.schemas.messages import CameraImage, InferenceResult, SensorWindow
 
 CTX = mp.get_context("spawn")
 
@@ -32,9 +32,9 @@ def _sender(
 ) -> None:
     import msgspec
 
-    from schemas import headers as h
-    from services.runtime.kafka import producer
-    from services.runtime.settings import KafkaSettings
+    from driftline.schemas import headers as h
+    from driftline.services.runtime.kafka import producer
+    from driftline.services.runtime.settings import KafkaSettings
 
     kind: type[SensorWindow] | type[CameraImage] = (
         SensorWindow if modality == "sensor" else CameraImage
@@ -78,7 +78,7 @@ def _reader(bootstrap: str, topic: str, expect: int, timeout_s: float, conn: Con
 
     from confluent_kafka import Consumer
 
-    from services.runtime.settings import KafkaSettings
+    from driftline.services.runtime.settings import KafkaSettings
 
     consumer = Consumer(
         KafkaSettings(bootstrap_servers=bootstrap).client_config(

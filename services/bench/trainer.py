@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES
-from schemas.messages import MODALITY_IMAGE, MODALITY_SENSOR, STATUS_CHAMPION, Lineage
-from services.runtime.settings import KafkaSettings, TrainerSettings
+from driftline.schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES
+from driftline.schemas.messages import MODALITY_IMAGE, MODALITY_SENSOR, STATUS_CHAMPION, Lineage
+from driftline.services.runtime.settings import KafkaSettings, TrainerSettings
 
 
 @dataclass
@@ -73,8 +73,8 @@ def _cpu_name() -> str:
 
 
 def _data(modality: str, n: int, seed: int) -> tuple[Any, Any]:
-    from services.simulator.fleet import labelled_dataset
-    from services.simulator.images import labelled_images
+    from driftline.services.simulator.fleet import labelled_dataset
+    from driftline.services.simulator.images import labelled_images
 
     if modality == MODALITY_IMAGE:
         photos, y = labelled_images(n, seed)
@@ -86,12 +86,12 @@ def bench_training(
     settings: TrainerSettings, modality: str, n: int, writer: Any, root: str
 ) -> TrainingFigures:
     """Train from scratch on n simulated examples, export, check, sign and publish."""
-    from services.runtime.artifacts import FsspecArtifactStore
-    from services.runtime.signing import generate_keypair
-    from trainer.dataset import LabelledSet
-    from trainer.publish import build_version
-    from trainer.retrain import train_challenger
-    from trainer.runs import retrain_config
+    from driftline.services.runtime.artifacts import FsspecArtifactStore
+    from driftline.services.runtime.signing import generate_keypair
+    from driftline.trainer.dataset import LabelledSet
+    from driftline.trainer.publish import build_version
+    from driftline.trainer.retrain import train_challenger
+    from driftline.trainer.runs import retrain_config
 
     started = time.monotonic()
     x, y = _data(modality, n, settings.seed)
@@ -134,9 +134,9 @@ def bench_training(
 
 def _train_in_child(settings_json: str, n: int, fitting: Any, done: Any) -> None:
     """The competing training, in its own process as the trainer service would be."""
-    from trainer.dataset import LabelledSet
-    from trainer.retrain import train_challenger
-    from trainer.runs import retrain_config
+    from driftline.trainer.dataset import LabelledSet
+    from driftline.trainer.retrain import train_challenger
+    from driftline.trainer.runs import retrain_config
 
     settings = TrainerSettings.model_validate_json(settings_json)
     x, y = _data(MODALITY_SENSOR, n, settings.seed)
@@ -149,11 +149,11 @@ def _train_in_child(settings_json: str, n: int, fitting: Any, done: Any) -> None
 
 def _drain_rate(kafka: KafkaSettings, group: str, events: int, seed: int) -> float:
     """Events per second the sensor consumer scores, on a backlog of `events` windows."""
-    from services.inference import service
-    from services.inference.consumer import BatchStats
-    from services.runtime.settings import InferenceSettings, SimulatorSettings
-    from services.runtime.shutdown import StopFlag
-    from services.simulator import sensors
+    from driftline.services.inference import service
+    from driftline.services.inference.consumer import BatchStats
+    from driftline.services.runtime.settings import InferenceSettings, SimulatorSettings
+    from driftline.services.runtime.shutdown import StopFlag
+    from driftline.services.simulator import sensors
 
     sensors.run(
         SimulatorSettings(kafka=kafka, count=events, rate=1e9, assets=200, seed=seed),
@@ -206,7 +206,7 @@ def run(
 ) -> TrainerBench:
     import torch
 
-    from trainer.publish import KafkaRegistryWriter, MemoryRegistryWriter
+    from driftline.trainer.publish import KafkaRegistryWriter, MemoryRegistryWriter
 
     result = TrainerBench(cpu=_cpu_name(), torch_threads=torch.get_num_threads())
     tmp = Path(tempfile.mkdtemp(prefix="driftline-bench-"))
@@ -214,7 +214,7 @@ def run(
     kafka = settings.kafka
     writer: Any = MemoryRegistryWriter()
     if use_kafka:
-        from services.runtime.kafka import admin, create_topics
+        from driftline.services.runtime.kafka import admin, create_topics
 
         kafka = kafka.model_copy(update={"topic_prefix": f"bench-{uuid.uuid4().hex[:8]}."})
         create_topics(kafka)

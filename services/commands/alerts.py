@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from services.commands.args import add_kafka_flags, settings_from
+from driftline.services.commands.args import add_kafka_flags, settings_from
 
 FLAGS = [
     "k",
@@ -24,10 +24,10 @@ FLAGS = [
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.alerts import service
-    from services.alerts.settings import AlertsSettings
-    from services.runtime import logs
-    from services.runtime.shutdown import StopFlag
+    from driftline.services.alerts import service
+    from driftline.services.alerts.settings import AlertsSettings
+    from driftline.services.runtime import logs
+    from driftline.services.runtime.shutdown import StopFlag
 
     settings = settings_from(AlertsSettings, args, FLAGS)
     logs.configure(settings.log_level)

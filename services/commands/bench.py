@@ -11,12 +11,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from services.commands.args import add_kafka_flags, settings_from
+from driftline.services.commands.args import add_kafka_flags, settings_from
 
 
 def _trainer(args: argparse.Namespace) -> int:
-    from services.bench import trainer
-    from services.runtime.settings import TrainerSettings
+    from driftline.services.bench import trainer
+    from driftline.services.runtime.settings import TrainerSettings
 
     settings = settings_from(TrainerSettings, args, ["epochs", "device", "seed"])
     return trainer.main(
@@ -53,7 +53,7 @@ def _add_trainer(targets: Any) -> None:
 def _inference(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from services.bench import inference
+    from driftline.services.bench import inference
 
     modalities = ["sensor", "image"] if args.modality == "both" else [args.modality]
     for modality in modalities:

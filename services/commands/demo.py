@@ -9,11 +9,11 @@ from typing import Any
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.demo import run as drift_demo
-    from services.demo.config import DemoConfig
-    from services.drift_report import RECOVERY_GOAL
-    from services.runtime import localstack
-    from services.simulator.scenario import ScenarioError
+    from driftline.services.demo import run as drift_demo
+    from driftline.services.demo.config import DemoConfig
+    from driftline.services.drift_report import RECOVERY_GOAL
+    from driftline.services.runtime import localstack
+    from driftline.services.simulator.scenario import ScenarioError
 
     cfg = DemoConfig(
         scenario=args.scenario,

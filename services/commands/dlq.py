@@ -7,7 +7,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from services.commands.args import add_kafka_flags, settings_from
+from driftline.services.commands.args import add_kafka_flags, settings_from
 
 
 def _when(ms: int) -> str:
@@ -25,8 +25,8 @@ def _preview(value: bytes | None, width: int = 32) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.runtime import deadletters
-    from services.runtime.settings import DriftlineSettings
+    from driftline.services.runtime import deadletters
+    from driftline.services.runtime.settings import DriftlineSettings
 
     settings = settings_from(DriftlineSettings, args)
     reasons = set(args.reason or [])

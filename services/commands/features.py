@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from services.commands.args import add_kafka_flags, settings_from
+from driftline.services.commands.args import add_kafka_flags, settings_from
 
 SETTING_FLAGS = ["metrics_port", "role", "redis_key_prefix", "log_level"]
 
@@ -15,7 +15,7 @@ SETTING_FLAGS = ["metrics_port", "role", "redis_key_prefix", "log_level"]
 def _settings(args: argparse.Namespace) -> Any:
     from pydantic import SecretStr
 
-    from services.features.settings import FeaturesSettings
+    from driftline.services.features.settings import FeaturesSettings
 
     settings = settings_from(FeaturesSettings, args, SETTING_FLAGS)
     if getattr(args, "redis_url", None):
@@ -24,8 +24,8 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def run_app(args: argparse.Namespace) -> int:
-    from services.features import service
-    from services.runtime import logs
+    from driftline.services.features import service
+    from driftline.services.runtime import logs
 
     settings = _settings(args)
     logs.configure(settings.log_level)
@@ -36,7 +36,7 @@ def run_app(args: argparse.Namespace) -> int:
 def get(args: argparse.Namespace) -> int:
     import redis
 
-    from services.features.reader import format_asset, read_asset
+    from driftline.services.features.reader import format_asset, read_asset
 
     settings = _settings(args)
     client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
@@ -82,7 +82,7 @@ def _accuracy_json(view: Any) -> dict[str, Any] | None:
 
 
 def rebuild(args: argparse.Namespace) -> int:
-    from services.features.rebuild import rebuild as replay
+    from driftline.services.features.rebuild import rebuild as replay
 
     settings = _settings(args)
     report = replay(settings, fresh=args.fresh)
@@ -96,11 +96,11 @@ def rebuild(args: argparse.Namespace) -> int:
 def bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from services.features import bench as features_bench
+    from driftline.services.features import bench as features_bench
 
     settings = _settings(args)
     if args.late_labels:
-        from services.features import latebench
+        from driftline.services.features import latebench
 
         return latebench.main(settings, assets=args.late_assets)
     return features_bench.main(

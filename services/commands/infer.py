@@ -6,14 +6,14 @@ import argparse
 import sys
 from typing import Any
 
-from services.commands.args import add_kafka_flags, settings_from
+from driftline.services.commands.args import add_kafka_flags, settings_from
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.inference import service
-    from services.runtime import logs
-    from services.runtime.settings import InferenceSettings
-    from services.runtime.shutdown import StopFlag
+    from driftline.services.inference import service
+    from driftline.services.runtime import logs
+    from driftline.services.runtime.settings import InferenceSettings
+    from driftline.services.runtime.shutdown import StopFlag
 
     settings = settings_from(
         InferenceSettings,

@@ -6,11 +6,11 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from services.commands.args import add_kafka_flags, settings_from
+from driftline.services.commands.args import add_kafka_flags, settings_from
 
 if TYPE_CHECKING:
-    from schemas.messages import ModelVersion
-    from services.runtime.registry import RegistrySnapshot
+    from driftline.schemas.messages import ModelVersion
+    from driftline.services.runtime.registry import RegistrySnapshot
 
 
 def _list(snapshot: RegistrySnapshot) -> int:
@@ -76,10 +76,10 @@ def _find(snapshot: RegistrySnapshot, spec: str, default_model: str) -> ModelVer
 
 
 def run(args: argparse.Namespace) -> int:
-    from schemas.contracts import MODEL_NAMES
-    from schemas.messages import STATUS_REJECTED
-    from services.runtime import registry
-    from services.runtime.settings import DriftlineSettings
+    from driftline.schemas.contracts import MODEL_NAMES
+    from driftline.schemas.messages import STATUS_REJECTED
+    from driftline.services.runtime import registry
+    from driftline.services.runtime.settings import DriftlineSettings
 
     settings = settings_from(DriftlineSettings, args)
     topic = settings.kafka.topics.models_registry

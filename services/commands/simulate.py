@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from services.commands.args import add_kafka_flags, settings_from
+from driftline.services.commands.args import add_kafka_flags, settings_from
 
 FIELDS = [
     "assets",
@@ -26,10 +26,10 @@ FIELDS = [
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.runtime.settings import SimulatorSettings
-    from services.runtime.shutdown import StopFlag
-    from services.simulator import sensors
-    from services.simulator.scenario import ScenarioError
+    from driftline.services.runtime.settings import SimulatorSettings
+    from driftline.services.runtime.shutdown import StopFlag
+    from driftline.services.simulator import sensors
+    from driftline.services.simulator.scenario import ScenarioError
 
     if args.source == "images":
         args.rate = 0.0

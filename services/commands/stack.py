@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from services.commands.args import given
+from driftline.services.commands.args import given
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.runtime import localstack as ls
+    from driftline.services.runtime import localstack as ls
 
     ports = ls.StackPorts.from_env()
     changes = given(args, ["kafka", "controller", "redis"])

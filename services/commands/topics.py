@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from services.commands.args import add_kafka_flags, settings_from
+from driftline.services.commands.args import add_kafka_flags, settings_from
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.runtime.kafka import create_topics
-    from services.runtime.settings import DriftlineSettings
+    from driftline.services.runtime.kafka import create_topics
+    from driftline.services.runtime.settings import DriftlineSettings
 
     settings = settings_from(DriftlineSettings, args)
     label_ms = args.label_retention_s * 1000 if args.label_retention_s else None

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from services.commands.args import add_kafka_flags, settings_from
+from driftline.services.commands.args import add_kafka_flags, settings_from
 
 SETTING_FLAGS = [
     "epochs",
@@ -25,11 +25,11 @@ FAILED_OUTCOMES = ("failed", "oom", "cancelled")
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
-    from schemas.contracts import MODEL_NAMES
-    from schemas.messages import MODALITIES
-    from services.bootstrap import bootstrap_model
-    from services.runtime import registry
-    from services.runtime.settings import TrainerSettings
+    from driftline.schemas.contracts import MODEL_NAMES
+    from driftline.schemas.messages import MODALITIES
+    from driftline.services.bootstrap import bootstrap_model
+    from driftline.services.runtime import registry
+    from driftline.services.runtime.settings import TrainerSettings
 
     settings = settings_from(TrainerSettings, args, SETTING_FLAGS)
     modalities = [args.modality] if args.modality else list(MODALITIES)
@@ -54,10 +54,10 @@ def _bootstrap(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.bootstrap:
         return _bootstrap(args)
-    from services.runtime import logs
-    from services.runtime.settings import TrainerSettings
-    from services.runtime.shutdown import StopFlag
-    from trainer import service
+    from driftline.services.runtime import logs
+    from driftline.services.runtime.settings import TrainerSettings
+    from driftline.services.runtime.shutdown import StopFlag
+    from driftline.trainer import service
 
     settings = settings_from(TrainerSettings, args, SETTING_FLAGS)
     logs.configure(settings.log_level)

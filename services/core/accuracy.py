@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from services.core.windows import window_start
+from driftline.services.core.windows import window_start
 
 # Upper bounds (seconds) of the label-delay histogram kept per bucket; one more bin is open.
 DELAY_EDGES_S: tuple[int, ...] = (1, 5, 15, 60, 300, 900, 3600, 21_600, 86_400, 604_800)

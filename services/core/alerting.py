@@ -24,7 +24,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from schemas.contracts import FAULTY_CLASSES
+from driftline.schemas.contracts import FAULTY_CLASSES
 
 SEVERITY_INFO = "info"
 SEVERITY_WARNING = "warning"

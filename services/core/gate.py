@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from services.core.metrics import accuracy, macro_f1
+from driftline.services.core.metrics import accuracy, macro_f1
 
 METRIC_MACRO_F1 = "macro_f1"
 METRIC_ACCURACY = "accuracy"

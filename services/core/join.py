@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from schemas.messages import Label, LabelledWindow
+from driftline.schemas.messages import Label, LabelledWindow
 
 
 class Decision(enum.StrEnum):

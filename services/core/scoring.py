@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import numpy.typing as npt
 
-from schemas.batch import DecodedBatch
-from schemas.deadletter import SCORING_FAILED, CodecError
+from driftline.schemas.batch import DecodedBatch
+from driftline.schemas.deadletter import SCORING_FAILED, CodecError
 
 
 def top1(

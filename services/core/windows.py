@@ -15,7 +15,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from services.core.profile import Histogram, psi
+from driftline.services.core.profile import Histogram, psi
 
 MINUTE_MS = 60_000
 CONFIDENCE_BINS = 100  # bins of width 0.01 on [0, 1]: percentiles are exact to half a bin

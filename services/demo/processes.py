@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.demo.config import DemoConfig
+from driftline.services.demo.config import DemoConfig
 
 Say = Callable[[str], None]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -64,7 +64,7 @@ def spawn(name: str, args: list[str], env: dict[str, str], logs: Path, port: int
     log = logs / f"{name}.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *args, "--metrics-port", str(port)],
+            [sys.executable, "-m", "driftline.services.cli", *args, "--metrics-port", str(port)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -91,7 +91,7 @@ def bootstrap(cfg: DemoConfig, env: dict[str, str], logs: Path, say: Say) -> Non
     cmd = [
         sys.executable,
         "-m",
-        "services.cli",
+        "driftline.services.cli",
         "train",
         "--bootstrap",
         "--windows",

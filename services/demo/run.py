@@ -17,16 +17,16 @@ import time
 import uuid
 from pathlib import Path
 
-from services.demo.config import DemoConfig
-from services.demo.processes import Say, Service, bootstrap, spawn, stop_all
-from services.demo.view import LiveView, rates_text, status_lines
-from services.demo.watch import Watch
-from services.drift_report import RunSummary, recovery, write
-from services.runtime.kafka import create_topics
-from services.runtime.localstack import free_port
-from services.runtime.settings import KafkaSettings, SimulatorSettings
-from services.simulator import scenario as scenarios
-from services.simulator import sensors
+from driftline.services.demo.config import DemoConfig
+from driftline.services.demo.processes import Say, Service, bootstrap, spawn, stop_all
+from driftline.services.demo.view import LiveView, rates_text, status_lines
+from driftline.services.demo.watch import Watch
+from driftline.services.drift_report import RunSummary, recovery, write
+from driftline.services.runtime.kafka import create_topics
+from driftline.services.runtime.localstack import free_port
+from driftline.services.runtime.settings import KafkaSettings, SimulatorSettings
+from driftline.services.simulator import scenario as scenarios
+from driftline.services.simulator import sensors
 
 READY_TIMEOUT_S = 300.0
 

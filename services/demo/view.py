@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import IO
 
-from services.demo.config import DemoConfig
-from services.demo.processes import Samples, sample_value
-from services.demo.watch import Watch
-from services.runtime import metrics as m
+from driftline.services.demo.config import DemoConfig
+from driftline.services.demo.processes import Samples, sample_value
+from driftline.services.demo.watch import Watch
+from driftline.services.runtime import metrics as m
 
 MIN_LABELS_SHOWN = 30  # a bucket with fewer labels is not shown as live accuracy
 

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer
 
-from schemas import codec
-from schemas.messages import InferenceResult, ModelVersion
-from services.core.ledger import Ledger
-from services.drift_report import Mark
-from services.runtime.registry import RegistrySnapshot
-from services.runtime.settings import KafkaSettings
+from driftline.schemas import codec
+from driftline.schemas.messages import InferenceResult, ModelVersion
+from driftline.services.core.ledger import Ledger
+from driftline.services.drift_report import Mark
+from driftline.services.runtime.registry import RegistrySnapshot
+from driftline.services.runtime.settings import KafkaSettings
 
 
 @dataclass

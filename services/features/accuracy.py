@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from services.core import accuracy as core
-from services.core.accuracy import AccuracySnapshot, BucketCounts, EventTimeAccuracy
-from services.features.stats import SEP
-from services.features.store import (
+from driftline.services.core import accuracy as core
+from driftline.services.core.accuracy import AccuracySnapshot, BucketCounts, EventTimeAccuracy
+from driftline.services.features.stats import SEP
+from driftline.services.features.store import (
     ACCURACY_BUCKET_KEY,
     ACCURACY_KEY,
     PARTITION_FIELD,
@@ -24,8 +24,8 @@ from services.features.store import (
     num,
     window_name,
 )
-from services.features.tables import StateTable, key_partition
-from services.runtime.metrics import FeaturesMetrics
+from driftline.services.features.tables import StateTable, key_partition
+from driftline.services.runtime.metrics import FeaturesMetrics
 
 Version = tuple[str, int]  # model name, version
 Owner = tuple[Version, int]  # (version, join partition)

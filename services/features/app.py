@@ -41,18 +41,18 @@ from typing import IO, Any
 import faust
 from confluent_kafka.admin import AdminClient
 
-from schemas import headers as h
-from schemas.messages import ModelVersion
-from services.features.accuracy import Version
-from services.features.credentials import faust_credentials
-from services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
-from services.features.readback import KafkaInputReader
-from services.features.registry import RegistryFollower
-from services.features.rocks import MIB, RocksOptions, faust_disk_table
-from services.features.settings import FeaturesSettings
-from services.features.store import FeatureStore, RedisFeatureStore
-from services.features.tables import KEY_SEP, FaustTable, StateTable, key_partition
-from services.runtime.metrics import FeaturesMetrics
+from driftline.schemas import headers as h
+from driftline.schemas.messages import ModelVersion
+from driftline.services.features.accuracy import Version
+from driftline.services.features.credentials import faust_credentials
+from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
+from driftline.services.features.readback import KafkaInputReader
+from driftline.services.features.registry import RegistryFollower
+from driftline.services.features.rocks import MIB, RocksOptions, faust_disk_table
+from driftline.services.features.settings import FeaturesSettings
+from driftline.services.features.store import FeatureStore, RedisFeatureStore
+from driftline.services.features.tables import KEY_SEP, FaustTable, StateTable, key_partition
+from driftline.services.runtime.metrics import FeaturesMetrics
 
 log = logging.getLogger(__name__)
 

@@ -28,16 +28,16 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from schemas import headers as h
-from schemas.avro import encode_record
-from schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES
-from services.features.drift import drift_write
-from services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
-from services.features.rebuild import DiscardOutbox, delete_prefix
-from services.features.settings import FeaturesSettings
-from services.features.store import RedisFeatureStore
-from services.features.tables import DictTable
-from services.runtime.metrics import FeaturesMetrics
+from driftline.schemas import headers as h
+from driftline.schemas.avro import encode_record
+from driftline.schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES
+from driftline.services.features.drift import drift_write
+from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
+from driftline.services.features.rebuild import DiscardOutbox, delete_prefix
+from driftline.services.features.settings import FeaturesSettings
+from driftline.services.features.store import RedisFeatureStore
+from driftline.services.features.tables import DictTable
+from driftline.services.runtime.metrics import FeaturesMetrics
 
 AVRO: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
 MODEL = MODEL_NAMES["sensor"]
@@ -162,7 +162,7 @@ async def _populate(settings: FeaturesSettings, assets: int) -> None:
         pipeline.accuracy.scored((MODEL, 1), t, 0.9, i % 6)
         pipeline.accuracy.labelled((MODEL, 1), t, t + 5000, i % 5 != 0, i % 6)
     await pipeline.flush(now=0.0)
-    from schemas.messages import DriftSignal
+    from driftline.schemas.messages import DriftSignal
 
     signal = DriftSignal(
         model_name=MODEL,
@@ -196,8 +196,8 @@ def _percentiles(samples_ns: list[int], what: str) -> dict[str, Any]:
 def _reads(settings: FeaturesSettings, assets: int, reads: int) -> dict[str, dict[str, Any]]:
     import redis
 
-    from services.features.reader import read_asset
-    from services.features.store import ASSET_KEY
+    from driftline.services.features.reader import read_asset
+    from driftline.services.features.store import ASSET_KEY
 
     client = redis.Redis.from_url(settings.redis_url.get_secret_value())
     rng = np.random.default_rng(3)
@@ -227,8 +227,8 @@ def _app_throughput(
     settings: FeaturesSettings, events: int, assets: int, workers: int
 ) -> dict[str, Any]:
     """Preload results, start `workers` stats-role processes, time them until all are folded."""
-    from services.bench.harness import bench_kafka, preload
-    from services.runtime.localstack import free_port
+    from driftline.services.bench.harness import bench_kafka, preload
+    from driftline.services.runtime.localstack import free_port
 
     kafka = bench_kafka(settings.kafka.bootstrap_servers, partitions=6)
     t0 = int(time.time() * 1000) - 3_600_000
@@ -247,7 +247,7 @@ def _app_throughput(
             [
                 sys.executable,
                 "-m",
-                "services.cli",
+                "driftline.services.cli",
                 "features",
                 "--role",
                 "stats",

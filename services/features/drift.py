@@ -14,16 +14,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from schemas import headers as h
-from schemas.contracts import SENSOR_CHANNELS, SENSOR_SAMPLES
-from schemas.messages import DriftSignal, ModelVersion
-from schemas.sensor_batch import decode_sensor_batch
-from services.core.accuracy import AccuracySnapshot
-from services.core.join import Prediction, StoredInput
-from services.core.profile import CONFIDENCE_FEATURE, Histogram, sensor_summaries
-from services.core.windows import RecentSamples
-from services.features.accuracy import Version
-from services.features.store import DRIFT_KEY, HashWrite, num
+from driftline.schemas import headers as h
+from driftline.schemas.contracts import SENSOR_CHANNELS, SENSOR_SAMPLES
+from driftline.schemas.messages import DriftSignal, ModelVersion
+from driftline.schemas.sensor_batch import decode_sensor_batch
+from driftline.services.core.accuracy import AccuracySnapshot
+from driftline.services.core.join import Prediction, StoredInput
+from driftline.services.core.profile import CONFIDENCE_FEATURE, Histogram, sensor_summaries
+from driftline.services.core.windows import RecentSamples
+from driftline.services.features.accuracy import Version
+from driftline.services.features.store import DRIFT_KEY, HashWrite, num
 
 STATISTIC = "psi"
 DRAIN_AT = 512

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 import msgspec
 
-from schemas import avro, codec
-from schemas import deadletter as dl
-from schemas import headers as h
-from schemas.messages import (
+from driftline.schemas import avro, codec
+from driftline.schemas import deadletter as dl
+from driftline.schemas import headers as h
+from driftline.schemas.messages import (
     MODALITY_IMAGE,
     MODALITY_SENSOR,
     CameraImage,
@@ -41,8 +41,8 @@ from schemas.messages import (
     LabelledWindow,
     SensorWindow,
 )
-from services.core import join as core
-from services.features.tables import StateTable, key_partition
+from driftline.services.core import join as core
+from driftline.services.features.tables import StateTable, key_partition
 
 JOIN_KIND = "driftline-join-kind"
 JOIN_EVENT_TIME = "driftline-join-event-time-ms"

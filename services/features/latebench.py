@@ -26,19 +26,25 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from schemas import codec
-from schemas import headers as h
-from schemas.avro import encode_record
-from schemas.contracts import INSULATOR_CLASSES, SENSOR_CHANNELS, SENSOR_SAMPLES
-from schemas.messages import InferenceResult, Label
-from services.features.join import INDEX_BY_TIME
-from services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
-from services.features.readback import FetchedRecord, Position
-from services.features.rocks import MIB, DiskTable, LocalDatabases, RocksOptions, disk_bytes
-from services.features.settings import FeaturesSettings
-from services.features.store import MemoryFeatureStore
-from services.features.tables import KEY_SEP, StateTable, key_partition
-from services.runtime.metrics import FeaturesMetrics
+from driftline.schemas import codec
+from driftline.schemas import headers as h
+from driftline.schemas.avro import encode_record
+from driftline.schemas.contracts import INSULATOR_CLASSES, SENSOR_CHANNELS, SENSOR_SAMPLES
+from driftline.schemas.messages import InferenceResult, Label
+from driftline.services.features.join import INDEX_BY_TIME
+from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
+from driftline.services.features.readback import FetchedRecord, Position
+from driftline.services.features.rocks import (
+    MIB,
+    DiskTable,
+    LocalDatabases,
+    RocksOptions,
+    disk_bytes,
+)
+from driftline.services.features.settings import FeaturesSettings
+from driftline.services.features.store import MemoryFeatureStore
+from driftline.services.features.tables import KEY_SEP, StateTable, key_partition
+from driftline.services.runtime.metrics import FeaturesMetrics
 
 DAY_MS = 86_400_000
 AVRO: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]

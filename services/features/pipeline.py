@@ -20,23 +20,35 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from schemas import codec
-from schemas import deadletter as dl
-from schemas import headers as h
-from schemas.messages import DriftSignal, InferenceResult, Label, LabelledWindow, ModelVersion
-from schemas.topics import FEEDBACK_LABELS, INFERENCE_RESULTS
-from services.core.accuracy import calibration_factor
-from services.core.join import Decision, Prediction, StoredInput, label_problem, labelled_window
-from services.core.profile import CONFIDENCE_FEATURE
-from services.features import join as j
-from services.features.accuracy import AccuracyBook, Version, join_partition
-from services.features.drift import DriftBook
-from services.features.readback import FetchedRecord, InputReader
-from services.features.settings import FeaturesSettings
-from services.features.stats import StatsAggregator, StatsConfig
-from services.features.store import SENTINEL_KEY, FeatureStore, HashWrite
-from services.features.tables import StateTable
-from services.runtime.metrics import FeaturesMetrics
+from driftline.schemas import codec
+from driftline.schemas import deadletter as dl
+from driftline.schemas import headers as h
+from driftline.schemas.messages import (
+    DriftSignal,
+    InferenceResult,
+    Label,
+    LabelledWindow,
+    ModelVersion,
+)
+from driftline.schemas.topics import FEEDBACK_LABELS, INFERENCE_RESULTS
+from driftline.services.core.accuracy import calibration_factor
+from driftline.services.core.join import (
+    Decision,
+    Prediction,
+    StoredInput,
+    label_problem,
+    labelled_window,
+)
+from driftline.services.core.profile import CONFIDENCE_FEATURE
+from driftline.services.features import join as j
+from driftline.services.features.accuracy import AccuracyBook, Version, join_partition
+from driftline.services.features.drift import DriftBook
+from driftline.services.features.readback import FetchedRecord, InputReader
+from driftline.services.features.settings import FeaturesSettings
+from driftline.services.features.stats import StatsAggregator, StatsConfig
+from driftline.services.features.store import SENTINEL_KEY, FeatureStore, HashWrite
+from driftline.services.features.tables import StateTable
+from driftline.services.runtime.metrics import FeaturesMetrics
 
 log = logging.getLogger(__name__)
 

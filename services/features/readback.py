@@ -20,9 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from schemas import codec
-from schemas import headers as h
-from services.runtime.settings import KafkaSettings
+from driftline.schemas import codec
+from driftline.schemas import headers as h
+from driftline.services.runtime.settings import KafkaSettings
 
 Position = tuple[str, int, int]  # topic, partition, offset
 

@@ -7,8 +7,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.features.accuracy import AccuracyView, bucket_hash_key, bucket_starts
-from services.features.store import ACCURACY_KEY, ASSET_KEY, DRIFT_KEY
+from driftline.services.features.accuracy import AccuracyView, bucket_hash_key, bucket_starts
+from driftline.services.features.store import ACCURACY_KEY, ASSET_KEY, DRIFT_KEY
 
 WINDOW_COLUMNS = (
     ("count", "count", 7),

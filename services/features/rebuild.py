@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from schemas import headers as h
-from services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
-from services.features.settings import FeaturesSettings
-from services.features.startup import deployed_join_partitions
-from services.features.store import RedisFeatureStore
-from services.features.tables import DictTable
-from services.runtime.metrics import FeaturesMetrics
+from driftline.schemas import headers as h
+from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
+from driftline.services.features.settings import FeaturesSettings
+from driftline.services.features.startup import deployed_join_partitions
+from driftline.services.features.store import RedisFeatureStore
+from driftline.services.features.tables import DictTable
+from driftline.services.runtime.metrics import FeaturesMetrics
 
 BATCH = 2000
 FLUSH_EVERY = 50_000

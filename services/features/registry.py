@@ -12,9 +12,9 @@ import threading
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from schemas.messages import ModelVersion
-from services.runtime.registry import RegistrySnapshot
-from services.runtime.settings import KafkaSettings
+from driftline.schemas.messages import ModelVersion
+from driftline.services.runtime.registry import RegistrySnapshot
+from driftline.services.runtime.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 

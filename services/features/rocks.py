@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import rocksdict
 
-from services.features.tables import KEY_SEP, Item, key_partition
+from driftline.services.features.tables import KEY_SEP, Item, key_partition
 
 MIB = 1 << 20
 OFFSET_KEY = b"__faust\x00offset__"  # faust's per-database changelog offset: not state

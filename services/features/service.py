@@ -6,15 +6,15 @@ import logging
 
 from prometheus_client import CollectorRegistry
 
-from services.features.app import build, lock_data_dir
-from services.features.settings import FeaturesSettings
-from services.features.startup import (
+from driftline.services.features.app import build, lock_data_dir
+from driftline.services.features.settings import FeaturesSettings
+from driftline.services.features.startup import (
     Readiness,
     deployed_join_partitions,
     ensure_topics,
     topic_needs,
 )
-from services.runtime import metrics as m
+from driftline.services.runtime import metrics as m
 
 log = logging.getLogger(__name__)
 

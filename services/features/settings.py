@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from schemas.topics import LABEL_RETENTION_MS
-from services.core.profile import PSI_DRIFT_THRESHOLD
-from services.core.windows import WindowSpec
-from services.runtime.settings import DriftlineSettings
+from driftline.schemas.topics import LABEL_RETENTION_MS
+from driftline.services.core.profile import PSI_DRIFT_THRESHOLD
+from driftline.services.core.windows import WindowSpec
+from driftline.services.runtime.settings import DriftlineSettings
 
 Role = Literal["all", "stats", "join"]
 

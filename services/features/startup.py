@@ -26,9 +26,9 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
-from services.features.settings import FeaturesSettings
-from services.runtime.kafka import admin
-from services.runtime.settings import KafkaSettings
+from driftline.services.features.settings import FeaturesSettings
+from driftline.services.runtime.kafka import admin
+from driftline.services.runtime.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 

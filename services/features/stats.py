@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from schemas.messages import InferenceResult
-from services.core.windows import PERCENTILES, ConfidenceStats, PreparedBatch, WindowSpec
-from services.features.store import (
+from driftline.schemas.messages import InferenceResult
+from driftline.services.core.windows import PERCENTILES, ConfidenceStats, PreparedBatch, WindowSpec
+from driftline.services.features.store import (
     ASSET_FIELD,
     ASSET_KEY,
     EVENT_TIME_FIELD,
@@ -30,7 +30,7 @@ from services.features.store import (
     num,
     window_name,
 )
-from services.features.tables import StateTable
+from driftline.services.features.tables import StateTable
 
 SEP = "\x1f"
 

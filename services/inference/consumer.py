@@ -20,20 +20,20 @@ import numpy as np
 import numpy.typing as npt
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
-from schemas import codec
-from schemas import deadletter as dl
-from schemas import headers as h
-from schemas.avro import encode_record
-from schemas.batch import DecodedBatch
-from services.core.batching import Batcher, BatchPolicy
-from services.core.scoring import commit_offsets, rewind_offsets, score_apart, top1
-from services.inference.delivery import Delivery, RewindBatch, for_settings
-from services.inference.model import LoadedModel
-from services.inference.watcher import ModelSlot
-from services.runtime.deadletters import describe, dlq_record
-from services.runtime.kafka import consumer_config, position
-from services.runtime.metrics import Health, InferenceMetrics
-from services.runtime.settings import InferenceSettings
+from driftline.schemas import codec
+from driftline.schemas import deadletter as dl
+from driftline.schemas import headers as h
+from driftline.schemas.avro import encode_record
+from driftline.schemas.batch import DecodedBatch
+from driftline.services.core.batching import Batcher, BatchPolicy
+from driftline.services.core.scoring import commit_offsets, rewind_offsets, score_apart, top1
+from driftline.services.inference.delivery import Delivery, RewindBatch, for_settings
+from driftline.services.inference.model import LoadedModel
+from driftline.services.inference.watcher import ModelSlot
+from driftline.services.runtime.deadletters import describe, dlq_record
+from driftline.services.runtime.kafka import consumer_config, position
+from driftline.services.runtime.metrics import Health, InferenceMetrics
+from driftline.services.runtime.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 

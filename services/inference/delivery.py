@@ -23,9 +23,9 @@ from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from schemas import headers as h
-from services.runtime.kafka import producer
-from services.runtime.settings import InferenceSettings
+from driftline.schemas import headers as h
+from driftline.services.runtime.kafka import producer
+from driftline.services.runtime.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from schemas import codec
-from schemas import deadletter as dl
-from schemas.batch import DecodedBatch
-from schemas.contracts import IMAGE_CHANNELS, IMAGE_SIZE
-from schemas.messages import CameraImage
+from driftline.schemas import codec
+from driftline.schemas import deadletter as dl
+from driftline.schemas.batch import DecodedBatch
+from driftline.schemas.contracts import IMAGE_CHANNELS, IMAGE_SIZE
+from driftline.schemas.messages import CameraImage
 
 FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG"}
 CONVERTIBLE_MODES = {"RGB", "L", "P", "RGBA", "LA"}

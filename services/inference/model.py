@@ -9,10 +9,10 @@ import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 
-from schemas.contracts import IMAGE_CHANNELS, IMAGE_SIZE, SENSOR_CHANNELS, SENSOR_SAMPLES
-from schemas.messages import MODALITY_IMAGE, MODALITY_SENSOR, ModelVersion
-from services.runtime.artifacts import ArtifactError, ArtifactStore, fetch_verified
-from services.runtime.signing import SignatureError, verify
+from driftline.schemas.contracts import IMAGE_CHANNELS, IMAGE_SIZE, SENSOR_CHANNELS, SENSOR_SAMPLES
+from driftline.schemas.messages import MODALITY_IMAGE, MODALITY_SENSOR, ModelVersion
+from driftline.services.runtime.artifacts import ArtifactError, ArtifactStore, fetch_verified
+from driftline.services.runtime.signing import SignatureError, verify
 
 CANARY_BATCH = 4
 

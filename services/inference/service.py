@@ -10,15 +10,15 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
-from schemas.contracts import SENSOR_CHANNELS, SENSOR_SAMPLES
-from schemas.messages import MODALITY_SENSOR
-from schemas.sensor_batch import decode_sensor_batch
-from schemas.topics import CAMERA_IMAGES, SENSOR_WINDOWS
-from services.inference.consumer import BatchStats, Decoder, InferenceConsumer
-from services.inference.images import decode_image_batch
-from services.inference.watcher import ModelSlot, RegistryWatcher
-from services.runtime import metrics as m
-from services.runtime.settings import InferenceSettings
+from driftline.schemas.contracts import SENSOR_CHANNELS, SENSOR_SAMPLES
+from driftline.schemas.messages import MODALITY_SENSOR
+from driftline.schemas.sensor_batch import decode_sensor_batch
+from driftline.schemas.topics import CAMERA_IMAGES, SENSOR_WINDOWS
+from driftline.services.inference.consumer import BatchStats, Decoder, InferenceConsumer
+from driftline.services.inference.images import decode_image_batch
+from driftline.services.inference.watcher import ModelSlot, RegistryWatcher
+from driftline.services.runtime import metrics as m
+from driftline.services.runtime.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from schemas.messages import ModelVersion
-from services.inference.model import LoadedModel, ModelRejected, load
-from services.runtime.artifacts import FsspecArtifactStore
-from services.runtime.metrics import InferenceMetrics
-from services.runtime.registry import RegistrySnapshot
-from services.runtime.settings import InferenceSettings
+from driftline.schemas.messages import ModelVersion
+from driftline.services.inference.model import LoadedModel, ModelRejected, load
+from driftline.services.runtime.artifacts import FsspecArtifactStore
+from driftline.services.runtime.metrics import InferenceMetrics
+from driftline.services.runtime.registry import RegistrySnapshot
+from driftline.services.runtime.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 

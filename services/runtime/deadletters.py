@@ -9,13 +9,13 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from schemas import codec
-from schemas import deadletter as dl
-from schemas import headers as h
-from schemas.messages import DeadLetter
-from schemas.topics import DLQ_SUFFIX
-from services.runtime.kafka import DeliveryTracker, flush_or_raise, position, producer
-from services.runtime.settings import KafkaSettings
+from driftline.schemas import codec
+from driftline.schemas import deadletter as dl
+from driftline.schemas import headers as h
+from driftline.schemas.messages import DeadLetter
+from driftline.schemas.topics import DLQ_SUFFIX
+from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, position, producer
+from driftline.services.runtime.settings import KafkaSettings
 
 REPLAY_GROUP = "driftline-dlq-replay"
 

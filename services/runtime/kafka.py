@@ -11,8 +11,8 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from schemas.topics import Topics, TopicSpec, all_specs
-from services.runtime.settings import KafkaSettings
+from driftline.schemas.topics import Topics, TopicSpec, all_specs
+from driftline.services.runtime.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from schemas import codec
-from schemas import headers as h
-from schemas.deadletter import CodecError
-from schemas.messages import STATUS_CHAMPION, STATUS_RETIRED, ModelVersion
-from services.runtime.kafka import Record, send_all
-from services.runtime.settings import KafkaSettings
+from driftline.schemas import codec
+from driftline.schemas import headers as h
+from driftline.schemas.deadletter import CodecError
+from driftline.schemas.messages import STATUS_CHAMPION, STATUS_RETIRED, ModelVersion
+from driftline.services.runtime.kafka import Record, send_all
+from driftline.services.runtime.settings import KafkaSettings
 
 _HEADERS: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
 

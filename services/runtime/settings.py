@@ -16,8 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.contracts import MODEL_NAMES
-from schemas.topics import Topics
+from driftline.schemas.contracts import MODEL_NAMES
+from driftline.schemas.topics import Topics
 
 Modality = Literal["sensor", "image"]
 LIBRDKAFKA_LOGGER = "driftline.librdkafka"

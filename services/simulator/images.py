@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from schemas.contracts import IMAGE_SIZE, INSULATOR_CLASSES
+from driftline.schemas.contracts import IMAGE_SIZE, INSULATOR_CLASSES
 
 HEALTHY, CONTAMINATED, CRACKED, FLASHOVER = range(len(INSULATOR_CLASSES))
 CHUNK = 256

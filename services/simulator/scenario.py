@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.simulator.fleet import SensorConditions
-from services.simulator.images import ImageConditions
+from driftline.services.simulator.fleet import SensorConditions
+from driftline.services.simulator.images import ImageConditions
 
 
 class ScenarioError(ValueError):

@@ -20,21 +20,21 @@ from dataclasses import dataclass, field
 import msgspec
 import numpy as np
 
-from schemas import codec
-from schemas import headers as h
-from schemas.avro import encode_record
-from schemas.contracts import (
+from driftline.schemas import codec
+from driftline.schemas import headers as h
+from driftline.schemas.avro import encode_record
+from driftline.schemas.contracts import (
     INSULATOR_CLASSES,
     SENSOR_CHANNELS,
     SENSOR_SAMPLE_RATE_HZ,
     SENSOR_SAMPLES,
 )
-from schemas.messages import CameraImage, Label
-from services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
-from services.runtime.settings import SimulatorSettings
-from services.simulator import scenario as scenarios
-from services.simulator.fleet import Fleet, generate_windows
-from services.simulator.images import encode_jpeg, encode_png, generate_images
+from driftline.schemas.messages import CameraImage, Label
+from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
+from driftline.services.runtime.settings import SimulatorSettings
+from driftline.services.simulator import scenario as scenarios
+from driftline.services.simulator.fleet import Fleet, generate_windows
+from driftline.services.simulator.images import encode_jpeg, encode_png, generate_images
 
 TICK_S = 0.001
 AVRO: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]

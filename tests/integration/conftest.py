@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from services.runtime.kafka import admin, create_topics
-from services.runtime.localstack import LocalStack, StackPorts, free_port
-from services.runtime.settings import KafkaSettings
+from driftline.services.runtime.kafka import admin, create_topics
+from driftline.services.runtime.localstack import LocalStack, StackPorts, free_port
+from driftline.services.runtime.settings import KafkaSettings
 
 TEST_PARTITIONS = 3
 
@@ -66,9 +66,9 @@ def kafka(endpoints: Endpoints) -> Iterator[KafkaSettings]:
 @pytest.fixture(scope="session")
 def tiny_sensor_model() -> object:
     """A small SensorCNN trained for a few seconds on simulated windows (built, not downloaded)."""
-    from services.simulator.fleet import labelled_dataset
-    from trainer.bootstrap import train_sensor_model
-    from trainer.fit import FitConfig
+    from driftline.services.simulator.fleet import labelled_dataset
+    from driftline.trainer.bootstrap import train_sensor_model
+    from driftline.trainer.fit import FitConfig
 
     x, y = labelled_dataset(2400, seed=11)
     return train_sensor_model(x, y, FitConfig(epochs=3, batch_size=128, seed=11))
@@ -77,10 +77,10 @@ def tiny_sensor_model() -> object:
 @pytest.fixture
 def sensor_champion(kafka: KafkaSettings, tiny_sensor_model: object, tmp_path: Path) -> object:
     """Version 1 of insulator-sensor, published to this test's registry topic."""
-    from schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES
-    from schemas.messages import STATUS_CHAMPION, Lineage
-    from trainer.bootstrap import TrainedModel
-    from trainer.publish import publish_version
+    from driftline.schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES
+    from driftline.schemas.messages import STATUS_CHAMPION, Lineage
+    from driftline.trainer.bootstrap import TrainedModel
+    from driftline.trainer.publish import publish_version
 
     assert isinstance(tiny_sensor_model, TrainedModel)
     return publish_version(

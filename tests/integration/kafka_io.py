@@ -7,7 +7,7 @@ import uuid
 
 from confluent_kafka import Consumer, Message
 
-from services.runtime.settings import KafkaSettings
+from driftline.services.runtime.settings import KafkaSettings
 
 
 def drain(

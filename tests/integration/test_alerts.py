@@ -24,16 +24,16 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from schemas import codec
-from schemas import headers as h
-from schemas.contracts import INSULATOR_CLASSES
-from schemas.messages import Alert, InferenceResult
-from schemas.topics import INFERENCE_RESULTS
-from services.alerts import service
-from services.alerts.settings import AlertsSettings
-from services.core.alerting import alert_id
-from services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
-from services.runtime.settings import KafkaSettings
+from driftline.schemas import codec
+from driftline.schemas import headers as h
+from driftline.schemas.contracts import INSULATOR_CLASSES
+from driftline.schemas.messages import Alert, InferenceResult
+from driftline.schemas.topics import INFERENCE_RESULTS
+from driftline.services.alerts import service
+from driftline.services.alerts.settings import AlertsSettings
+from driftline.services.core.alerting import alert_id
+from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
+from driftline.services.runtime.settings import KafkaSettings
 from tests.integration.kafka_io import drain
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -343,7 +343,15 @@ def test_restart_mid_stream_raises_the_same_alerts_with_the_same_ids(
     log = tmp_path / "alerts.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "alerts", "--group-id", second_group, *rule],
+            [
+                sys.executable,
+                "-m",
+                "driftline.services.cli",
+                "alerts",
+                "--group-id",
+                second_group,
+                *rule,
+            ],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

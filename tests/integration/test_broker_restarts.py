@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from schemas import codec
-from schemas.messages import InferenceResult
-from services.runtime.kafka import create_topics
-from services.runtime.localstack import LocalStack
-from services.runtime.settings import KafkaSettings, SimulatorSettings
-from services.simulator import sensors
-from services.simulator.sensors import SimulationReport
+from driftline.schemas import codec
+from driftline.schemas.messages import InferenceResult
+from driftline.services.runtime.kafka import create_topics
+from driftline.services.runtime.localstack import LocalStack
+from driftline.services.runtime.settings import KafkaSettings, SimulatorSettings
+from driftline.services.simulator import sensors
+from driftline.services.simulator.sensors import SimulationReport
 from tests.integration.conftest import _free_ports
 from tests.integration.kafka_io import drain
 from tests.integration.test_delivery import _count_visible, _start
@@ -53,10 +53,10 @@ RATE = 100  # windows per second, streamed through every restart
 def test_exactly_once_survives_broker_kills_with_nothing_lost_repeated_or_hung(
     tiny_sensor_model: object, tmp_path: Path
 ) -> None:
-    from schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES
-    from schemas.messages import STATUS_CHAMPION, Lineage
-    from trainer.bootstrap import TrainedModel
-    from trainer.publish import publish_version
+    from driftline.schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES
+    from driftline.schemas.messages import STATUS_CHAMPION, Lineage
+    from driftline.trainer.bootstrap import TrainedModel
+    from driftline.trainer.publish import publish_version
 
     stack = LocalStack(tmp_path / "stack", _free_ports())
     status = stack.up()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from schemas import codec
-from schemas.messages import InferenceResult
-from services.runtime.settings import KafkaSettings
+from driftline.schemas import codec
+from driftline.schemas.messages import InferenceResult
+from driftline.services.runtime.settings import KafkaSettings
 from tests.integration.kafka_io import drain
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 def driftline(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "driftline.services.cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -62,7 +62,7 @@ def test_bootstrap_then_score_then_stop_cleanly(kafka: KafkaSettings, tmp_path: 
     assert "yes" in listed.stdout
 
     infer = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "infer", "--modality", "sensor"],
+        [sys.executable, "-m", "driftline.services.cli", "infer", "--modality", "sensor"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -84,7 +84,10 @@ def test_bootstrap_then_score_then_stop_cleanly(kafka: KafkaSettings, tmp_path: 
 
 def test_help_teaches_every_command() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "services.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "driftline.services.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     for command in ("stack", "topics", "simulate", "infer", "train", "models", "demo"):
         assert command in out

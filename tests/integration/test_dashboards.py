@@ -33,21 +33,21 @@ from typing import Any
 import pytest
 import yaml
 
-from schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES
-from schemas.messages import STATUS_CHAMPION, Lineage, ModelVersion
-from services.alerts import service as alerts_service
-from services.alerts.settings import AlertsSettings
-from services.inference import service as inference_service
-from services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
-from services.runtime.localstack import free_port
-from services.runtime.settings import (
+from driftline.schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES
+from driftline.schemas.messages import STATUS_CHAMPION, Lineage, ModelVersion
+from driftline.services.alerts import service as alerts_service
+from driftline.services.alerts.settings import AlertsSettings
+from driftline.services.inference import service as inference_service
+from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
+from driftline.services.runtime.localstack import free_port
+from driftline.services.runtime.settings import (
     InferenceSettings,
     KafkaSettings,
     SimulatorSettings,
     TrainerSettings,
 )
-from services.runtime.shutdown import StopFlag
-from services.simulator import sensors
+from driftline.services.runtime.shutdown import StopFlag
+from driftline.services.simulator import sensors
 from tests.integration.conftest import Endpoints
 from tests.unit.test_dashboards_static import (
     PanelQuery,
@@ -126,7 +126,7 @@ class Subprocess:
     def start(self) -> Subprocess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", *self.args],
+                [sys.executable, "-m", "driftline.services.cli", *self.args],
                 cwd=REPO,
                 env={**os.environ, **self.env, "PYTHONWARNINGS": "ignore"},
                 stdout=log,
@@ -244,11 +244,11 @@ def has_data(body: dict[str, Any]) -> bool:
 @pytest.fixture
 def champion(kafka: KafkaSettings, tiny_sensor_model: object, tmp_path: Path) -> ModelVersion:
     """Version 1 with a reference profile, so the features app measures its drift."""
-    from services.simulator.fleet import labelled_dataset
-    from trainer.bootstrap import TrainedModel
-    from trainer.export import onnx_probabilities
-    from trainer.publish import publish_version
-    from trainer.reference import reference_profile
+    from driftline.services.simulator.fleet import labelled_dataset
+    from driftline.trainer.bootstrap import TrainedModel
+    from driftline.trainer.export import onnx_probabilities
+    from driftline.trainer.publish import publish_version
+    from driftline.trainer.reference import reference_profile
 
     assert isinstance(tiny_sensor_model, TrainedModel)
     x, _ = labelled_dataset(600, seed=12)
@@ -372,7 +372,7 @@ def _ready(port: int) -> bool:
 
 
 def _run_trainer(settings: TrainerSettings, stop: StopFlag) -> None:
-    from trainer import service as trainer_service
+    from driftline.trainer import service as trainer_service
 
     trainer_service.run(settings, stop)
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 
-from schemas import codec
-from schemas.messages import InferenceResult, ModelVersion
-from services.runtime.settings import KafkaSettings, SimulatorSettings
-from services.simulator import sensors
+from driftline.schemas import codec
+from driftline.schemas.messages import InferenceResult, ModelVersion
+from driftline.services.runtime.settings import KafkaSettings, SimulatorSettings
+from driftline.services.simulator import sensors
 from tests.integration.kafka_io import drain
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -59,7 +59,7 @@ def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
             [
                 sys.executable,
                 "-m",
-                "services.cli",
+                "driftline.services.cli",
                 "infer",
                 "--modality",
                 "sensor",

@@ -12,16 +12,16 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry
 
-from schemas import deadletter as dl
-from schemas import headers as h
-from schemas.messages import ModelVersion
-from services.inference import service
-from services.runtime import deadletters
-from services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
-from services.runtime.localstack import free_port
-from services.runtime.settings import InferenceSettings, KafkaSettings, SimulatorSettings
-from services.runtime.shutdown import StopFlag
-from services.simulator import sensors
+from driftline.schemas import deadletter as dl
+from driftline.schemas import headers as h
+from driftline.schemas.messages import ModelVersion
+from driftline.services.inference import service
+from driftline.services.runtime import deadletters
+from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
+from driftline.services.runtime.localstack import free_port
+from driftline.services.runtime.settings import InferenceSettings, KafkaSettings, SimulatorSettings
+from driftline.services.runtime.shutdown import StopFlag
+from driftline.services.simulator import sensors
 from tests.integration.kafka_io import drain
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -143,7 +143,7 @@ def test_dlq_command_prints_readably(kafka: KafkaSettings, sensor_champion: Mode
         "DRIFTLINE_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
     }
     out = subprocess.run(
-        [sys.executable, "-m", "services.cli", "dlq", "inspect", "sensor.windows"],
+        [sys.executable, "-m", "driftline.services.cli", "dlq", "inspect", "sensor.windows"],
         env=env,
         capture_output=True,
         text=True,
@@ -154,7 +154,15 @@ def test_dlq_command_prints_readably(kafka: KafkaSettings, sensor_champion: Mode
     assert "undecodable" in out
     assert "key asset-0" in out
     dry = subprocess.run(
-        [sys.executable, "-m", "services.cli", "dlq", "replay", "sensor.windows", "--dry-run"],
+        [
+            sys.executable,
+            "-m",
+            "driftline.services.cli",
+            "dlq",
+            "replay",
+            "sensor.windows",
+            "--dry-run",
+        ],
         env=env,
         capture_output=True,
         text=True,

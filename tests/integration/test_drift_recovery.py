@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from services.demo import run as drift_demo
-from services.demo.config import DemoConfig
+from driftline.services.demo import run as drift_demo
+from driftline.services.demo.config import DemoConfig
 from tests.integration.conftest import Endpoints
 
 pytestmark = [

@@ -10,17 +10,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from schemas import codec
-from schemas import deadletter as dl
-from schemas import headers as h
-from schemas.avro import encode_record
-from schemas.messages import InferenceResult, ModelVersion
-from services.inference import service
-from services.inference.consumer import BatchStats
-from services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
-from services.runtime.settings import InferenceSettings, KafkaSettings, SimulatorSettings
-from services.runtime.shutdown import StopFlag
-from services.simulator import sensors
+from driftline.schemas import codec
+from driftline.schemas import deadletter as dl
+from driftline.schemas import headers as h
+from driftline.schemas.avro import encode_record
+from driftline.schemas.messages import InferenceResult, ModelVersion
+from driftline.services.inference import service
+from driftline.services.inference.consumer import BatchStats
+from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
+from driftline.services.runtime.settings import InferenceSettings, KafkaSettings, SimulatorSettings
+from driftline.services.runtime.shutdown import StopFlag
+from driftline.services.simulator import sensors
 from tests.integration.kafka_io import drain
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

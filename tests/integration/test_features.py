@@ -23,10 +23,10 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from schemas import codec
-from schemas import headers as h
-from schemas.contracts import INSULATOR_CLASSES, SENSOR_CHANNELS, SENSOR_SAMPLES
-from schemas.messages import (
+from driftline.schemas import codec
+from driftline.schemas import headers as h
+from driftline.schemas.contracts import INSULATOR_CLASSES, SENSOR_CHANNELS, SENSOR_SAMPLES
+from driftline.schemas.messages import (
     STATUS_CHALLENGER,
     DriftSignal,
     InferenceResult,
@@ -37,11 +37,11 @@ from schemas.messages import (
     SensorWindow,
     TensorSpec,
 )
-from services.core.accuracy import BucketCounts
-from services.features.accuracy import bucket_counts, bucket_hash_key, bucket_starts
-from services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
-from services.runtime.localstack import free_port
-from services.runtime.settings import KafkaSettings
+from driftline.services.core.accuracy import BucketCounts
+from driftline.services.features.accuracy import bucket_counts, bucket_hash_key, bucket_starts
+from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
+from driftline.services.runtime.localstack import free_port
+from driftline.services.runtime.settings import KafkaSettings
 from tests.integration.conftest import Endpoints
 from tests.integration.kafka_io import drain
 
@@ -97,7 +97,14 @@ class FeaturesProcess:
     def start(self) -> FeaturesProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "features", "--metrics-port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "driftline.services.cli",
+                "features",
+                "--metrics-port",
+                str(self.port),
+            ],
             cwd=REPO,
             env=self.env(),
             stdout=log,
@@ -356,7 +363,7 @@ def test_window_statistics_appear_in_redis_and_metrics(
     assert app.metric("driftline_feature_writes_total", kind="stats") > 0
     assert app.metric("driftline_feature_store_up") == 1.0
 
-    from services.cli import main
+    from driftline.services.cli import main
 
     code = main(
         [
@@ -381,7 +388,7 @@ def test_labels_join_into_training_windows_the_trainer_reads(
     key_prefix: str,
     start_app: Callable[..., FeaturesProcess],
 ) -> None:
-    from trainer.inputs import decode_labelled
+    from driftline.trainer.inputs import decode_labelled
 
     t0 = base_minute()
     windows = sensor_windows(41, t0, seed=2)
@@ -503,8 +510,8 @@ def test_labels_join_into_training_windows_the_trainer_reads(
 def publish_version(
     kafka: KafkaSettings, version: int, train: np.ndarray, confidence: np.ndarray
 ) -> None:
-    from services.runtime.registry import publish
-    from trainer.reference import reference_profile
+    from driftline.services.runtime.registry import publish
+    from driftline.trainer.reference import reference_profile
 
     probs = np.zeros((len(confidence), 4), np.float32)
     probs[:, 0] = confidence

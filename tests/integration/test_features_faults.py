@@ -18,19 +18,19 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from schemas import codec
-from schemas import headers as h
-from schemas.contracts import INSULATOR_CLASSES
-from schemas.messages import InferenceResult, Label, LabelledWindow
-from services.features.accuracy import bucket_counts, bucket_hash_key, bucket_starts
-from services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
-from services.features.settings import FeaturesSettings
-from services.features.store import MemoryFeatureStore
-from services.features.tables import DictTable
-from services.runtime.localstack import free_port
-from services.runtime.localstack.redis import redis_ping
-from services.runtime.metrics import FeaturesMetrics
-from services.runtime.settings import KafkaSettings
+from driftline.schemas import codec
+from driftline.schemas import headers as h
+from driftline.schemas.contracts import INSULATOR_CLASSES
+from driftline.schemas.messages import InferenceResult, Label, LabelledWindow
+from driftline.services.features.accuracy import bucket_counts, bucket_hash_key, bucket_starts
+from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
+from driftline.services.features.settings import FeaturesSettings
+from driftline.services.features.store import MemoryFeatureStore
+from driftline.services.features.tables import DictTable
+from driftline.services.runtime.localstack import free_port
+from driftline.services.runtime.localstack.redis import redis_ping
+from driftline.services.runtime.metrics import FeaturesMetrics
+from driftline.services.runtime.settings import KafkaSettings
 from tests.integration.kafka_io import drain
 from tests.integration.test_features import (
     MINUTE,
@@ -287,7 +287,7 @@ def test_rebuild_replays_kafka_into_the_same_redis_state(
     key_prefix: str,  # noqa: F811
     start_app: Callable[..., FeaturesProcess],  # noqa: F811
 ) -> None:
-    from services.cli import main
+    from driftline.services.cli import main
 
     t0 = base_minute()
     windows = sensor_windows(300, t0, seed=31, step_ms=600)

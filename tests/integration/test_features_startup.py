@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from schemas import codec
-from schemas.contracts import INSULATOR_CLASSES
-from schemas.messages import Label, LabelledWindow
-from services.runtime.kafka import admin, create_topics
-from services.runtime.settings import KafkaSettings
+from driftline.schemas import codec
+from driftline.schemas.contracts import INSULATOR_CLASSES
+from driftline.schemas.messages import Label, LabelledWindow
+from driftline.services.runtime.kafka import admin, create_topics
+from driftline.services.runtime.settings import KafkaSettings
 from tests.integration.conftest import Endpoints
 from tests.integration.test_features import (
     FeaturesProcess,

@@ -12,14 +12,14 @@ import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
 
-from schemas import codec
-from schemas.messages import STATUS_CHAMPION, InferenceResult, ModelVersion
-from services.inference import service
-from services.runtime import registry
-from services.runtime.settings import InferenceSettings, KafkaSettings, SimulatorSettings
-from services.runtime.shutdown import StopFlag
-from services.runtime.signing import generate_keypair, sign
-from services.simulator import sensors
+from driftline.schemas import codec
+from driftline.schemas.messages import STATUS_CHAMPION, InferenceResult, ModelVersion
+from driftline.services.inference import service
+from driftline.services.runtime import registry
+from driftline.services.runtime.settings import InferenceSettings, KafkaSettings, SimulatorSettings
+from driftline.services.runtime.shutdown import StopFlag
+from driftline.services.runtime.signing import generate_keypair, sign
+from driftline.services.simulator import sensors
 from tests.integration.kafka_io import drain
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

@@ -12,23 +12,29 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from schemas import codec
-from schemas import deadletter as dl
-from schemas import headers as h
-from schemas.contracts import (
+from driftline.schemas import codec
+from driftline.schemas import deadletter as dl
+from driftline.schemas import headers as h
+from driftline.schemas.contracts import (
     IMAGE_CHANNELS,
     IMAGE_INPUT_NAME,
     IMAGE_SIZE,
     INSULATOR_CLASSES,
     MODEL_NAMES,
 )
-from schemas.messages import STATUS_CHAMPION, CameraImage, InferenceResult, Lineage, ModelVersion
-from services.inference import service
-from services.runtime import registry
-from services.runtime.artifacts import FsspecArtifactStore, sha256_hex
-from services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
-from services.runtime.settings import InferenceSettings, KafkaSettings
-from services.runtime.shutdown import StopFlag
+from driftline.schemas.messages import (
+    STATUS_CHAMPION,
+    CameraImage,
+    InferenceResult,
+    Lineage,
+    ModelVersion,
+)
+from driftline.services.inference import service
+from driftline.services.runtime import registry
+from driftline.services.runtime.artifacts import FsspecArtifactStore, sha256_hex
+from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
+from driftline.services.runtime.settings import InferenceSettings, KafkaSettings
+from driftline.services.runtime.shutdown import StopFlag
 from tests.integration.kafka_io import drain
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -40,7 +46,7 @@ def image_champion(kafka: KafkaSettings, tmp_path: Path) -> ModelVersion:
     import torch
     from torch import nn
 
-    from trainer.export import export_classifier
+    from driftline.trainer.export import export_classifier
 
     torch.manual_seed(0)
     net = nn.Sequential(

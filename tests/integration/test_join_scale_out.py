@@ -7,10 +7,10 @@ from pathlib import Path
 
 import redis
 
-from schemas import codec
-from schemas.contracts import INSULATOR_CLASSES
-from schemas.messages import Label, LabelledWindow
-from services.runtime.settings import KafkaSettings
+from driftline.schemas import codec
+from driftline.schemas.contracts import INSULATOR_CLASSES
+from driftline.schemas.messages import Label, LabelledWindow
+from driftline.services.runtime.settings import KafkaSettings
 from tests.integration.kafka_io import drain
 from tests.integration.test_features import (  # noqa: F401  (fixtures)
     MINUTE,

@@ -17,11 +17,11 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from services.features.settings import FeaturesSettings
-from services.features.store import HashWrite, RedisFeatureStore
-from services.runtime.localstack import free_port
-from services.runtime.localstack.ports import port_accepts
-from services.runtime.localstack.redis import find_redis_server
+from driftline.services.features.settings import FeaturesSettings
+from driftline.services.features.store import HashWrite, RedisFeatureStore
+from driftline.services.runtime.localstack import free_port
+from driftline.services.runtime.localstack.ports import port_accepts
+from driftline.services.runtime.localstack.redis import find_redis_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

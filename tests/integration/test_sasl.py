@@ -25,15 +25,15 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 from pydantic import SecretStr
 
-from schemas import codec
-from schemas.messages import InferenceResult
-from schemas.topics import FEEDBACK_LABELS, INFERENCE_RESULTS, SENSOR_WINDOWS
-from services.inference import service
-from services.runtime.kafka import DeliveryTracker, admin, create_topics, producer
-from services.runtime.localstack import LocalStack, StackPorts, StackStatus, free_port
-from services.runtime.settings import InferenceSettings, KafkaSettings, SimulatorSettings
-from services.runtime.shutdown import StopFlag
-from services.simulator import sensors
+from driftline.schemas import codec
+from driftline.schemas.messages import InferenceResult
+from driftline.schemas.topics import FEEDBACK_LABELS, INFERENCE_RESULTS, SENSOR_WINDOWS
+from driftline.services.inference import service
+from driftline.services.runtime.kafka import DeliveryTracker, admin, create_topics, producer
+from driftline.services.runtime.localstack import LocalStack, StackPorts, StackStatus, free_port
+from driftline.services.runtime.settings import InferenceSettings, KafkaSettings, SimulatorSettings
+from driftline.services.runtime.shutdown import StopFlag
+from driftline.services.simulator import sensors
 from tests.integration.kafka_io import drain
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -135,10 +135,10 @@ def test_a_wrong_password_is_refused(scram_stack: StackStatus) -> None:
 def test_the_pipeline_runs_over_sasl_scram_and_only_the_trainer_writes_the_registry(
     scram_stack: StackStatus, tiny_sensor_model: object, tmp_path: Path
 ) -> None:
-    from schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES
-    from schemas.messages import STATUS_CHAMPION, Lineage
-    from trainer.bootstrap import TrainedModel
-    from trainer.publish import publish_version
+    from driftline.schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES
+    from driftline.schemas.messages import STATUS_CHAMPION, Lineage
+    from driftline.trainer.bootstrap import TrainedModel
+    from driftline.trainer.publish import publish_version
 
     prefix = f"s{uuid.uuid4().hex[:8]}."
     kafka_admin = as_user(scram_stack, "admin", prefix)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from schemas import codec
-from schemas.contracts import INSULATOR_CLASSES
-from schemas.messages import CameraImage, Label, SensorWindow
-from services.runtime.settings import KafkaSettings, SimulatorSettings
-from services.simulator import sensors
+from driftline.schemas import codec
+from driftline.schemas.contracts import INSULATOR_CLASSES
+from driftline.schemas.messages import CameraImage, Label, SensorWindow
+from driftline.services.runtime.settings import KafkaSettings, SimulatorSettings
+from driftline.services.simulator import sensors
 from tests.integration.kafka_io import drain
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

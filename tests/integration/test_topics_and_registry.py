@@ -8,13 +8,13 @@ import msgspec
 import pytest
 from confluent_kafka.admin import ConfigResource, ResourceType
 
-from schemas.messages import STATUS_CHAMPION, STATUS_REJECTED, ModelVersion
-from schemas.topics import all_specs
-from services.inference.model import REJECT_DIGEST, REJECT_FETCH, ModelRejected, load
-from services.runtime import registry
-from services.runtime.artifacts import FsspecArtifactStore
-from services.runtime.kafka import admin, create_topics
-from services.runtime.settings import KafkaSettings
+from driftline.schemas.messages import STATUS_CHAMPION, STATUS_REJECTED, ModelVersion
+from driftline.schemas.topics import all_specs
+from driftline.services.inference.model import REJECT_DIGEST, REJECT_FETCH, ModelRejected, load
+from driftline.services.runtime import registry
+from driftline.services.runtime.artifacts import FsspecArtifactStore
+from driftline.services.runtime.kafka import admin, create_topics
+from driftline.services.runtime.settings import KafkaSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -18,11 +18,11 @@ import numpy.typing as npt
 import pytest
 from prometheus_client import CollectorRegistry
 
-from schemas import codec
-from schemas import deadletter as dl
-from schemas import headers as h
-from schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES, SENSOR_CHANNELS
-from schemas.messages import (
+from driftline.schemas import codec
+from driftline.schemas import deadletter as dl
+from driftline.schemas import headers as h
+from driftline.schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES, SENSOR_CHANNELS
+from driftline.schemas.messages import (
     STATUS_CHAMPION,
     STATUS_REJECTED,
     STATUS_RETIRED,
@@ -33,28 +33,28 @@ from schemas.messages import (
     ModelVersion,
     SensorWindow,
 )
-from services.inference import service as inference
-from services.inference.consumer import BatchStats
-from services.runtime import metrics as m
-from services.runtime import registry
-from services.runtime.artifacts import FsspecArtifactStore
-from services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
-from services.runtime.settings import (
+from driftline.services.inference import service as inference
+from driftline.services.inference.consumer import BatchStats
+from driftline.services.runtime import metrics as m
+from driftline.services.runtime import registry
+from driftline.services.runtime.artifacts import FsspecArtifactStore
+from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
+from driftline.services.runtime.settings import (
     InferenceSettings,
     KafkaSettings,
     SimulatorSettings,
     TrainerSettings,
 )
-from services.runtime.shutdown import StopFlag
-from services.runtime.signing import generate_keypair
-from services.simulator import sensors
-from services.simulator.fleet import SensorConditions, labelled_dataset
-from services.simulator.images import encode_png, labelled_images
+from driftline.services.runtime.shutdown import StopFlag
+from driftline.services.runtime.signing import generate_keypair
+from driftline.services.simulator import sensors
+from driftline.services.simulator.fleet import SensorConditions, labelled_dataset
+from driftline.services.simulator.images import encode_png, labelled_images
+from driftline.trainer import service as trainer
+from driftline.trainer.bootstrap import TrainedModel
+from driftline.trainer.publish import KafkaRegistryWriter, build_version
+from driftline.trainer.runs import OUTCOME_PROMOTED, OUTCOME_REJECTED, RunOutcome
 from tests.integration.kafka_io import drain
-from trainer import service as trainer
-from trainer.bootstrap import TrainedModel
-from trainer.publish import KafkaRegistryWriter, build_version
-from trainer.runs import OUTCOME_PROMOTED, OUTCOME_REJECTED, RunOutcome
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -391,7 +391,7 @@ def test_a_restart_rebuilds_the_training_set_from_the_last_lineage(
         [
             sys.executable,
             "-m",
-            "services.cli",
+            "driftline.services.cli",
             "train",
             "--now",
             "--modality",
@@ -499,7 +499,7 @@ def test_rollback_restores_the_previous_version_on_every_consumer(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from services.cli import main
+    from driftline.services.cli import main
 
     consumers = [
         RunningInference(

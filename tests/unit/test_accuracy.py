@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from services.core.accuracy import (
+from driftline.services.core.accuracy import (
     DELAY_EDGES_S,
     BucketCounts,
     EventTimeAccuracy,

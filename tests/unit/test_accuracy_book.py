@@ -8,7 +8,7 @@ from collections import defaultdict
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from services.features.accuracy import (
+from driftline.services.features.accuracy import (
     AccuracyBook,
     AccuracyView,
     bucket_hash_key,
@@ -16,9 +16,9 @@ from services.features.accuracy import (
     join_partition,
     parse_bucket_key,
 )
-from services.features.store import ACCURACY_KEY, MemoryFeatureStore
-from services.features.tables import DictTable
-from services.runtime.metrics import FeaturesMetrics
+from driftline.services.features.store import ACCURACY_KEY, MemoryFeatureStore
+from driftline.services.features.tables import DictTable
+from driftline.services.runtime.metrics import FeaturesMetrics
 
 SEC = 1000
 BUCKET = 10 * SEC

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from schemas import codec
-from schemas.messages import LabelledWindow
-from services.features.accuracy import (
+from driftline.schemas import codec
+from driftline.schemas.messages import LabelledWindow
+from driftline.services.features.accuracy import (
     AccuracyView,
     bucket_hash_key,
     bucket_starts,
     join_partition,
 )
-from services.features.reader import accuracy_lines
-from services.features.store import ACCURACY_KEY
+from driftline.services.features.reader import accuracy_lines
+from driftline.services.features.store import ACCURACY_KEY
 from tests.unit.test_join_pipeline import (  # noqa: F401  (join_tables: dict and disk)
     BASE,
     MODEL,
@@ -117,8 +117,8 @@ def test_a_rebuild_from_labelled_windows_has_labels_but_no_scored_counts() -> No
 
 
 def test_the_live_view_shows_the_bucket_age_and_the_estimate_apart() -> None:
-    from services.demo.view import live_accuracy_text
-    from services.runtime import metrics as m
+    from driftline.services.demo.view import live_accuracy_text
+    from driftline.services.runtime import metrics as m
 
     sel = (("model", MODEL), ("version", "2"))
     feats = {

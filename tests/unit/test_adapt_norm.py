@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from schemas.contracts import INSULATOR_CLASSES
-from services.core.gate import ChampionGate
-from services.simulator.fleet import labelled_dataset
-from services.simulator.images import ImageConditions, labelled_images
-from trainer.bootstrap import as_served
-from trainer.champion import ChampionModel
-from trainer.dataset import LabelledSet
-from trainer.export import export_classifier
-from trainer.fit import FitConfig, adapt_normalisation, fit, predict
-from trainer.inputs import model_input
-from trainer.models import ImageCNN, SensorCNN
-from trainer.retrain import RetrainConfig, train_challenger
+from driftline.schemas.contracts import INSULATOR_CLASSES
+from driftline.services.core.gate import ChampionGate
+from driftline.services.simulator.fleet import labelled_dataset
+from driftline.services.simulator.images import ImageConditions, labelled_images
+from driftline.trainer.bootstrap import as_served
+from driftline.trainer.champion import ChampionModel
+from driftline.trainer.dataset import LabelledSet
+from driftline.trainer.export import export_classifier
+from driftline.trainer.fit import FitConfig, adapt_normalisation, fit, predict
+from driftline.trainer.inputs import model_input
+from driftline.trainer.models import ImageCNN, SensorCNN
+from driftline.trainer.retrain import RetrainConfig, train_challenger
 
 N = len(INSULATOR_CLASSES)
 DARK = ImageConditions(brightness=0.65, haze=0.25)
@@ -150,7 +150,7 @@ def test_a_post_change_retrain_adapts_the_statistics_then_fine_tunes_with_them_f
 
 
 def test_statistics_are_taken_over_a_class_balanced_view_of_the_new_world() -> None:
-    from trainer.retrain import _class_balanced
+    from driftline.trainer.retrain import _class_balanced
 
     rows = np.arange(10, 20, dtype=np.intp)
     y = np.array([0, 0, 0, 0, 0, 0, 1, 1, 3, 0], dtype=np.int64)  # mostly healthy

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from schemas.messages import Alert
-from services.alerts.webhook import (
+from driftline.schemas.messages import Alert
+from driftline.services.alerts.webhook import (
     DELIVERED,
     FAILED,
     REJECTED,
@@ -18,7 +18,7 @@ from services.alerts.webhook import (
     WebhookSender,
     redact,
 )
-from services.core.alerting import (
+from driftline.services.core.alerting import (
     BELOW_K,
     COOLDOWN,
     DUPLICATE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.core.batching import Batcher, BatchPolicy
+from driftline.services.core.batching import Batcher, BatchPolicy
 
 
 def test_closes_at_max_size() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.core.changepoint import find_drop
-from services.core.gate import post_change_split
-from services.core.triggers import (
+from driftline.services.core.changepoint import find_drop
+from driftline.services.core.gate import post_change_split
+from driftline.services.core.triggers import (
     TRIGGER_CHANGE_POINT,
     TRIGGER_NEW_LABELS,
     TRIGGER_NEW_REGIME,

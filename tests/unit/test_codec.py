@@ -6,11 +6,11 @@ import msgspec
 import numpy as np
 import pytest
 
-from schemas import codec
-from schemas import deadletter as dl
-from schemas import headers as h
-from schemas.avro import encode_record, schema_names, strip_framing
-from schemas.messages import (
+from driftline.schemas import codec
+from driftline.schemas import deadletter as dl
+from driftline.schemas import headers as h
+from driftline.schemas.avro import encode_record, schema_names, strip_framing
+from driftline.schemas.messages import (
     MESSAGE_TYPES,
     Alert,
     CameraImage,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from services.cli import build_parser
+from driftline.services.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.core.metrics import accuracy, confusion, macro_f1
-from services.core.scoring import commit_offsets, rewind_offsets, top1
+from driftline.services.core.metrics import accuracy, confusion, macro_f1
+from driftline.services.core.scoring import commit_offsets, rewind_offsets, top1
 
 
 def test_top1_picks_the_most_likely_class() -> None:

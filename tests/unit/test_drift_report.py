@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from services.core.ledger import Ledger
-from services.drift_report import Mark, RunSummary, recovery, write
+from driftline.services.core.ledger import Ledger
+from driftline.services.drift_report import Mark, RunSummary, recovery, write
 
 
 def synthetic_run() -> Ledger:

@@ -8,12 +8,12 @@ import time
 import numpy as np
 import torch
 
-from schemas.contracts import IMAGE_INPUT_NAME, SENSOR_CHANNELS, SENSOR_INPUT_NAME
-from services.simulator.fleet import labelled_dataset
-from trainer.export import export_classifier
-from trainer.fit import FitConfig, fit
-from trainer.models import ImageCNN, SensorCNN
-from trainer.tracing import GUARD, TracingGuard
+from driftline.schemas.contracts import IMAGE_INPUT_NAME, SENSOR_CHANNELS, SENSOR_INPUT_NAME
+from driftline.services.simulator.fleet import labelled_dataset
+from driftline.trainer.export import export_classifier
+from driftline.trainer.fit import FitConfig, fit
+from driftline.trainer.models import ImageCNN, SensorCNN
+from driftline.trainer.tracing import GUARD, TracingGuard
 
 
 def test_concurrent_exports_of_two_models_both_succeed() -> None:

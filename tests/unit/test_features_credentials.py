@@ -9,8 +9,8 @@ from faust.auth import SASLCredentials, SSLCredentials
 from faust.types.auth import AuthProtocol, SASLMechanism
 from pydantic import SecretStr
 
-from services.features.credentials import UnsupportedSecurity, faust_credentials
-from services.runtime.settings import KafkaSettings
+from driftline.services.features.credentials import UnsupportedSecurity, faust_credentials
+from driftline.services.runtime.settings import KafkaSettings
 
 
 def test_plaintext_needs_no_credentials() -> None:

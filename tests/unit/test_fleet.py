@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.contracts import INSULATOR_CLASSES, SENSOR_CHANNELS, SENSOR_SAMPLES
-from services.simulator.fleet import (
+from driftline.schemas.contracts import INSULATOR_CLASSES, SENSOR_CHANNELS, SENSOR_SAMPLES
+from driftline.services.simulator.fleet import (
     CRACKED,
     FLASHOVER,
     HEALTHY,

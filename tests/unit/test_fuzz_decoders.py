@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from schemas import codec
-from schemas import deadletter as dl
-from schemas import headers as h
-from schemas.contracts import SENSOR_CHANNELS, SENSOR_SAMPLES
-from schemas.messages import (
+from driftline.schemas import codec
+from driftline.schemas import deadletter as dl
+from driftline.schemas import headers as h
+from driftline.schemas.contracts import SENSOR_CHANNELS, SENSOR_SAMPLES
+from driftline.schemas.messages import (
     CameraImage,
     InferenceResult,
     Label,
@@ -35,11 +35,11 @@ from schemas.messages import (
     ModelVersion,
     SensorWindow,
 )
-from schemas.sensor_batch import decode_sensor_batch
-from services.core.join import label_problem
-from services.features import join as j
-from services.inference.images import decode_image_batch
-from services.runtime.registry import RegistrySnapshot
+from driftline.schemas.sensor_batch import decode_sensor_batch
+from driftline.services.core.join import label_problem
+from driftline.services.features import join as j
+from driftline.services.inference.images import decode_image_batch
+from driftline.services.runtime.registry import RegistrySnapshot
 
 EXAMPLES = int(os.environ.get("DRIFTLINE_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.core.gate import ChampionGate, time_ordered_split
+from driftline.services.core.gate import ChampionGate, time_ordered_split
 
 
 def test_promotes_only_a_challenger_that_wins_by_the_margin() -> None:

@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from schemas.contracts import IMAGE_INPUT_NAME, IMAGE_SIZE, INSULATOR_CLASSES
-from services.runtime.settings import TrainerSettings
-from services.simulator import images
-from services.simulator.images import encode_jpeg, labelled_images
-from trainer.bootstrap import as_served, bootstrap_epochs
-from trainer.champion import ChampionModel
-from trainer.export import export_classifier
-from trainer.fit import FitConfig, fit
-from trainer.inputs import decode_image, model_input
-from trainer.models import ImageCNN, image_width_of, jitter_photos
-from trainer.retrain import _warm_start, new_model
+from driftline.schemas.contracts import IMAGE_INPUT_NAME, IMAGE_SIZE, INSULATOR_CLASSES
+from driftline.services.runtime.settings import TrainerSettings
+from driftline.services.simulator import images
+from driftline.services.simulator.images import encode_jpeg, labelled_images
+from driftline.trainer.bootstrap import as_served, bootstrap_epochs
+from driftline.trainer.champion import ChampionModel
+from driftline.trainer.export import export_classifier
+from driftline.trainer.fit import FitConfig, fit
+from driftline.trainer.inputs import decode_image, model_input
+from driftline.trainer.models import ImageCNN, image_width_of, jitter_photos
+from driftline.trainer.retrain import _warm_start, new_model
 
 
 def photos(n: int = 8, seed: int = 3) -> torch.Tensor:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from schemas import codec
-from schemas import deadletter as dl
-from schemas.messages import CameraImage
-from services.inference.images import decode_image, decode_image_batch
+from driftline.schemas import codec
+from driftline.schemas import deadletter as dl
+from driftline.schemas.messages import CameraImage
+from driftline.services.inference.images import decode_image, decode_image_batch
 
 LIMITS = {"max_value_bytes": 1 << 20, "max_image_bytes": 1 << 19, "max_pixels": 2000 * 2000}
 

@@ -7,8 +7,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from schemas.contracts import IMAGE_SIZE
-from services.simulator.images import (
+from driftline.schemas.contracts import IMAGE_SIZE
+from driftline.services.simulator.images import (
     CONTAMINATED,
     CRACKED,
     FLASHOVER,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from schemas.messages import Label
-from services.core.join import (
+from driftline.schemas.messages import Label
+from driftline.services.core.join import (
     Decision,
     EventState,
     InputRef,

@@ -11,10 +11,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from schemas.messages import Label
-from services.core import join as core
-from services.features import join as j
-from services.features.rocks import (
+from driftline.schemas.messages import Label
+from driftline.services.core import join as core
+from driftline.services.features import join as j
+from driftline.services.features.rocks import (
     MIB,
     OFFSET_KEY,
     DiskTable,
@@ -22,7 +22,7 @@ from services.features.rocks import (
     RocksOptions,
     faust_disk_table,
 )
-from services.features.tables import KEY_SEP, DictTable, StateTable, key_partition
+from driftline.services.features.tables import KEY_SEP, DictTable, StateTable, key_partition
 
 PARTITIONS = 4
 HOUR = 3_600_000
@@ -185,7 +185,7 @@ def _result(asset: str, event_id: str, t: int) -> bytes:
 
 
 def _record(label: Label, offset: int) -> j.LabelRecord:
-    from schemas import codec
+    from driftline.schemas import codec
 
     value = codec.encode(label)
     return j.LabelRecord(
@@ -327,8 +327,8 @@ def test_sensor_inputs_awaiting_their_prediction_are_held_up_to_a_bound(
 
 
 def test_a_second_worker_of_the_same_role_on_one_data_dir_stops_at_once(tmp_path: Path) -> None:
-    from services.features.app import lock_data_dir
-    from services.features.settings import FeaturesSettings
+    from driftline.services.features.app import lock_data_dir
+    from driftline.services.features.settings import FeaturesSettings
 
     def settings(role: str) -> FeaturesSettings:
         return FeaturesSettings(data_dir=str(tmp_path), role=role)  # type: ignore[arg-type]

@@ -15,18 +15,24 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from schemas import codec
-from schemas import headers as h
-from schemas.contracts import INSULATOR_CLASSES, SENSOR_CHANNELS, SENSOR_SAMPLES
-from schemas.messages import CameraImage, InferenceResult, Label, LabelledWindow, SensorWindow
-from services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
-from services.features.readback import MemoryInputReader
-from services.features.rocks import MIB, DiskTable, LocalDatabases, RocksOptions
-from services.features.settings import FeaturesSettings
-from services.features.store import MemoryFeatureStore
-from services.features.tables import KEY_SEP, DictTable, StateTable, key_partition
-from services.runtime.metrics import FeaturesMetrics
-from services.runtime.settings import KafkaSettings
+from driftline.schemas import codec
+from driftline.schemas import headers as h
+from driftline.schemas.contracts import INSULATOR_CLASSES, SENSOR_CHANNELS, SENSOR_SAMPLES
+from driftline.schemas.messages import (
+    CameraImage,
+    InferenceResult,
+    Label,
+    LabelledWindow,
+    SensorWindow,
+)
+from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
+from driftline.services.features.readback import MemoryInputReader
+from driftline.services.features.rocks import MIB, DiskTable, LocalDatabases, RocksOptions
+from driftline.services.features.settings import FeaturesSettings
+from driftline.services.features.store import MemoryFeatureStore
+from driftline.services.features.tables import KEY_SEP, DictTable, StateTable, key_partition
+from driftline.services.runtime.metrics import FeaturesMetrics
+from driftline.services.runtime.settings import KafkaSettings
 
 AVRO: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
 BASE = 1_700_000_040_000 - 1_700_000_040_000 % 60_000

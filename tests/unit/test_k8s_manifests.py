@@ -11,11 +11,15 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from schemas.topics import CAMERA_IMAGES, SENSOR_WINDOWS, TOPIC_TABLE
-from services.alerts.settings import AlertsSettings
-from services.cli import build_parser
-from services.features.settings import FeaturesSettings
-from services.runtime.settings import DriftlineSettings, InferenceSettings, TrainerSettings
+from driftline.schemas.topics import CAMERA_IMAGES, SENSOR_WINDOWS, TOPIC_TABLE
+from driftline.services.alerts.settings import AlertsSettings
+from driftline.services.cli import build_parser
+from driftline.services.features.settings import FeaturesSettings
+from driftline.services.runtime.settings import (
+    DriftlineSettings,
+    InferenceSettings,
+    TrainerSettings,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"

@@ -10,10 +10,10 @@ from pathlib import Path
 import fastavro
 import pytest
 
-from schemas import codec
-from schemas import headers as h
-from schemas.messages import LABEL_SCHEMA_VERSION, Label
-from schemas.writers import WRITER_SCHEMAS
+from driftline.schemas import codec
+from driftline.schemas import headers as h
+from driftline.schemas.messages import LABEL_SCHEMA_VERSION, Label
+from driftline.schemas.writers import WRITER_SCHEMAS
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from services.core.ledger import Ledger
+from driftline.services.core.ledger import Ledger
 
 
 def test_lost_duplicated_and_accuracy() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from services.runtime.metrics import BatchHistogram
+from driftline.services.runtime.metrics import BatchHistogram
 
 
 def test_batch_histogram_matches_the_reference_histogram() -> None:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from schemas.contracts import INSULATOR_CLASSES
-from schemas.messages import Lineage, ModelVersion
-from services.inference.model import (
+from driftline.schemas.contracts import INSULATOR_CLASSES
+from driftline.schemas.messages import Lineage, ModelVersion
+from driftline.services.inference.model import (
     REJECT_CANARY,
     REJECT_CONTRACT,
     REJECT_GRAPH,
@@ -19,8 +19,8 @@ from services.inference.model import (
     ModelRejected,
     load,
 )
-from services.runtime.artifacts import FsspecArtifactStore, sha256_hex
-from services.runtime.signing import generate_keypair, sign
+from driftline.services.runtime.artifacts import FsspecArtifactStore, sha256_hex
+from driftline.services.runtime.signing import generate_keypair, sign
 
 N_CLASSES = len(INSULATOR_CLASSES)
 

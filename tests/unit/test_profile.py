@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.core.profile import PSI_DRIFT_THRESHOLD, profile, psi, sensor_summaries
+from driftline.services.core.profile import PSI_DRIFT_THRESHOLD, profile, psi, sensor_summaries
 
 
 def test_psi_is_small_for_the_same_distribution_and_large_for_a_shift() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from services.runtime import metrics as m
+from driftline.services.runtime import metrics as m
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = REPO / "deploy" / "prometheus"

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.simulator import scenario as sc
-from services.simulator.fleet import FLASHOVER, HEALTHY, Fleet
+from driftline.services.simulator import scenario as sc
+from driftline.services.simulator.fleet import FLASHOVER, HEALTHY, Fleet
 
 
 def test_built_in_aging_changes_the_world_at_two_minutes() -> None:

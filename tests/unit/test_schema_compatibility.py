@@ -14,8 +14,8 @@ from typing import Any
 import fastavro
 import pytest
 
-from schemas.avro import AVRO_PACKAGE_DIR, schema_json, schema_names
-from schemas.compat import backward_problems
+from driftline.schemas.avro import AVRO_PACKAGE_DIR, schema_json, schema_names
+from driftline.schemas.compat import backward_problems
 
 REPO = Path(__file__).resolve().parents[2]
 AVRO_DIR = f"schemas/{AVRO_PACKAGE_DIR}"

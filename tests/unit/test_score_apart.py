@@ -6,9 +6,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from schemas import deadletter as dl
-from schemas.batch import DecodedBatch
-from services.core.scoring import score_apart
+from driftline.schemas import deadletter as dl
+from driftline.schemas.batch import DecodedBatch
+from driftline.services.core.scoring import score_apart
 
 
 def _batch(values: list[float]) -> DecodedBatch:

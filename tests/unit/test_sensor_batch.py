@@ -5,12 +5,12 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
-from schemas import codec
-from schemas import deadletter as dl
-from schemas import headers as h
-from schemas.avro import encode_record
-from schemas.messages import SensorWindow
-from schemas.sensor_batch import decode_sensor_batch
+from driftline.schemas import codec
+from driftline.schemas import deadletter as dl
+from driftline.schemas import headers as h
+from driftline.schemas.avro import encode_record
+from driftline.schemas.messages import SensorWindow
+from driftline.schemas.sensor_batch import decode_sensor_batch
 from tests.unit.test_codec import sensor_window
 
 C, S = 4, 64

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.runtime.settings import InferenceSettings, KafkaSettings, SimulatorSettings
+from driftline.services.runtime.settings import InferenceSettings, KafkaSettings, SimulatorSettings
 
 
 def test_nested_env_and_passthrough(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,8 +52,8 @@ def test_defaults_name_the_model_and_group_per_modality() -> None:
 def test_command_line_flags_override_env_without_dropping_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from services.cli import build_parser
-    from services.commands.args import settings_from
+    from driftline.services.cli import build_parser
+    from driftline.services.commands.args import settings_from
 
     monkeypatch.setenv("DRIFTLINE_KAFKA__TOPIC_PREFIX", "blue.")
     monkeypatch.setenv("DRIFTLINE_MAX_WAIT_MS", "7")

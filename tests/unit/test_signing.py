@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from services.runtime.signing import SignatureError, generate_keypair, key_id, sign, verify
+from driftline.services.runtime.signing import (
+    SignatureError,
+    generate_keypair,
+    key_id,
+    sign,
+    verify,
+)
 
 DIGEST = "ab" * 32
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from schemas.avro import schema_names
-from schemas.topics import MODELS_REGISTRY, TOPIC_TABLE, Topics, all_specs
+from driftline.schemas.avro import schema_names
+from driftline.schemas.topics import MODELS_REGISTRY, TOPIC_TABLE, Topics, all_specs
 
 
 def test_table_covers_the_design() -> None:

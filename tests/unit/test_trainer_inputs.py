@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from schemas import codec
-from schemas import deadletter as dl
-from schemas.contracts import IMAGE_SIZE, INSULATOR_CLASSES
-from schemas.messages import CameraImage, LabelledWindow, SensorWindow
-from services.simulator.images import encode_jpeg, encode_png, labelled_images
-from trainer.dataset import Example, TrainingBuffer
-from trainer.inputs import decode_labelled, model_input
+from driftline.schemas import codec
+from driftline.schemas import deadletter as dl
+from driftline.schemas.contracts import IMAGE_SIZE, INSULATOR_CLASSES
+from driftline.schemas.messages import CameraImage, LabelledWindow, SensorWindow
+from driftline.services.simulator.images import encode_jpeg, encode_png, labelled_images
+from driftline.trainer.dataset import Example, TrainingBuffer
+from driftline.trainer.inputs import decode_labelled, model_input
 
 
 def sensor_bytes(samples: np.ndarray, json: bool = False) -> bytes:

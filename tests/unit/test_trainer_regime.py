@@ -11,17 +11,17 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from schemas.contracts import MODEL_NAMES
-from services.core.changepoint import Drop
-from services.runtime import metrics as m
-from services.runtime.artifacts import FsspecArtifactStore
-from services.runtime.settings import TrainerSettings
-from services.simulator.fleet import SensorConditions, labelled_dataset
-from trainer.dataset import Example
-from trainer.fit import fit
-from trainer.publish import MemoryRegistryWriter
-from trainer.runs import OUTCOME_CANCELLED, OUTCOME_PROMOTED, TrainingRun
-from trainer.service import TrainerService
+from driftline.schemas.contracts import MODEL_NAMES
+from driftline.services.core.changepoint import Drop
+from driftline.services.runtime import metrics as m
+from driftline.services.runtime.artifacts import FsspecArtifactStore
+from driftline.services.runtime.settings import TrainerSettings
+from driftline.services.simulator.fleet import SensorConditions, labelled_dataset
+from driftline.trainer.dataset import Example
+from driftline.trainer.fit import fit
+from driftline.trainer.publish import MemoryRegistryWriter
+from driftline.trainer.runs import OUTCOME_CANCELLED, OUTCOME_PROMOTED, TrainingRun
+from driftline.trainer.service import TrainerService
 
 SENSOR = MODEL_NAMES["sensor"]
 DRIFTED = SensorConditions(leakage_gain=2.5, discharge_gain=0.4, humidity_mean=80.0)
@@ -34,7 +34,7 @@ def first_fit_waits_for_cancel(calls: list[str]) -> Any:
         on_epoch = args[7] if len(args) > 7 else kwargs.get("on_epoch")
         if not calls:
             calls.append("blocking")
-            from trainer.fit import EpochReport
+            from driftline.trainer.fit import EpochReport
 
             deadline = time.monotonic() + 20
             epoch = 0

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from schemas import codec
-from schemas.messages import (
+from driftline.schemas import codec
+from driftline.schemas.messages import (
     STATUS_CHAMPION,
     STATUS_REJECTED,
     STATUS_RETIRED,
     Lineage,
     ModelVersion,
 )
-from services.runtime.registry import RegistrySnapshot, records_for, rollback_target
+from driftline.services.runtime.registry import RegistrySnapshot, records_for, rollback_target
 
 NAME = "insulator-sensor"
 

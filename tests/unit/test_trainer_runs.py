@@ -10,18 +10,23 @@ import numpy as np
 import pytest
 import torch
 
-from schemas.contracts import IMAGE_INPUT_NAME, INSULATOR_CLASSES, MODEL_NAMES, SENSOR_INPUT_NAME
-from schemas.messages import STATUS_CHAMPION, STATUS_REJECTED, STATUS_RETIRED
-from services.runtime.artifacts import ArtifactError, FsspecArtifactStore, fetch_verified
-from services.runtime.settings import TrainerSettings
-from services.runtime.signing import generate_keypair, key_id, verify
-from services.simulator.fleet import labelled_dataset
-from services.simulator.images import labelled_images
-from trainer.dataset import LabelledSet
-from trainer.export import onnx_probabilities
-from trainer.fit import fit
-from trainer.publish import MemoryRegistryWriter
-from trainer.runs import (
+from driftline.schemas.contracts import (
+    IMAGE_INPUT_NAME,
+    INSULATOR_CLASSES,
+    MODEL_NAMES,
+    SENSOR_INPUT_NAME,
+)
+from driftline.schemas.messages import STATUS_CHAMPION, STATUS_REJECTED, STATUS_RETIRED
+from driftline.services.runtime.artifacts import ArtifactError, FsspecArtifactStore, fetch_verified
+from driftline.services.runtime.settings import TrainerSettings
+from driftline.services.runtime.signing import generate_keypair, key_id, verify
+from driftline.services.simulator.fleet import labelled_dataset
+from driftline.services.simulator.images import labelled_images
+from driftline.trainer.dataset import LabelledSet
+from driftline.trainer.export import onnx_probabilities
+from driftline.trainer.fit import fit
+from driftline.trainer.publish import MemoryRegistryWriter
+from driftline.trainer.runs import (
     OUTCOME_FAILED,
     OUTCOME_OOM,
     OUTCOME_PROMOTED,
@@ -223,8 +228,8 @@ def test_the_image_model_trains_exports_and_publishes(root: str) -> None:
 
 def test_training_is_seeded() -> None:
     x, y = labelled_dataset(200, 5)
-    from trainer.fit import FitConfig
-    from trainer.retrain import new_model
+    from driftline.trainer.fit import FitConfig
+    from driftline.trainer.retrain import new_model
 
     losses = []
     for _ in range(2):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.core.triggers import (
+from driftline.services.core.triggers import (
     TRIGGER_DRIFT,
     TRIGGER_MANUAL,
     TRIGGER_MAX_AGE,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.core.profile import PSI_DRIFT_THRESHOLD, profile, psi
-from services.core.windows import (
+from driftline.services.core.profile import PSI_DRIFT_THRESHOLD, profile, psi
+from driftline.services.core.windows import (
     BIN_WIDTH,
     MINUTE_MS,
     ConfidenceStats,

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services.runtime.localstack.errors import PrerequisiteMissing, StackStartError
-from services.runtime.localstack.paths import deploy_dir, repo_root
-from services.runtime.localstack.ports import HOST, StackPorts
-from services.runtime.localstack.processes import PidFile, cmdline, spawn, write_atomic
+from driftline.services.runtime.localstack.errors import PrerequisiteMissing, StackStartError
+from driftline.services.runtime.localstack.paths import deploy_dir, repo_root
+from driftline.services.runtime.localstack.ports import HOST, StackPorts
+from driftline.services.runtime.localstack.processes import PidFile, cmdline, spawn, write_atomic
 
 if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.runtime.localstack.errors import PrerequisiteMissing
-from services.runtime.localstack.ports import HOST, StackPorts
-from services.runtime.localstack.processes import PidFile, cmdline, spawn, write_atomic
+from driftline.services.runtime.localstack.errors import PrerequisiteMissing
+from driftline.services.runtime.localstack.ports import HOST, StackPorts
+from driftline.services.runtime.localstack.processes import PidFile, cmdline, spawn, write_atomic
 
 _APT_REDIS = (
     "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server"
