@@ -30,3 +30,6 @@ DLQ_SOURCE_PARTITION = "driftline-source-partition"
 DLQ_SOURCE_OFFSET = "driftline-source-offset"
 DLQ_SERVICE = "driftline-service"
 DLQ_FAILED_TIME_MS = "driftline-failed-time-ms"
+
+# The headers of every Avro record driftline writes (confluent-kafka never changes them).
+AVRO: HeaderList = [(CONTENT_TYPE, CONTENT_TYPE_AVRO.encode())]

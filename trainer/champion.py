@@ -17,8 +17,7 @@ from safetensors.torch import load as load_safetensors
 
 from driftline.schemas.contracts import INSULATOR_CLASSES
 from driftline.schemas.messages import ModelVersion
-from driftline.services.runtime.artifacts import ArtifactError, ArtifactStore, fetch_verified
-from driftline.services.runtime.signing import SignatureError, verify
+from driftline.services.runtime.artifacts import ArtifactError, ArtifactStore, fetch_trusted
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +38,8 @@ def load_champion(
 ) -> ChampionModel:
     """Fetch and verify the champion's graph, and its weights when they are readable."""
     try:
-        data = fetch_verified(store, mv.artifact_uri, mv.sha256)
-        if public_key is not None:
-            verify(public_key, mv.sha256, mv.signature)
-    except (ArtifactError, SignatureError) as exc:
+        data = fetch_trusted(store, mv, public_key)
+    except ArtifactError as exc:
         raise ChampionUnavailable(f"{mv.name} v{mv.version}: {exc}") from exc
     if list(mv.classes) != list(INSULATOR_CLASSES):
         raise ChampionUnavailable(

@@ -32,12 +32,12 @@ from driftline.schemas.topics import INFERENCE_RESULTS
 from driftline.services.alerts.settings import AlertsSettings
 from driftline.services.alerts.webhook import SKIPPED, WebhookSender
 from driftline.services.core.alerting import SUPPRESSIONS, AlertEngine, Observation, RaisedAlert
-from driftline.services.core.batching import Batcher, BatchPolicy
-from driftline.services.core.scoring import commit_offsets, rewind_offsets
+from driftline.services.core.batching import BatchPolicy
+from driftline.services.core.scoring import commit_offsets
+from driftline.services.runtime.batchloop import BatchLoop, LoopConfig, LoopMetrics, Offsets
 from driftline.services.runtime.deadletters import describe, dlq_record
 from driftline.services.runtime.kafka import (
     DeliveryTracker,
-    consumer_config,
     flush_or_raise,
     position,
     producer,
@@ -46,9 +46,6 @@ from driftline.services.runtime.metrics import AlertsMetrics, Health
 
 log = logging.getLogger(__name__)
 
-AVRO_HEADERS: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
-RETRY_BACKOFF_S = 0.5
-IDLE_POLL_S = 0.1
 BROKER_TIMEOUT_S = 10.0
 
 
@@ -91,45 +88,45 @@ def observation(result: InferenceResult) -> Observation:
     )
 
 
-class AlertsConsumer:
-    """Reads inference.results, applies the alert rule, publishes alerts and calls the webhook."""
+class AlertsHandler:
+    """Applies the alert rule to batches of results, publishes alerts, calls the webhook."""
 
     def __init__(
         self,
         settings: AlertsSettings,
         metrics: AlertsMetrics,
         webhook: WebhookSender | None = None,
-        health: Health | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.webhook = webhook
-        self.health = health
         topics = settings.kafka.topics
         self.source = topics.inference_results
         self.alerts_topic = topics.alerts
         self.dlq_topic = topics.dlq(INFERENCE_RESULTS)
         self.engine = AlertEngine(settings.rules)
-        self.assigned: set[tuple[str, int]] = set()
         # Per partition: records below this offset were handled before; they only feed state.
         self.replay_until: dict[tuple[str, int], int] = {}
-        self._batcher: Batcher[Message] = Batcher(
-            BatchPolicy(settings.max_batch, settings.batch_wait_s)
-        )
+        self.tracker = DeliveryTracker()
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
 
-    # Rebalance callbacks run inside consume(), between batches: no batch is half done.
+    # The loop's side of the handler; rebalances come between batches: none is half done.
 
-    def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        self.assigned.update((p.topic, p.partition) for p in parts)
-        log.info("assigned partitions %s", sorted(p.partition for p in parts))
+    def start(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+        self._producer = producer(self.settings.kafka)
+
+    def assigned(
+        self, consumer: Consumer, parts: list[TopicPartition]
+    ) -> list[TopicPartition] | None:
         if self.settings.replay_lookback <= 0:
-            return  # the client assigns them at their committed offsets
+            return None  # the client assigns them at their committed offsets
         try:
-            starts = self._lookback_starts(consumer, parts)
+            return self._lookback_starts(consumer, parts)
         except KafkaException as exc:
             log.warning("not rebuilding alert state (starting at committed offsets): %s", exc)
-            starts = parts
-        consumer.incremental_assign(starts)
+            return parts
 
     def _lookback_starts(
         self, consumer: Consumer, parts: list[TopicPartition]
@@ -156,77 +153,34 @@ class AlertsConsumer:
             log.info("rebuilding alert state from before the committed offsets %s", replay)
         return starts
 
-    def _on_revoke(self, _c: Consumer, parts: list[TopicPartition]) -> None:
+    def revoked(self, parts: list[TopicPartition]) -> Offsets | None:
         revoked = {(p.topic, p.partition) for p in parts}
-        self.assigned.difference_update(revoked)
-        # Records taken but not processed are dropped uncommitted; the next owner reads them.
-        dropped = self._batcher.discard(lambda m: (m.topic(), m.partition()) in revoked)
         # The next owner rebuilds these assets' state from its own lookback.
         forgotten = self.engine.forget_shards(p for _t, p in revoked)
         for key in revoked:
             self.replay_until.pop(key, None)
         self.metrics.assets_tracked.set(len(self.engine))
-        log.info(
-            "revoked partitions %s (%d records dropped, %d assets forgotten)",
-            sorted(p.partition for p in parts),
-            dropped,
-            forgotten,
-        )
+        log.info("forgot %d assets of revoked partitions", forgotten)
+        return None
 
-    def run(
-        self, stop: Callable[[], bool], on_batch: Callable[[BatchStats], None] | None = None
-    ) -> None:
-        """Consume until stop() is true, finish the records in hand, then leave the group."""
-        consumer = Consumer(consumer_config(self.settings.kafka, self.settings.group_id))
-        prod = producer(self.settings.kafka)
-        tracker = DeliveryTracker()
-        consumer.subscribe(
-            [self.source],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
-        )
-        batcher = self._batcher
-        try:
-            while True:
-                stopping = stop()
-                if self.health is not None:
-                    self.health.tick()
-                if not stopping:
-                    wait = batcher.wait_s(time.monotonic(), IDLE_POLL_S)
-                    got = consumer.consume(num_messages=batcher.room(), timeout=wait)
-                    batcher.add(got, time.monotonic())
-                    if not batcher.ready(time.monotonic()):
-                        continue
-                elif not len(batcher):
-                    break
-                msgs = batcher.take()
-                try:
-                    stats = self.process(consumer, prod, tracker, msgs)
-                except (KafkaException, BufferError) as exc:
-                    log.warning("batch not committed, rewinding to retry it: %s", exc)
-                    self.metrics.batch_failures.labels("deliver").inc()
-                    self._rewind(consumer, msgs)
-                    if stopping:
-                        break  # uncommitted: replayed by whoever reads the partition next
-                    time.sleep(RETRY_BACKOFF_S)
-                    continue
-                if on_batch is not None:
-                    on_batch(stats)
-        finally:
-            prod.flush(BROKER_TIMEOUT_S)
-            consumer.close()
+    def idle(self) -> None:
+        """Nothing waits between batches: each is committed before the next."""
 
-    def _rewind(self, consumer: Consumer, msgs: list[Message]) -> None:
-        starts = rewind_offsets(position(m) for m in msgs if m.error() is None)
-        for (topic, partition), offset in starts.items():
-            if (topic, partition) in self.assigned:
-                consumer.seek(TopicPartition(topic, partition, offset))
+    def recover(self) -> None:
+        """Nothing to settle before reading again."""
 
-    def process(
-        self, consumer: Consumer, prod: Producer, tracker: DeliveryTracker, msgs: list[Message]
-    ) -> BatchStats:
+    def abandon(self) -> None:
+        """The batch's state changes were undone by handle(); its outputs may be sent again."""
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(BROKER_TIMEOUT_S)
+
+    def handle(self, msgs: list[Message]) -> BatchStats:
         """Apply the rule to one batch, deliver its alerts, then commit its offsets."""
+        if self._consumer is None or self._producer is None:
+            raise RuntimeError("the handler delivers only once started")
+        consumer, prod, tracker = self._consumer, self._producer, self.tracker
         good: list[Message] = []
         for m in msgs:
             if m.error() is None:
@@ -302,7 +256,7 @@ class AlertsConsumer:
                     self.alerts_topic,
                     key=alert.asset_id,
                     value=codec.encode(alert),
-                    headers=AVRO_HEADERS,
+                    headers=h.AVRO,
                     on_delivery=tracker,
                 )
                 stats.alerts.append(alert)
@@ -342,3 +296,37 @@ class AlertsConsumer:
         for outcome, count in stats.webhook.items():
             m.webhook_deliveries.labels(outcome).inc(count)
         m.assets_tracked.set(len(self.engine))
+
+
+class AlertsConsumer:
+    """The shared batch loop driving the alerts handler on inference.results."""
+
+    def __init__(
+        self,
+        settings: AlertsSettings,
+        metrics: AlertsMetrics,
+        webhook: WebhookSender | None = None,
+        health: Health | None = None,
+    ) -> None:
+        self.handler = AlertsHandler(settings, metrics, webhook)
+        config = LoopConfig(
+            kafka=settings.kafka,
+            group_id=settings.group_id,
+            topics=[self.handler.source],
+            policy=BatchPolicy(settings.max_batch, settings.batch_wait_s),
+        )
+        self.loop = BatchLoop(config, self.handler, LoopMetrics(metrics.batch_failures), health)
+
+    @property
+    def assigned(self) -> set[tuple[str, int]]:
+        return self.loop.assigned
+
+    @property
+    def engine(self) -> AlertEngine:
+        return self.handler.engine
+
+    def run(
+        self, stop: Callable[[], bool], on_batch: Callable[[BatchStats], None] | None = None
+    ) -> None:
+        """Consume until stop() is true, finish the records in hand, then leave the group."""
+        self.loop.run(stop, on_batch)

@@ -42,13 +42,12 @@ def run(
     reg = metrics_registry or CollectorRegistry()
     metrics = m.AlertsMetrics(reg)
     webhook = webhook_for(settings, metrics)
-    consumer = AlertsConsumer(settings, metrics, webhook)
     health = m.Health(ready=lambda: bool(consumer.assigned))
-    consumer.health = health
+    consumer = AlertsConsumer(settings, metrics, webhook, health)
     server = m.serve(reg, health, settings.metrics_port) if settings.metrics_port else None
     log.info(
         "alerting on %s: %d of the last %d windows, cooldown %.0fs, webhook %s",
-        consumer.source,
+        consumer.handler.source,
         settings.k,
         settings.n,
         settings.cooldown_s,

@@ -54,7 +54,8 @@ from driftline.services.bench.harness import (
 )
 from driftline.services.bench.load import latency_run
 from driftline.services.core.scoring import commit_offsets, top1
-from driftline.services.inference.consumer import BatchStats, InferenceConsumer
+from driftline.services.inference.consumer import InferenceConsumer
+from driftline.services.inference.handler import BatchStats
 from driftline.services.inference.model import LoadedModel, load
 from driftline.services.inference.service import decoder_for
 from driftline.services.inference.watcher import ModelSlot, RegistryWatcher
@@ -367,6 +368,7 @@ class Live:
     slot: ModelSlot
     stop: threading.Event
     threads: list[threading.Thread]
+    watcher: RegistryWatcher
 
     @classmethod
     def start(cls, kafka: KafkaSettings, w: Workload, exactly_once: bool = False) -> Live:
@@ -379,17 +381,18 @@ class Live:
         )
         slot, stop = ModelSlot(), threading.Event()
         metrics = InferenceMetrics(CollectorRegistry())
-        watcher = RegistryWatcher(settings, slot, metrics, stop)
+        watcher = RegistryWatcher(settings, slot, metrics, FsspecArtifactStore("file:///"))
         watcher.start()
         slot.wait_loaded(60)
         _, decoder = decoder_for(settings)
         consumer = InferenceConsumer(settings, w.source_base, decoder, slot, metrics)
         t = threading.Thread(target=consumer.run, args=(stop.is_set,), daemon=True)
         t.start()
-        return cls(kafka, settings, slot, stop, [watcher, t])
+        return cls(kafka, settings, slot, stop, [watcher.follower, t], watcher)
 
     def close(self) -> None:
         self.stop.set()
+        self.watcher.stop()
         for t in self.threads:
             t.join(timeout=30)
 

@@ -150,7 +150,7 @@ def _train_in_child(settings_json: str, n: int, fitting: Any, done: Any) -> None
 def _drain_rate(kafka: KafkaSettings, group: str, events: int, seed: int) -> float:
     """Events per second the sensor consumer scores, on a backlog of `events` windows."""
     from driftline.services.inference import service
-    from driftline.services.inference.consumer import BatchStats
+    from driftline.services.inference.handler import BatchStats
     from driftline.services.runtime.settings import InferenceSettings, SimulatorSettings
     from driftline.services.runtime.shutdown import StopFlag
     from driftline.services.simulator import sensors

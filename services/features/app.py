@@ -47,12 +47,12 @@ from driftline.services.features.accuracy import Version
 from driftline.services.features.credentials import faust_credentials
 from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
 from driftline.services.features.readback import KafkaInputReader
-from driftline.services.features.registry import RegistryFollower
 from driftline.services.features.rocks import MIB, RocksOptions, faust_disk_table
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.store import FeatureStore, RedisFeatureStore
 from driftline.services.features.tables import KEY_SEP, FaustTable, StateTable, key_partition
 from driftline.services.runtime.metrics import FeaturesMetrics
+from driftline.services.runtime.registry import RegistryFollower
 
 log = logging.getLogger(__name__)
 
@@ -309,12 +309,21 @@ def build(
             async for events in stream.take_events(**take):
                 await pipeline.on_join(records(events))
 
-        follower = RegistryFollower(s.kafka, topics.models_registry, s.registry_timeout_s)
+        # Drift checks need every version's reference profile: a failed read is retried,
+        # since the rest of the app does not depend on the registry.
+        follower = RegistryFollower(
+            s.kafka,
+            topics.models_registry,
+            "driftline-features-registry",
+            timeout_s=s.registry_timeout_s,
+            retry_s=5.0,
+        )
 
         async def drift() -> None:
             if not features.ready:
                 return
-            follower.start()  # once; a thread keeps the versions current from then on
+            if follower.ident is None:
+                follower.start()  # once; the thread keeps the versions current from then on
             features.versions = follower.versions()
             await pipeline.check_drift(features.versions)
 

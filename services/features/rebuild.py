@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from driftline.schemas import headers as h
@@ -27,6 +26,7 @@ from driftline.services.features.startup import deployed_join_partitions
 from driftline.services.features.store import RedisFeatureStore
 from driftline.services.features.tables import DictTable
 from driftline.services.runtime.metrics import FeaturesMetrics
+from driftline.services.runtime.reader import ReadTo, TopicReader
 
 BATCH = 2000
 FLUSH_EVERY = 50_000
@@ -61,52 +61,21 @@ class RebuildReport:
 def read_to_end(
     settings: FeaturesSettings, topic: str, timeout_s: float = 30.0
 ) -> Iterator[list[RawRecord]]:
-    """Batches of a topic from the beginning until every partition reports its end.
-
-    Partition-EOF events mark the end even when a partition ends in transaction markers.
-    """
-    consumer = Consumer(
-        settings.kafka.client_config(
-            **{
-                "group.id": f"driftline-features-rebuild-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "enable.partition.eof": True,
-            }
-        )
-    )
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise RuntimeError(f"topic {topic!r} not found; run `driftline topics create` first")
-        pending = set(meta.partitions)
-        consumer.assign([TopicPartition(topic, pid, OFFSET_BEGINNING) for pid in pending])
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            msgs = consumer.consume(BATCH, timeout=0.5)
-            if not msgs:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{topic}: nothing read for {timeout_s:.0f}s before its end")
-                continue
-            deadline = time.monotonic() + timeout_s
-            batch: list[RawRecord] = []
-            for m in msgs:
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(m.partition())
-                        continue
-                    raise RuntimeError(f"reading {topic}: {err}")
-                pid, offset = m.partition(), m.offset()
-                if pid is None or offset is None:
-                    continue
-                batch.append(
-                    RawRecord(topic, pid, offset, m.key(), m.value(), h.header_items(m.headers()))
+    """Batches of a topic from the beginning up to the end it had when reading started."""
+    name = f"driftline-features-rebuild-{uuid.uuid4().hex[:8]}"
+    with TopicReader(settings.kafka, topic, name, timeout_s=timeout_s) as reader:
+        for msgs in reader.batches(until=ReadTo(reader.ends()), batch=BATCH):
+            yield [
+                RawRecord(
+                    topic,
+                    m.partition() or 0,
+                    m.offset() or 0,
+                    m.key(),
+                    m.value(),
+                    h.header_items(m.headers()),
                 )
-            if batch:
-                yield batch
-    finally:
-        consumer.close()
+                for m in msgs
+            ]
 
 
 def delete_prefix(settings: FeaturesSettings) -> int:

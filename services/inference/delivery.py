@@ -4,6 +4,9 @@ At-least-once: results and dead letters are produced, the producer is flushed an
 delivery report checked, and only then are the input offsets committed. A crash in between
 replays the batch (duplicates possible, loss impossible).
 
+In memory: outputs and commits are kept in lists, for tests and benches of the handler
+without a broker.
+
 Exactly-once: each batch is one Kafka transaction holding its results, its dead letters and
 its input offsets (send_offsets_to_transaction with the consumer's group metadata). Readers
 with isolation.level=read_committed see each batch whole or not at all, never twice.
@@ -24,30 +27,11 @@ from typing import Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from driftline.schemas import headers as h
+from driftline.services.runtime.batchloop import Offsets, RewindBatch
 from driftline.services.runtime.kafka import producer
 from driftline.services.runtime.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
-
-
-Offsets = dict[tuple[str, int], int]
-
-
-class RewindBatch(Exception):
-    """Outputs were not all committed: seek back and process again.
-
-    `rewind` names where to seek per partition when it differs from the current batch's
-    first offsets (a pipelined batch that failed after later ones were taken). With
-    `from_committed`, whether the batch's transaction committed is not known: the consumer
-    reads again from the group's committed offsets, which say it.
-    """
-
-    def __init__(
-        self, message: str, rewind: Offsets | None = None, *, from_committed: bool = False
-    ) -> None:
-        super().__init__(message)
-        self.rewind = rewind
-        self.from_committed = from_committed
 
 
 class Delivery(Protocol):
@@ -300,6 +284,59 @@ def _bounded(call: Callable[[float], object], deadline: float, what: str) -> Non
                 time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
                 continue
             raise
+
+
+@dataclass
+class InMemoryDelivery:
+    """Keeps what a batch delivers: its records, in order, and each commit's offsets.
+
+    `fail_commits` makes that many next commits raise RewindBatch (as a lost delivery report
+    would), so a test can watch the handler's batch stay uncommitted.
+    """
+
+    records: list[tuple[str, bytes | str | None, bytes | None, h.HeaderList]] = field(
+        default_factory=list
+    )
+    commits: list[list[TopicPartition]] = field(default_factory=list)
+    fail_commits: int = 0
+    open_batch: list[tuple[str, bytes | str | None, bytes | None, h.HeaderList]] | None = None
+
+    def begin(self) -> None:
+        self.open_batch = []
+
+    def produce(
+        self, topic: str, key: bytes | str | None, value: bytes | None, headers: h.HeaderList
+    ) -> None:
+        if self.open_batch is None:
+            raise RuntimeError("produce outside a batch")
+        self.open_batch.append((topic, key, value, headers))
+
+    def commit(self, offsets: list[TopicPartition], starts: Offsets) -> None:
+        batch, self.open_batch = self.open_batch or [], None
+        if self.fail_commits > 0:
+            self.fail_commits -= 1
+            raise RewindBatch("outputs not delivered (in-memory failure)", starts)
+        self.records.extend(batch)
+        self.commits.append(offsets)
+
+    def drain(self) -> None:
+        """Nothing waits: each batch is settled by its commit."""
+
+    def idle(self) -> None:
+        """Nothing waits between batches."""
+
+    def recover(self) -> None:
+        """Nothing to settle before reading again."""
+
+    def abandon(self) -> None:
+        self.open_batch = None
+
+    def close(self) -> None:
+        """Nothing to flush."""
+
+    def on(self, topic: str) -> list[tuple[bytes | str | None, bytes | None, h.HeaderList]]:
+        """The committed records of one topic: (key, value, headers)."""
+        return [(k, v, hs) for t, k, v, hs in self.records if t == topic]
 
 
 def for_settings(settings: InferenceSettings, consumer: Consumer) -> Delivery:

@@ -11,16 +11,16 @@ import onnxruntime as ort
 
 from driftline.schemas.contracts import IMAGE_CHANNELS, IMAGE_SIZE, SENSOR_CHANNELS, SENSOR_SAMPLES
 from driftline.schemas.messages import MODALITY_IMAGE, MODALITY_SENSOR, ModelVersion
-from driftline.services.runtime.artifacts import ArtifactError, ArtifactStore, fetch_verified
-from driftline.services.runtime.signing import SignatureError, verify
+from driftline.services.runtime import artifacts
+from driftline.services.runtime.artifacts import ArtifactRejected, ArtifactStore, fetch_trusted
 
 CANARY_BATCH = 4
 
 
 # Bounded rejection reasons: they label the swap metric.
-REJECT_FETCH = "fetch"
-REJECT_DIGEST = "sha256"
-REJECT_SIGNATURE = "signature"
+REJECT_FETCH = artifacts.REJECT_FETCH
+REJECT_DIGEST = artifacts.REJECT_DIGEST
+REJECT_SIGNATURE = artifacts.REJECT_SIGNATURE
 REJECT_GRAPH = "graph"
 REJECT_CONTRACT = "contract"
 REJECT_CANARY = "canary"
@@ -137,15 +137,9 @@ def load(
     version that passes all of them is returned; the caller swaps it in between two batches.
     """
     try:
-        data = fetch_verified(store, mv.artifact_uri, mv.sha256)
-    except ArtifactError as exc:
-        reason = REJECT_DIGEST if "sha256 mismatch" in str(exc) else REJECT_FETCH
-        raise ModelRejected(reason, str(exc)) from exc
-    if public_key is not None:
-        try:
-            verify(public_key, mv.sha256, mv.signature)
-        except (SignatureError, ValueError) as exc:
-            raise ModelRejected(REJECT_SIGNATURE, f"{mv.name} v{mv.version}: {exc}") from exc
+        data = fetch_trusted(store, mv, public_key)
+    except ArtifactRejected as exc:
+        raise ModelRejected(exc.reason, str(exc)) from exc
     _check_graph(data)
     try:
         session = ort.InferenceSession(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable
 
@@ -14,10 +13,12 @@ from driftline.schemas.contracts import SENSOR_CHANNELS, SENSOR_SAMPLES
 from driftline.schemas.messages import MODALITY_SENSOR
 from driftline.schemas.sensor_batch import decode_sensor_batch
 from driftline.schemas.topics import CAMERA_IMAGES, SENSOR_WINDOWS
-from driftline.services.inference.consumer import BatchStats, Decoder, InferenceConsumer
+from driftline.services.inference.consumer import InferenceConsumer
+from driftline.services.inference.handler import BatchStats, Decoder
 from driftline.services.inference.images import decode_image_batch
 from driftline.services.inference.watcher import ModelSlot, RegistryWatcher
 from driftline.services.runtime import metrics as m
+from driftline.services.runtime.artifacts import FsspecArtifactStore
 from driftline.services.runtime.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,11 @@ def run(
     reg = metrics_registry or CollectorRegistry()
     metrics = m.InferenceMetrics(reg)
     slot = ModelSlot()
-    watcher_stop = threading.Event()
-    watcher = RegistryWatcher(settings, slot, metrics, watcher_stop)
+    # Artifact URIs name their store (file://, s3://): one fsspec store reads them all.
+    watcher = RegistryWatcher(settings, slot, metrics, FsspecArtifactStore("file:///"))
     source, decoder = decoder_for(settings)
-    consumer = InferenceConsumer(settings, source, decoder, slot, metrics)
     health = m.Health(ready=lambda: slot.model is not None and bool(consumer.assigned))
-    consumer.health = health
+    consumer = InferenceConsumer(settings, source, decoder, slot, metrics, health)
     server = m.serve(reg, health, settings.metrics_port) if settings.metrics_port else None
     watcher.start()
     try:
@@ -99,8 +99,7 @@ def run(
 
         consumer.run(stopping, on_batch)
     finally:
-        watcher_stop.set()
-        watcher.join(timeout=10)
+        watcher.stop(timeout_s=10)
         if server is not None:
             server.shutdown()
             server.server_close()

@@ -1,11 +1,12 @@
 """Follow the model registry and hot-swap: load the new champion off the hot path, then swap.
 
-The watcher reads models.registry from the beginning (it is compacted, so that is cheap), then
-keeps following it. Whenever the champion pointer of our model names a version other than the
-one serving, it fetches, verifies, checks and warms that version in this thread, and only then
-replaces the slot's reference. The consumer reads the slot once per batch, so a swap lands
-between two batches; the old session is released when the last batch using it is done.
-Any failure leaves the current version serving and is logged and counted.
+The registry follower (runtime/registry.py) reads models.registry from the beginning (it is
+compacted, so that is cheap), then keeps following it. Whenever the champion pointer of our
+model names a version other than the one serving, the watcher fetches, verifies, checks and
+warms that version in the follower's thread, and only then replaces the slot's reference.
+The consumer reads the slot once per batch, so a swap lands between two batches; the old
+session is released when the last batch using it is done. Any failure leaves the current
+version serving and is logged and counted.
 """
 
 from __future__ import annotations
@@ -14,18 +15,14 @@ import logging
 import threading
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-
 from driftline.schemas.messages import ModelVersion
 from driftline.services.inference.model import LoadedModel, ModelRejected, load
-from driftline.services.runtime.artifacts import FsspecArtifactStore
+from driftline.services.runtime.artifacts import ArtifactStore
 from driftline.services.runtime.metrics import InferenceMetrics
-from driftline.services.runtime.registry import RegistrySnapshot
+from driftline.services.runtime.registry import RegistryFollower
 from driftline.services.runtime.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
-
-POLL_S = 0.2
 
 
 class ModelSlot:
@@ -48,78 +45,54 @@ class ModelSlot:
         return self._loaded.wait(timeout_s)
 
 
-class RegistryWatcher(threading.Thread):
-    """Keeps `slot` on the registry's champion for one model name."""
+class RegistryWatcher:
+    """Keeps `slot` on the registry's champion for one model name.
+
+    The registry follower reads the topic; this side decides. When the follower has caught
+    up, the last champion pointer is loaded; after that, every pointer for our model that
+    names another version than the one serving is loaded in the follower's thread, off the
+    hot path, and swapped in only once it passed every check.
+    """
 
     def __init__(
         self,
         settings: InferenceSettings,
         slot: ModelSlot,
         metrics: InferenceMetrics,
-        stop: threading.Event,
+        store: ArtifactStore,
     ) -> None:
-        super().__init__(name="registry-watcher", daemon=True)
         self.settings = settings
         self.slot = slot
         self.metrics = metrics
-        self.stop_event = stop
+        self.store = store
         self.name_ = settings.effective_model_name
-        self.topic = settings.kafka.topics.models_registry
-        self.snapshot = RegistrySnapshot()
         self.rejected: dict[tuple[int, str], str] = {}  # (version, sha256) -> why
-        self.caught_up = threading.Event()
-        self.error: BaseException | None = None
-        self._store = FsspecArtifactStore("file:///")
-
-    def run(self) -> None:
-        try:
-            self._follow()
-        except BaseException as exc:  # surfaced by the service, which stops serving
-            self.error = exc
-            log.exception("registry watcher failed")
-            self.caught_up.set()
-
-    def _follow(self) -> None:
-        consumer = Consumer(
-            self.settings.kafka.client_config(
-                **{
-                    "group.id": f"{self.settings.effective_group_id}-registry",
-                    "enable.auto.commit": False,
-                    "isolation.level": "read_committed",
-                    "enable.partition.eof": True,
-                }
-            )
+        self.follower = RegistryFollower(
+            settings.kafka,
+            settings.kafka.topics.models_registry,
+            f"{settings.effective_group_id}-registry",
+            timeout_s=settings.registry_timeout_s,
+            on_caught_up=lambda snapshot: self._on_champion(snapshot.champions.get(self.name_)),
+            on_champion=self._on_pointer,
         )
-        try:
-            meta = consumer.list_topics(self.topic, timeout=self.settings.registry_timeout_s)
-            tmeta = meta.topics.get(self.topic)
-            if tmeta is None or tmeta.error is not None:
-                raise RuntimeError(
-                    f"registry topic {self.topic!r} not found; run `driftline topics create`"
-                )
-            pending = set(tmeta.partitions)
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in pending])
-            while not self.stop_event.is_set():
-                msg = consumer.poll(POLL_S)
-                if msg is None:
-                    continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition() or 0)
-                        if not pending and not self.caught_up.is_set():
-                            self._on_champion(self.snapshot.champions.get(self.name_))
-                            self.caught_up.set()
-                        continue
-                    log.warning("registry read error: %s", err)
-                    continue
-                key = msg.key()
-                champion = self.snapshot.apply(key.decode() if key else None, msg.value())
-                # Before catching up, only the last pointer matters; after, every new one does.
-                if self.caught_up.is_set() and champion is not None and champion.name == self.name_:
-                    self._on_champion(champion)
-        finally:
-            consumer.close()
+
+    @property
+    def error(self) -> BaseException | None:
+        return self.follower.error
+
+    @property
+    def caught_up(self) -> threading.Event:
+        return self.follower.caught_up
+
+    def start(self) -> None:
+        self.follower.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self.follower.stop(timeout_s)
+
+    def _on_pointer(self, mv: ModelVersion) -> None:
+        if mv.name == self.name_:
+            self._on_champion(mv)
 
     def _on_champion(self, mv: ModelVersion | None) -> None:
         if mv is None:
@@ -134,7 +107,7 @@ class RegistryWatcher(threading.Thread):
             return
         started = time.monotonic()
         try:
-            model = load(mv, self._store, self.settings.intra_op_threads, self.settings.public_key)
+            model = load(mv, self.store, self.settings.intra_op_threads, self.settings.public_key)
         except ModelRejected as exc:
             self.rejected[(mv.version, mv.sha256)] = str(exc)
             self.metrics.swaps.labels(mv.name, "rejected", exc.reason).inc()

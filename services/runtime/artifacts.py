@@ -7,9 +7,25 @@ from typing import Protocol
 
 import fsspec
 
+from driftline.schemas.messages import ModelVersion
+from driftline.services.runtime.signing import SignatureError, verify
+
+# Why a version's artifact is refused (bounded: they label metrics).
+REJECT_FETCH = "fetch"
+REJECT_DIGEST = "sha256"
+REJECT_SIGNATURE = "signature"
+
 
 class ArtifactError(RuntimeError):
     """An artifact that is missing, unreadable or not what its record says."""
+
+
+class ArtifactRejected(ArtifactError):
+    """A version's artifact that must not be used; `reason` is one of the REJECT_* codes."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ArtifactStore(Protocol):
@@ -50,12 +66,25 @@ class FsspecArtifactStore:
         return data
 
 
-def fetch_verified(store: ArtifactStore, uri: str, expected_sha256: str) -> bytes:
-    """The artifact's bytes, only if their sha256 matches the registry record."""
-    data = store.get(uri)
+def fetch_trusted(store: ArtifactStore, mv: ModelVersion, public_key: str | None = None) -> bytes:
+    """A version's ONNX bytes, checked the one way every reader checks them.
+
+    Bytes first, then their sha256 against the record, then (when a public key is
+    configured) the record's signature over that digest. Raises ArtifactRejected.
+    """
+    try:
+        data = store.get(mv.artifact_uri)
+    except ArtifactError as exc:
+        raise ArtifactRejected(REJECT_FETCH, str(exc)) from exc
     actual = sha256_hex(data)
-    if actual != expected_sha256.lower():
-        raise ArtifactError(
-            f"sha256 mismatch for {uri}: record says {expected_sha256}, file is {actual}"
+    if actual != mv.sha256.lower():
+        raise ArtifactRejected(
+            REJECT_DIGEST,
+            f"sha256 mismatch for {mv.artifact_uri}: record says {mv.sha256}, file is {actual}",
         )
+    if public_key is not None:
+        try:
+            verify(public_key, mv.sha256, mv.signature)
+        except (SignatureError, ValueError) as exc:
+            raise ArtifactRejected(REJECT_SIGNATURE, f"{mv.name} v{mv.version}: {exc}") from exc
     return data

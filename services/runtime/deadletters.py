@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Message
 
 from driftline.schemas import codec
 from driftline.schemas import deadletter as dl
@@ -15,6 +14,7 @@ from driftline.schemas import headers as h
 from driftline.schemas.messages import DeadLetter
 from driftline.schemas.topics import DLQ_SUFFIX
 from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, position, producer
+from driftline.services.runtime.reader import ReadTo, TopicReader
 from driftline.services.runtime.settings import KafkaSettings
 
 REPLAY_GROUP = "driftline-dlq-replay"
@@ -72,81 +72,39 @@ def dlq_topic_name(kafka: KafkaSettings, topic: str) -> str:
     return name if not prefix or name.startswith(prefix) else prefix + name
 
 
-def _ends(consumer: Consumer, topic: str, timeout_s: float) -> dict[int, int]:
-    """The current end offset of every partition: reading stops there, even if more arrives."""
-    meta = consumer.list_topics(topic, timeout=timeout_s)
-    tmeta = meta.topics.get(topic)
-    if tmeta is None or tmeta.error is not None:
-        raise RuntimeError(f"dead-letter topic {topic!r} not found")
-    ends = {}
-    for p in tmeta.partitions:
-        _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-        ends[p] = high
-    return ends
+def _letter(topic: str, msg: Message) -> Letter:
+    _, partition, offset = position(msg)
+    hdrs = h.header_items(msg.headers())
+    return Letter(
+        dlq_topic=topic,
+        dlq_partition=partition,
+        dlq_offset=offset,
+        envelope=dl.from_headers(hdrs, msg.key(), msg.value()),
+        headers=hdrs,
+        content_type=codec.content_type_of(hdrs),
+    )
 
 
 def _letters(
-    consumer: Consumer, topic: str, ends: dict[int, int], timeout_s: float
+    reader: TopicReader, starts: dict[int, int] | None = None
 ) -> Iterator[tuple[Message, Letter]]:
     # Stop at the ends taken before reading: a replay feeds records back to the source, and
     # those that fail again land on this DLQ while we read it.
-    pending = {p for p, end in ends.items() if end > 0}
-    deadline = time.monotonic() + timeout_s
-    while pending and time.monotonic() < deadline:
-        msg = consumer.poll(0.5)
-        if msg is None:
-            continue
-        err = msg.error()
-        if err is not None:
-            if err.code() == KafkaError._PARTITION_EOF:
-                pending.discard(msg.partition() or 0)
-                continue
-            raise RuntimeError(f"reading {topic}: {err}")
-        deadline = time.monotonic() + timeout_s
-        _, partition, offset = position(msg)
-        if partition not in pending or offset >= ends[partition]:
-            pending.discard(partition)
-            continue
-        if offset + 1 >= ends[partition]:
-            pending.discard(partition)
-        hdrs = h.header_items(msg.headers())
-        yield (
-            msg,
-            Letter(
-                dlq_topic=topic,
-                dlq_partition=partition,
-                dlq_offset=offset,
-                envelope=dl.from_headers(hdrs, msg.key(), msg.value()),
-                headers=hdrs,
-                content_type=codec.content_type_of(hdrs),
-            ),
-        )
+    ends = reader.ends()
+    for msgs in reader.batches(starts, until=ReadTo(ends)):
+        for msg in msgs:
+            yield msg, _letter(reader.topic, msg)
 
 
-def _reader(kafka: KafkaSettings, group: str) -> Consumer:
-    return Consumer(
-        kafka.client_config(
-            **{
-                "group.id": group,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "enable.partition.eof": True,
-                "isolation.level": "read_committed",
-            }
-        )
-    )
+def _reader(kafka: KafkaSettings, topic: str, name: str, timeout_s: float) -> TopicReader:
+    return TopicReader(kafka, topic, name, timeout_s=timeout_s)
 
 
 def inspect(kafka: KafkaSettings, topic: str, timeout_s: float = 10.0) -> list[Letter]:
     """Every dead letter on the topic, oldest first (reads without joining a group)."""
     name = dlq_topic_name(kafka, topic)
-    consumer = _reader(kafka, f"driftline-dlq-inspect-{uuid.uuid4().hex[:8]}")
-    try:
-        ends = _ends(consumer, name, timeout_s)
-        consumer.assign([TopicPartition(name, p, OFFSET_BEGINNING) for p in ends])
-        return [letter for _, letter in _letters(consumer, name, ends, timeout_s)]
-    finally:
-        consumer.close()
+    with _reader(kafka, name, f"driftline-dlq-inspect-{uuid.uuid4().hex[:8]}", timeout_s) as r:
+        return [letter for _, letter in _letters(r)]
 
 
 @dataclass(frozen=True)
@@ -174,29 +132,14 @@ def replay(
     --from-start is used.
     """
     name = dlq_topic_name(kafka, topic)
-    consumer = _reader(kafka, REPLAY_GROUP)
     prod = producer(kafka)
     tracker = DeliveryTracker()
     replayed, skipped = 0, 0
     by_topic: dict[str, int] = {}
     last: dict[int, int] = {}
-    try:
-        ends = _ends(consumer, name, timeout_s)
-        if from_start:
-            consumer.assign([TopicPartition(name, p, OFFSET_BEGINNING) for p in ends])
-        else:
-            committed = consumer.committed(
-                [TopicPartition(name, p) for p in ends], timeout=timeout_s
-            )
-            consumer.assign(
-                [
-                    TopicPartition(
-                        name, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-                    )
-                    for tp in committed
-                ]
-            )
-        for _, letter in _letters(consumer, name, ends, timeout_s):
+    with _reader(kafka, name, REPLAY_GROUP, timeout_s) as reader:
+        starts = None if from_start else reader.committed()
+        for _, letter in _letters(reader, starts):
             last[letter.dlq_partition] = letter.dlq_offset
             source = letter.envelope.source_topic
             if not accept(letter) or not source:
@@ -218,10 +161,5 @@ def replay(
         if not dry_run:
             flush_or_raise(prod, tracker)
             if last:
-                consumer.commit(
-                    offsets=[TopicPartition(name, p, o + 1) for p, o in last.items()],
-                    asynchronous=False,
-                )
-    finally:
-        consumer.close()
+                reader.commit({p: o + 1 for p, o in last.items()})
     return ReplayReport(replayed, skipped, by_topic)

@@ -7,21 +7,23 @@ follows. Rollback is writing an older version under "<name>" again.
 
 from __future__ import annotations
 
-import time
+import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import Message
 
 from driftline.schemas import codec
 from driftline.schemas import headers as h
 from driftline.schemas.deadletter import CodecError
 from driftline.schemas.messages import STATUS_CHAMPION, STATUS_RETIRED, ModelVersion
 from driftline.services.runtime.kafka import Record, send_all
+from driftline.services.runtime.reader import TopicReader
 from driftline.services.runtime.settings import KafkaSettings
 
-_HEADERS: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
+log = logging.getLogger(__name__)
 
 
 def version_key(name: str, version: int) -> str:
@@ -61,9 +63,9 @@ def publish(
 ) -> None:
     """Write a version record (and the champion pointer when it is the champion); wait for acks."""
     value = codec.encode(mv)
-    records: list[Record] = [(version_key(mv.name, mv.version), value, _HEADERS)]
+    records: list[Record] = [(version_key(mv.name, mv.version), value, h.AVRO)]
     if as_champion if as_champion is not None else mv.status == STATUS_CHAMPION:
-        records.append((mv.name, value, _HEADERS))
+        records.append((mv.name, value, h.AVRO))
     send_all(kafka, topic, records)
 
 
@@ -99,7 +101,7 @@ def promote(
     send_all(
         kafka,
         topic,
-        [(key, codec.encode(record), _HEADERS) for key, record in records_for(champion, previous)],
+        [(key, codec.encode(record), h.AVRO) for key, record in records_for(champion, previous)],
     )
     return champion
 
@@ -120,6 +122,17 @@ def rollback_target(snapshot: RegistrySnapshot, name: str) -> ModelVersion | Non
     return max(served, key=lambda mv: mv.version, default=None)
 
 
+def _fold(snapshot: RegistrySnapshot, msgs: list[Message]) -> list[ModelVersion]:
+    """Fold records into the snapshot; the champion records among them, in order."""
+    champions = []
+    for msg in msgs:
+        key = msg.key()
+        champion = snapshot.apply(key.decode() if key else None, msg.value())
+        if champion is not None:
+            champions.append(champion)
+    return champions
+
+
 def read_snapshot(
     kafka: KafkaSettings,
     topic: str,
@@ -128,44 +141,102 @@ def read_snapshot(
     on_record: Callable[[ModelVersion], None] | None = None,
 ) -> RegistrySnapshot:
     """Read the registry from the beginning up to its current end (no consumer group)."""
-    consumer = Consumer(
-        kafka.client_config(
-            **{
-                "group.id": "driftline-registry-reader",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "enable.partition.eof": True,
-            }
-        )
-    )
     snapshot = RegistrySnapshot()
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout_s)
-        tmeta = meta.topics.get(topic)
-        if tmeta is None or tmeta.error is not None:
-            raise RuntimeError(
-                f"registry topic {topic!r} not found; run `driftline topics create` first"
-            )
-        # Partition EOF events mark the end even when the log ends in transaction markers.
-        pending = set(tmeta.partitions)
-        consumer.assign([TopicPartition(topic, pid, OFFSET_BEGINNING) for pid in pending])
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"registry topic {topic!r} not read to its end in {timeout_s}s")
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                    continue
-                raise RuntimeError(f"reading {topic}: {err}")
-            key = msg.key()
-            champion = snapshot.apply(key.decode() if key else None, msg.value())
-            if champion is not None and on_record is not None:
-                on_record(champion)
-    finally:
-        consumer.close()
+    with TopicReader(kafka, topic, "driftline-registry-reader", timeout_s=timeout_s) as reader:
+        for msgs in reader.batches():
+            for champion in _fold(snapshot, msgs):
+                if on_record is not None:
+                    on_record(champion)
     return snapshot
+
+
+class RegistryFollower(threading.Thread):
+    """Follows the registry from the beginning, for as long as the service runs.
+
+    Every record is folded into `snapshot` (under `lock`). Once the whole log has been read,
+    `on_caught_up(snapshot)` is called and `caught_up` set; after that, `on_champion(mv)` is
+    called for each new champion pointer, in the order written. Before catching up only the
+    last pointer matters, so older ones are not announced.
+
+    A failure (the topic missing, a broker error) is kept in `error` and ends the thread,
+    unless `retry_s` is set: then the follower reads the registry again after that pause.
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topic: str,
+        reader_name: str,
+        *,
+        timeout_s: float = 20.0,
+        retry_s: float | None = None,
+        on_caught_up: Callable[[RegistrySnapshot], None] | None = None,
+        on_champion: Callable[[ModelVersion], None] | None = None,
+    ) -> None:
+        super().__init__(name="registry-follower", daemon=True)
+        self.kafka = kafka
+        self.topic = topic
+        self.reader_name = reader_name
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self.on_caught_up = on_caught_up
+        self.on_champion = on_champion
+        self.snapshot = RegistrySnapshot()
+        self.lock = threading.Lock()
+        self.caught_up = threading.Event()
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        self.stopping.set()
+        if self.is_alive():
+            self.join(timeout=self.timeout_s if timeout_s is None else timeout_s)
+
+    def versions(self) -> dict[tuple[str, int], ModelVersion]:
+        """Every version the registry holds, by (name, number)."""
+        with self.lock:
+            return {
+                (name, number): mv
+                for name, by_number in self.snapshot.versions.items()
+                for number, mv in by_number.items()
+            }
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self._follow()
+                return
+            except Exception as exc:
+                if self.retry_s is None:
+                    self.error = exc
+                    log.exception("following the model registry %s failed", self.topic)
+                    self.caught_up.set()  # whoever waits for it sees the error
+                    return
+                log.warning("reading the model registry %s failed, retrying: %s", self.topic, exc)
+                self.stopping.wait(self.retry_s)
+
+    def _caught_up(self) -> None:
+        if not self.caught_up.is_set():
+            if self.on_caught_up is not None:
+                self.on_caught_up(self.snapshot)
+            self.caught_up.set()
+
+    def _follow(self) -> None:
+        with TopicReader(
+            self.kafka,
+            self.topic,
+            self.reader_name,
+            timeout_s=self.timeout_s,
+            missing_hint="run `driftline topics create`",
+        ) as reader:
+            for msgs in reader.batches(
+                until=None,
+                stop=self.stopping.is_set,
+                on_end=self._caught_up,
+                on_error=lambda err: log.warning("registry read error: %s", err),
+            ):
+                with self.lock:
+                    champions = _fold(self.snapshot, msgs)
+                if self.caught_up.is_set() and self.on_champion is not None:
+                    for champion in champions:
+                        self.on_champion(champion)

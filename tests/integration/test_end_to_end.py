@@ -16,7 +16,7 @@ from driftline.schemas import headers as h
 from driftline.schemas.avro import encode_record
 from driftline.schemas.messages import InferenceResult, ModelVersion
 from driftline.services.inference import service
-from driftline.services.inference.consumer import BatchStats
+from driftline.services.inference.handler import BatchStats
 from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
 from driftline.services.runtime.settings import InferenceSettings, KafkaSettings, SimulatorSettings
 from driftline.services.runtime.shutdown import StopFlag

@@ -34,7 +34,7 @@ from driftline.schemas.messages import (
     SensorWindow,
 )
 from driftline.services.inference import service as inference
-from driftline.services.inference.consumer import BatchStats
+from driftline.services.inference.handler import BatchStats
 from driftline.services.runtime import metrics as m
 from driftline.services.runtime import registry
 from driftline.services.runtime.artifacts import FsspecArtifactStore

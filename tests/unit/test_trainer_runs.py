@@ -17,7 +17,7 @@ from driftline.schemas.contracts import (
     SENSOR_INPUT_NAME,
 )
 from driftline.schemas.messages import STATUS_CHAMPION, STATUS_REJECTED, STATUS_RETIRED
-from driftline.services.runtime.artifacts import ArtifactError, FsspecArtifactStore, fetch_verified
+from driftline.services.runtime.artifacts import ArtifactError, FsspecArtifactStore, fetch_trusted
 from driftline.services.runtime.settings import TrainerSettings
 from driftline.services.runtime.signing import generate_keypair, key_id, verify
 from driftline.services.simulator.fleet import labelled_dataset
@@ -79,7 +79,7 @@ def test_a_first_run_publishes_a_signed_verified_champion_with_lineage(root: str
     assert mv is not None
     assert (mv.name, mv.version, mv.status) == (SENSOR, 1, STATUS_CHAMPION)
     assert reg.snapshot.champions[SENSOR].version == 1
-    onnx = fetch_verified(FsspecArtifactStore(root), mv.artifact_uri, mv.sha256)
+    onnx = fetch_trusted(FsspecArtifactStore(root), mv)
     verify(public, mv.sha256, mv.signature)
     assert mv.signing_key_id == key_id(public)
     assert mv.weights_uri is not None

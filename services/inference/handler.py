@@ -1,0 +1,239 @@
+"""Inference as a batch handler: decode, score, encode, deliver, for the shared batch loop.
+
+The handler sees a batch of records and nothing of the consumer group: the loop in
+`runtime/batchloop.py` owns polling, rebalances and rewinds. It reads the serving model once
+per batch (a hot swap lands between two batches), so every result of a batch names the one
+version that scored it. Which guarantee the commit gives is the Delivery's business
+(delivery.py): at-least-once, exactly-once, or in memory for tests and benches.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from driftline.schemas import codec
+from driftline.schemas import deadletter as dl
+from driftline.schemas import headers as h
+from driftline.schemas.avro import encode_record
+from driftline.schemas.batch import DecodedBatch
+from driftline.schemas.messages import ModelVersion
+from driftline.services.core.scoring import commit_offsets, rewind_offsets, score_apart, top1
+from driftline.services.inference.delivery import Delivery, for_settings
+from driftline.services.runtime.batchloop import Offsets, RewindBatch
+from driftline.services.runtime.deadletters import describe, dlq_record
+from driftline.services.runtime.kafka import position
+from driftline.services.runtime.metrics import InferenceMetrics
+from driftline.services.runtime.settings import InferenceSettings
+
+log = logging.getLogger(__name__)
+
+
+class Decoder(Protocol):
+    """Turns a batch of record values into model inputs plus failures by position."""
+
+    def __call__(
+        self, values: Sequence[bytes | None], content_types: Sequence[str | None]
+    ) -> DecodedBatch: ...
+
+
+class ModelRunner(Protocol):
+    """A model that serves: the version it is, and its batch scoring."""
+
+    @property
+    def version(self) -> ModelVersion: ...
+
+    def predict(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+
+
+class ModelSource(Protocol):
+    """Where the serving model is read, once per batch (the slot a registry follower fills)."""
+
+    @property
+    def model(self) -> ModelRunner | None: ...
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    consumed: int
+    scored: int
+    dead_lettered: int
+    model_version: int
+    inference_s: float
+
+
+class InferenceHandler:
+    """Scores one modality's records with whatever model the source holds."""
+
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        source_base: str,
+        decoder: Decoder,
+        models: ModelSource,
+        metrics: InferenceMetrics,
+        delivery: Delivery | None = None,
+    ) -> None:
+        self.settings = settings
+        self.decoder = decoder
+        self.models = models
+        self.metrics = metrics
+        self.delivery = delivery
+        topics = settings.kafka.topics
+        self.modality = settings.modality
+        self.source = topics.name(source_base)
+        self.results_topic = topics.inference_results
+        self.dlq_topic = topics.dlq(source_base)
+
+    def _delivery(self) -> Delivery:
+        if self.delivery is None:
+            raise RuntimeError("the handler delivers only once started")
+        return self.delivery
+
+    # The loop's side of the handler.
+
+    def start(self, consumer: Consumer) -> None:
+        if self.delivery is None:
+            self.delivery = for_settings(self.settings, consumer)
+
+    def assigned(
+        self, _consumer: Consumer, _parts: list[TopicPartition]
+    ) -> list[TopicPartition] | None:
+        return None  # the committed offsets are where scoring resumes
+
+    def revoked(self, _parts: list[TopicPartition]) -> Offsets | None:
+        # Scored batches still waiting for their acks are finished and committed now, while
+        # the partitions are still ours; if that fails they are replayed by their next owner
+        # (and, for partitions we keep, by us after a rewind).
+        if self.delivery is None:
+            return None
+        try:
+            self.delivery.drain()
+        except RewindBatch as exc:
+            log.warning("in-flight batches not committed at revocation: %s", exc)
+            return exc.rewind
+        return None
+
+    def idle(self) -> None:
+        self._delivery().idle()
+
+    def recover(self) -> None:
+        self._delivery().recover()
+
+    def abandon(self) -> None:
+        self._delivery().abandon()
+
+    def close(self) -> None:
+        if self.delivery is not None:
+            self.delivery.close()
+            self.delivery = None
+
+    def handle(self, msgs: list[Message]) -> BatchStats:
+        """Score one batch, dead-letter its bad records, deliver everything, then commit."""
+        delivery = self._delivery()
+        good: list[Message] = []
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                good.append(m)
+            else:
+                log.warning("consumer error: %s", err)
+        model = self.models.model  # one reference per batch: a swap lands between batches
+        if model is None:
+            raise RuntimeError("the service starts consuming only once a model is loaded")
+        if not good:
+            return BatchStats(len(msgs), 0, 0, model.version.version, 0.0)
+        self.metrics.consumed.labels(self.source).inc(len(good))
+        batch = self.decoder(
+            [m.value() for m in good], [codec.content_type_of(m.headers()) for m in good]
+        )
+        failures = list(batch.failures)
+        inference_s = 0.0
+        delivery.begin()
+        if len(batch):
+            t0 = time.perf_counter()
+            try:
+                probs = model.predict(batch.inputs)
+            except Exception as exc:  # a model that cannot score this batch: find who fails
+                log.warning(
+                    "scoring failed for %d events (%s); splitting the batch", len(batch), exc
+                )
+                batch, probs, failed = score_apart(model.predict, batch)
+                failures += failed
+            inference_s = time.perf_counter() - t0
+            bad = ~np.isfinite(probs).all(axis=1) if len(probs) else np.zeros(0, dtype=bool)
+            if bad.any():  # a score that is not a number is no score: dead-letter those events
+                failures += [
+                    (batch.positions[i], dl.CodecError(dl.SCORING_FAILED, "non-finite scores"))
+                    for i in np.flatnonzero(bad).tolist()
+                ]
+                keep = np.flatnonzero(~bad)
+                batch, probs = batch.take(keep), probs[keep]
+            if len(batch):
+                self._produce_results(delivery, batch, probs, model.version)
+                self.metrics.inference_seconds.labels(self.modality).observe(inference_s)
+                self.metrics.batch_size.labels(self.modality).observe(len(batch))
+        for pos, error in failures:
+            self._dead_letter(delivery, good[pos], error)
+        consumed = [position(m) for m in good]
+        offsets = commit_offsets(consumed)
+        delivery.commit(
+            [TopicPartition(t, p, o) for (t, p), o in offsets.items()], rewind_offsets(consumed)
+        )
+        scored = len(good) - len(failures)
+        return BatchStats(len(good), scored, len(failures), model.version.version, inference_s)
+
+    def _produce_results(
+        self,
+        delivery: Delivery,
+        batch: DecodedBatch,
+        probs: npt.NDArray[np.float32],
+        mv: ModelVersion,
+    ) -> None:
+        classes = mv.classes
+        index, confidence = top1(probs)
+        now_ms = int(time.time() * 1000)
+        record: dict[str, Any] = {
+            "schema_version": 1,
+            "modality": self.modality,
+            "model_name": mv.name,
+            "model_version": mv.version,
+            "classes": classes,
+            "scored_time_ms": now_ms,
+        }
+        rows = probs.astype("<f4", copy=False)
+        produce: Callable[[str, bytes | str | None, bytes | None, h.HeaderList], None]
+        produce = delivery.produce
+        topic = self.results_topic
+        event_times = batch.event_time_ms.tolist()
+        # One Avro record per event is the contract; everything else here is per batch.
+        for i, (event_id, asset_id, cls, conf) in enumerate(
+            zip(batch.event_ids, batch.asset_ids, index.tolist(), confidence.tolist(), strict=True)
+        ):
+            record["event_id"] = event_id
+            record["asset_id"] = asset_id
+            record["event_time_ms"] = event_times[i]
+            record["probabilities"] = rows[i].tobytes()
+            record["predicted_class"] = classes[cls]
+            record["confidence"] = conf
+            produce(topic, asset_id, encode_record("InferenceResult", record), h.AVRO)
+        m = self.metrics
+        m.produced.labels(topic).inc(len(batch))
+        counts = np.bincount(index, minlength=len(classes))
+        for c in np.flatnonzero(counts).tolist():
+            m.predictions.labels(mv.name, classes[c]).inc(int(counts[c]))
+        m.confidence.observe_many((mv.name, str(mv.version)), confidence)
+        m.end_to_end.observe_many((self.modality,), (now_ms - batch.event_time_ms).clip(0) / 1000.0)
+
+    def _dead_letter(self, delivery: Delivery, msg: Message, error: dl.CodecError) -> None:
+        rec = dlq_record(msg, error, self.settings.service_name)
+        delivery.produce(self.dlq_topic, rec.key, rec.value, rec.headers)
+        self.metrics.dead_letters.labels(rec.envelope.source_topic, error.error_class).inc()
+        log.info(describe(rec.envelope))
