@@ -11,9 +11,7 @@ import numpy.typing as npt
 
 from driftline.schemas.contracts import MODEL_NAMES
 from driftline.schemas.messages import MODALITY_IMAGE, MODALITY_SENSOR, ModelVersion
-from driftline.services.runtime.settings import (
-    TrainerSettings,
-)
+from driftline.trainer.settings import TrainerSettings
 
 if TYPE_CHECKING:
     from driftline.trainer.fit import EpochReport

@@ -18,7 +18,6 @@ import torch
 from driftline.schemas.contracts import INSULATOR_CLASSES, SENSOR_CHANNELS, SENSOR_INPUT_NAME
 from driftline.schemas.messages import MODALITY_IMAGE, MODALITY_SENSOR
 from driftline.services.runtime.artifacts import FsspecArtifactStore
-from driftline.services.runtime.settings import TrainerSettings
 from driftline.trainer.dataset import LabelledSet
 from driftline.trainer.export import ExportedModel, export_classifier
 from driftline.trainer.fit import EpochReport, FitConfig, FitReport, fit
@@ -26,6 +25,7 @@ from driftline.trainer.inputs import decode_image
 from driftline.trainer.models import SensorCNN
 from driftline.trainer.publish import KafkaRegistryWriter, RegistryWriter
 from driftline.trainer.runs import RunOutcome, TrainingRun
+from driftline.trainer.settings import TrainerSettings
 
 HOLDOUT_FRACTION = 0.2
 BOOTSTRAP_SOURCE = "bootstrap:simulated"

@@ -25,12 +25,12 @@ from driftline.schemas.messages import (
 )
 from driftline.services.core.gate import ChampionGate
 from driftline.services.runtime.artifacts import ArtifactStore
-from driftline.services.runtime.settings import TrainerSettings
 from driftline.trainer.champion import ChampionModel, ChampionUnavailable, load_champion
 from driftline.trainer.dataset import LabelledSet
 from driftline.trainer.fit import EpochReport, FitConfig, fit
 from driftline.trainer.publish import RegistryWriter, build_version
 from driftline.trainer.retrain import Challenger, FitFn, RetrainConfig, train_challenger
+from driftline.trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 

@@ -69,10 +69,10 @@ from driftline.services.runtime import registry
 from driftline.services.runtime.artifacts import FsspecArtifactStore
 from driftline.services.runtime.deadletters import describe, dlq_record
 from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
-from driftline.services.runtime.settings import TrainerSettings
 from driftline.trainer.dataset import Example, TrainingBuffer
 from driftline.trainer.fit import EpochReport
 from driftline.trainer.inputs import decode_labelled
+from driftline.trainer.metrics import TrainerMetrics
 from driftline.trainer.publish import KafkaRegistryWriter
 from driftline.trainer.runs import (
     OUTCOME_CANCELLED,
@@ -82,6 +82,7 @@ from driftline.trainer.runs import (
     RunOutcome,
     TrainingRun,
 )
+from driftline.trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ class TrainerService:
     def __init__(
         self,
         settings: TrainerSettings,
-        metrics: m.TrainerMetrics,
+        metrics: TrainerMetrics,
         runner: TrainingRun | None = None,
         on_outcome: Callable[[RunOutcome], None] | None = None,
         health: m.Health | None = None,
@@ -713,16 +714,11 @@ def run(
 ) -> list[RunOutcome]:
     """The trainer service; with once, catch up, train what was asked for, and return."""
     reg = metrics_registry or CollectorRegistry()
-    metrics = m.TrainerMetrics(reg)
+    metrics = TrainerMetrics(reg)
     service = TrainerService(settings, metrics, on_outcome=on_outcome)
     health = m.Health(ready=service.caught_up.is_set)
     service.health = health
-    server = m.serve(reg, health, settings.metrics_port) if settings.metrics_port else None
     if now:
         service.request_now(modality)
-    try:
+    with m.metrics_server(reg, health, settings.metrics_port):
         return service.run(stop, once=once)
-    finally:
-        if server is not None:
-            server.shutdown()
-            server.server_close()

@@ -29,6 +29,7 @@ from driftline.schemas import deadletter as dl
 from driftline.schemas import headers as h
 from driftline.schemas.messages import Alert, InferenceResult
 from driftline.schemas.topics import INFERENCE_RESULTS
+from driftline.services.alerts.metrics import AlertsMetrics
 from driftline.services.alerts.settings import AlertsSettings
 from driftline.services.alerts.webhook import SKIPPED, WebhookSender
 from driftline.services.core.alerting import SUPPRESSIONS, AlertEngine, Observation, RaisedAlert
@@ -42,7 +43,7 @@ from driftline.services.runtime.kafka import (
     position,
     producer,
 )
-from driftline.services.runtime.metrics import AlertsMetrics, Health
+from driftline.services.runtime.metrics import Health
 
 log = logging.getLogger(__name__)
 

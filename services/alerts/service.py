@@ -8,6 +8,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 
 from driftline.services.alerts.consumer import AlertsConsumer, BatchStats
+from driftline.services.alerts.metrics import AlertsMetrics
 from driftline.services.alerts.settings import AlertsSettings
 from driftline.services.alerts.webhook import HttpPost, WebhookSender
 from driftline.services.runtime import metrics as m
@@ -16,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def webhook_for(
-    settings: AlertsSettings, metrics: m.AlertsMetrics, post: HttpPost | None = None
+    settings: AlertsSettings, metrics: AlertsMetrics, post: HttpPost | None = None
 ) -> WebhookSender | None:
     """The webhook sender of the settings, or None when no URL is configured."""
     if settings.webhook_url is None:
@@ -40,11 +41,10 @@ def run(
 ) -> None:
     """Raise alerts from inference results until stop() is true."""
     reg = metrics_registry or CollectorRegistry()
-    metrics = m.AlertsMetrics(reg)
+    metrics = AlertsMetrics(reg)
     webhook = webhook_for(settings, metrics)
     health = m.Health(ready=lambda: bool(consumer.assigned))
     consumer = AlertsConsumer(settings, metrics, webhook, health)
-    server = m.serve(reg, health, settings.metrics_port) if settings.metrics_port else None
     log.info(
         "alerting on %s: %d of the last %d windows, cooldown %.0fs, webhook %s",
         consumer.handler.source,
@@ -53,9 +53,5 @@ def run(
         settings.cooldown_s,
         webhook.target if webhook is not None else "off",
     )
-    try:
+    with m.metrics_server(reg, health, settings.metrics_port):
         consumer.run(stop, on_batch)
-    finally:
-        if server is not None:
-            server.shutdown()
-            server.server_close()

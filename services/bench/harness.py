@@ -23,7 +23,6 @@ from driftline.services.runtime.kafka import (
 )
 from driftline.services.runtime.settings import KafkaSettings
 
-AVRO: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
 JSON: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_JSON.encode())]
 
 

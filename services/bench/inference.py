@@ -31,6 +31,7 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from driftline.schemas import codec
+from driftline.schemas import headers as h
 from driftline.schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES, SENSOR_CHANNELS
 from driftline.schemas.messages import (
     MODALITY_IMAGE,
@@ -44,7 +45,6 @@ from driftline.schemas.messages import (
 )
 from driftline.schemas.topics import CAMERA_IMAGES, SENSOR_WINDOWS
 from driftline.services.bench.harness import (
-    AVRO,
     JSON,
     Reader,
     bench_kafka,
@@ -56,8 +56,10 @@ from driftline.services.bench.load import latency_run
 from driftline.services.core.scoring import commit_offsets, top1
 from driftline.services.inference.consumer import InferenceConsumer
 from driftline.services.inference.handler import BatchStats
+from driftline.services.inference.metrics import InferenceMetrics
 from driftline.services.inference.model import LoadedModel, load
 from driftline.services.inference.service import decoder_for
+from driftline.services.inference.settings import InferenceSettings
 from driftline.services.inference.watcher import ModelSlot, RegistryWatcher
 from driftline.services.runtime import registry
 from driftline.services.runtime.artifacts import FsspecArtifactStore, sha256_hex
@@ -68,8 +70,7 @@ from driftline.services.runtime.kafka import (
     position,
     producer,
 )
-from driftline.services.runtime.metrics import InferenceMetrics
-from driftline.services.runtime.settings import InferenceSettings, KafkaSettings
+from driftline.services.runtime.settings import KafkaSettings
 
 Say = Callable[[str], None]
 
@@ -351,7 +352,7 @@ def _paced_send(
                 base[i % len(base)], event_id=f"{run}-{i}", event_time_ms=int(time.time() * 1000)
             )
             sent_at[msg.event_id] = time.perf_counter()
-            prod.produce(topic, key=msg.asset_id, value=codec.encode(msg), headers=AVRO)
+            prod.produce(topic, key=msg.asset_id, value=codec.encode(msg), headers=h.AVRO)
             i += 1
         prod.poll(0)
         time.sleep(max(0.0, (i / rate) - (time.perf_counter() - start)))
@@ -514,7 +515,7 @@ def run(
     root = Path(tempfile.mkdtemp(prefix="driftline-bench-"))
     mv = _publish(kafka, w, root, 1)
     say(f"preloading {events} {modality} events on {kafka.topics.name(w.source_base)}")
-    preload(kafka, kafka.topics.name(w.source_base), list(zip(w.keys, w.avro, strict=True)), AVRO)
+    preload(kafka, kafka.topics.name(w.source_base), list(zip(w.keys, w.avro, strict=True)), h.AVRO)
     model = load(mv, FsspecArtifactStore(root.as_uri()))
     slot = ModelSlot()
     slot.swap(model)

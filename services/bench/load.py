@@ -54,7 +54,7 @@ def _sender(
     ]
     keys = [decoded[i % len(decoded)].asset_id for i in range(n)]
     prod = producer(KafkaSettings(bootstrap_servers=bootstrap), **{"linger.ms": 1})
-    headers: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
+    headers = h.AVRO
     conn.send("ready")
     late = 0.0
     i = 0

@@ -27,7 +27,8 @@ from typing import Any
 
 from driftline.schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES
 from driftline.schemas.messages import MODALITY_IMAGE, MODALITY_SENSOR, STATUS_CHAMPION, Lineage
-from driftline.services.runtime.settings import KafkaSettings, TrainerSettings
+from driftline.services.runtime.settings import KafkaSettings
+from driftline.trainer.settings import TrainerSettings
 
 
 @dataclass
@@ -151,9 +152,10 @@ def _drain_rate(kafka: KafkaSettings, group: str, events: int, seed: int) -> flo
     """Events per second the sensor consumer scores, on a backlog of `events` windows."""
     from driftline.services.inference import service
     from driftline.services.inference.handler import BatchStats
-    from driftline.services.runtime.settings import InferenceSettings, SimulatorSettings
+    from driftline.services.inference.settings import InferenceSettings
     from driftline.services.runtime.shutdown import StopFlag
     from driftline.services.simulator import sensors
+    from driftline.services.simulator.settings import SimulatorSettings
 
     sensors.run(
         SimulatorSettings(kafka=kafka, count=events, rate=1e9, assets=200, seed=seed),

@@ -16,7 +16,7 @@ from driftline.services.commands.args import add_kafka_flags, settings_from
 
 def _trainer(args: argparse.Namespace) -> int:
     from driftline.services.bench import trainer
-    from driftline.services.runtime.settings import TrainerSettings
+    from driftline.trainer.settings import TrainerSettings
 
     settings = settings_from(TrainerSettings, args, ["epochs", "device", "seed"])
     return trainer.main(

@@ -11,8 +11,8 @@ from driftline.services.commands.args import add_kafka_flags, settings_from
 
 def run(args: argparse.Namespace) -> int:
     from driftline.services.inference import service
+    from driftline.services.inference.settings import InferenceSettings
     from driftline.services.runtime import logs
-    from driftline.services.runtime.settings import InferenceSettings
     from driftline.services.runtime.shutdown import StopFlag
 
     settings = settings_from(

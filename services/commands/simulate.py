@@ -26,10 +26,10 @@ FIELDS = [
 
 
 def run(args: argparse.Namespace) -> int:
-    from driftline.services.runtime.settings import SimulatorSettings
     from driftline.services.runtime.shutdown import StopFlag
     from driftline.services.simulator import sensors
     from driftline.services.simulator.scenario import ScenarioError
+    from driftline.services.simulator.settings import SimulatorSettings
 
     if args.source == "images":
         args.rate = 0.0

@@ -29,7 +29,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
     from driftline.schemas.messages import MODALITIES
     from driftline.services.bootstrap import bootstrap_model
     from driftline.services.runtime import registry
-    from driftline.services.runtime.settings import TrainerSettings
+    from driftline.trainer.settings import TrainerSettings
 
     settings = settings_from(TrainerSettings, args, SETTING_FLAGS)
     modalities = [args.modality] if args.modality else list(MODALITIES)
@@ -55,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
     if args.bootstrap:
         return _bootstrap(args)
     from driftline.services.runtime import logs
-    from driftline.services.runtime.settings import TrainerSettings
     from driftline.services.runtime.shutdown import StopFlag
     from driftline.trainer import service
+    from driftline.trainer.settings import TrainerSettings
 
     settings = settings_from(TrainerSettings, args, SETTING_FLAGS)
     logs.configure(settings.log_level)

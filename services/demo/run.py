@@ -24,9 +24,10 @@ from driftline.services.demo.watch import Watch
 from driftline.services.drift_report import RunSummary, recovery, write
 from driftline.services.runtime.kafka import create_topics
 from driftline.services.runtime.localstack import free_port
-from driftline.services.runtime.settings import KafkaSettings, SimulatorSettings
+from driftline.services.runtime.settings import KafkaSettings
 from driftline.services.simulator import scenario as scenarios
 from driftline.services.simulator import sensors
+from driftline.services.simulator.settings import SimulatorSettings
 
 READY_TIMEOUT_S = 300.0
 

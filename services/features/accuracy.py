@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from driftline.services.core import accuracy as core
 from driftline.services.core.accuracy import AccuracySnapshot, BucketCounts, EventTimeAccuracy
+from driftline.services.features.metrics import FeaturesMetrics
 from driftline.services.features.stats import SEP
 from driftline.services.features.store import (
     ACCURACY_BUCKET_KEY,
@@ -25,7 +26,6 @@ from driftline.services.features.store import (
     window_name,
 )
 from driftline.services.features.tables import StateTable, key_partition
-from driftline.services.runtime.metrics import FeaturesMetrics
 
 Version = tuple[str, int]  # model name, version
 Owner = tuple[Version, int]  # (version, join partition)

@@ -32,12 +32,12 @@ from driftline.schemas import headers as h
 from driftline.schemas.avro import encode_record
 from driftline.schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES
 from driftline.services.features.drift import drift_write
+from driftline.services.features.metrics import FeaturesMetrics
 from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
 from driftline.services.features.rebuild import DiscardOutbox, delete_prefix
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.store import RedisFeatureStore
 from driftline.services.features.tables import DictTable
-from driftline.services.runtime.metrics import FeaturesMetrics
 
 AVRO: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
 MODEL = MODEL_NAMES["sensor"]

@@ -32,6 +32,7 @@ from driftline.schemas.avro import encode_record
 from driftline.schemas.contracts import INSULATOR_CLASSES, SENSOR_CHANNELS, SENSOR_SAMPLES
 from driftline.schemas.messages import InferenceResult, Label
 from driftline.services.features.join import INDEX_BY_TIME
+from driftline.services.features.metrics import FeaturesMetrics
 from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
 from driftline.services.features.readback import FetchedRecord, Position
 from driftline.services.features.rocks import (
@@ -44,7 +45,6 @@ from driftline.services.features.rocks import (
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.store import MemoryFeatureStore
 from driftline.services.features.tables import KEY_SEP, StateTable, key_partition
-from driftline.services.runtime.metrics import FeaturesMetrics
 
 DAY_MS = 86_400_000
 AVRO: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]

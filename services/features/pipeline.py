@@ -43,12 +43,12 @@ from driftline.services.core.profile import CONFIDENCE_FEATURE
 from driftline.services.features import join as j
 from driftline.services.features.accuracy import AccuracyBook, Version, join_partition
 from driftline.services.features.drift import DriftBook
+from driftline.services.features.metrics import FeaturesMetrics
 from driftline.services.features.readback import FetchedRecord, InputReader
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.stats import StatsAggregator, StatsConfig
 from driftline.services.features.store import SENTINEL_KEY, FeatureStore, HashWrite
 from driftline.services.features.tables import StateTable
-from driftline.services.runtime.metrics import FeaturesMetrics
 
 log = logging.getLogger(__name__)
 

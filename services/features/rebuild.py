@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from driftline.schemas import headers as h
+from driftline.services.features.metrics import FeaturesMetrics
 from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.startup import deployed_join_partitions
 from driftline.services.features.store import RedisFeatureStore
 from driftline.services.features.tables import DictTable
-from driftline.services.runtime.metrics import FeaturesMetrics
 from driftline.services.runtime.reader import ReadTo, TopicReader
 
 BATCH = 2000

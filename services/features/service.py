@@ -7,6 +7,7 @@ import logging
 from prometheus_client import CollectorRegistry
 
 from driftline.services.features.app import build, lock_data_dir
+from driftline.services.features.metrics import FeaturesMetrics
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.startup import (
     Readiness,
@@ -28,13 +29,12 @@ def run(settings: FeaturesSettings, metrics_registry: CollectorRegistry | None =
     settings = deployed_join_partitions(settings)
     # Held until this function returns: the worker's tables in its data dir are its own.
     locks = lock_data_dir(settings) if settings.on_disk else []
-    features = build(settings, m.FeaturesMetrics(reg))
+    features = build(settings, FeaturesMetrics(reg))
     # Every topic exists, with leaders, before the worker joins its group: otherwise the first
     # assignment can leave the join's agents without partitions (see services.features.startup).
     ensure_topics(settings.kafka, topic_needs(features.app), timeout_s=settings.registry_timeout_s)
     readiness = Readiness()
     health = m.Health(ready=lambda: readiness.ready)
-    server = m.serve(reg, health, settings.metrics_port) if settings.metrics_port else None
 
     async def tick() -> None:
         readiness.update(features.app, features.waiting_for)
@@ -52,13 +52,11 @@ def run(settings: FeaturesSettings, metrics_registry: CollectorRegistry | None =
     # Logging stays as logs.configure set it (faust would otherwise install its own setup).
     worker = Worker(features.app, loglevel=settings.log_level, quiet=True, override_logging=False)
     try:
-        worker.execute_from_commandline()
+        with m.metrics_server(reg, health, settings.metrics_port):
+            worker.execute_from_commandline()
     except SystemExit as exc:
         if exc.code not in (0, None):
             raise
     finally:
-        if server is not None:
-            server.shutdown()
-            server.server_close()
         for lock in locks:
             lock.close()

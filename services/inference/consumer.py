@@ -6,9 +6,10 @@ from collections.abc import Callable
 
 from driftline.services.core.batching import BatchPolicy
 from driftline.services.inference.handler import BatchStats, Decoder, InferenceHandler, ModelSource
+from driftline.services.inference.metrics import InferenceMetrics
+from driftline.services.inference.settings import InferenceSettings
 from driftline.services.runtime.batchloop import BatchLoop, LoopConfig, LoopMetrics
-from driftline.services.runtime.metrics import Health, InferenceMetrics
-from driftline.services.runtime.settings import InferenceSettings
+from driftline.services.runtime.metrics import Health
 
 
 class InferenceConsumer:

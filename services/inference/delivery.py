@@ -27,9 +27,9 @@ from typing import Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from driftline.schemas import headers as h
+from driftline.services.inference.settings import InferenceSettings
 from driftline.services.runtime.batchloop import Offsets, RewindBatch
 from driftline.services.runtime.kafka import producer
-from driftline.services.runtime.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,11 @@ from driftline.schemas.batch import DecodedBatch
 from driftline.schemas.messages import ModelVersion
 from driftline.services.core.scoring import commit_offsets, rewind_offsets, score_apart, top1
 from driftline.services.inference.delivery import Delivery, for_settings
+from driftline.services.inference.metrics import InferenceMetrics
+from driftline.services.inference.settings import InferenceSettings
 from driftline.services.runtime.batchloop import Offsets, RewindBatch
 from driftline.services.runtime.deadletters import describe, dlq_record
 from driftline.services.runtime.kafka import position
-from driftline.services.runtime.metrics import InferenceMetrics
-from driftline.services.runtime.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,11 @@ from driftline.schemas.topics import CAMERA_IMAGES, SENSOR_WINDOWS
 from driftline.services.inference.consumer import InferenceConsumer
 from driftline.services.inference.handler import BatchStats, Decoder
 from driftline.services.inference.images import decode_image_batch
+from driftline.services.inference.metrics import InferenceMetrics
+from driftline.services.inference.settings import InferenceSettings
 from driftline.services.inference.watcher import ModelSlot, RegistryWatcher
 from driftline.services.runtime import metrics as m
 from driftline.services.runtime.artifacts import FsspecArtifactStore
-from driftline.services.runtime.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 
@@ -79,27 +80,24 @@ def run(
 ) -> None:
     """Serve the modality's champion, following the registry, until stop() is true."""
     reg = metrics_registry or CollectorRegistry()
-    metrics = m.InferenceMetrics(reg)
+    metrics = InferenceMetrics(reg)
     slot = ModelSlot()
     # Artifact URIs name their store (file://, s3://): one fsspec store reads them all.
     watcher = RegistryWatcher(settings, slot, metrics, FsspecArtifactStore("file:///"))
     source, decoder = decoder_for(settings)
     health = m.Health(ready=lambda: slot.model is not None and bool(consumer.assigned))
     consumer = InferenceConsumer(settings, source, decoder, slot, metrics, health)
-    server = m.serve(reg, health, settings.metrics_port) if settings.metrics_port else None
-    watcher.start()
-    try:
-        if not _wait_for_model(settings, slot, watcher, stop):
-            return
+    with m.metrics_server(reg, health, settings.metrics_port):
+        watcher.start()
+        try:
+            if not _wait_for_model(settings, slot, watcher, stop):
+                return
 
-        def stopping() -> bool:
-            if watcher.error is not None:
-                raise NoModelError(f"lost the registry: {watcher.error}")
-            return stop()
+            def stopping() -> bool:
+                if watcher.error is not None:
+                    raise NoModelError(f"lost the registry: {watcher.error}")
+                return stop()
 
-        consumer.run(stopping, on_batch)
-    finally:
-        watcher.stop(timeout_s=10)
-        if server is not None:
-            server.shutdown()
-            server.server_close()
+            consumer.run(stopping, on_batch)
+        finally:
+            watcher.stop(timeout_s=10)

@@ -16,11 +16,11 @@ import threading
 import time
 
 from driftline.schemas.messages import ModelVersion
+from driftline.services.inference.metrics import InferenceMetrics
 from driftline.services.inference.model import LoadedModel, ModelRejected, load
+from driftline.services.inference.settings import InferenceSettings
 from driftline.services.runtime.artifacts import ArtifactStore
-from driftline.services.runtime.metrics import InferenceMetrics
 from driftline.services.runtime.registry import RegistryFollower
-from driftline.services.runtime.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 

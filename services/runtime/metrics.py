@@ -1,10 +1,14 @@
-"""Metric names (one place) and the /metrics, /healthz and /readyz endpoints.
+"""Metric names (one place), the batch histogram, health, and the /metrics server.
 
-Collectors are built on a registry passed in, never at import, so tests use a fresh one.
+Every service's collectors live in its own package (inference/metrics.py, features/metrics.py,
+alerts/metrics.py, trainer/metrics.py) and are built on a registry passed in, never at import,
+so tests use a fresh one. The names stay here, one list the dashboards and rules are checked
+against.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import numpy.typing as npt
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -77,76 +81,6 @@ class BatchHistogram(Collector):
                 edges = [repr(float(b)) for b in self.bounds.tolist()] + ["+Inf"]
                 family.add_metric(list(labels), list(zip(edges, cumulative, strict=True)), total[0])
         yield family
-
-
-class InferenceMetrics:
-    """The inference consumer's collectors."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.consumed = Counter(EVENTS_CONSUMED, "Records consumed", ["topic"], registry=registry)
-        self.produced = Counter(EVENTS_PRODUCED, "Records produced", ["topic"], registry=registry)
-        self.dead_letters = Counter(
-            DEAD_LETTERS, "Records dead-lettered", ["topic", "reason"], registry=registry
-        )
-        self.batch_size = Histogram(
-            BATCH_SIZE,
-            "Events per scored batch",
-            ["modality"],
-            buckets=BATCH_BUCKETS,
-            registry=registry,
-        )
-        self.inference_seconds = Histogram(
-            INFERENCE_SECONDS,
-            "ONNX Runtime time per batch",
-            ["modality"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.end_to_end = BatchHistogram(
-            END_TO_END_SECONDS,
-            "Result produced minus event time",
-            ["modality"],
-            LATENCY_BUCKETS,
-            registry,
-        )
-        self.confidence = BatchHistogram(
-            CONFIDENCE,
-            "Confidence of the predicted class",
-            ["model", "version"],
-            CONFIDENCE_BUCKETS,
-            registry,
-        )
-        self.predictions = Counter(
-            PREDICTIONS, "Predictions by class", ["model", "predicted_class"], registry=registry
-        )
-        self.model_version = Gauge(
-            MODEL_VERSION, "Model version now serving", ["model"], registry=registry
-        )
-        self.batch_failures = Counter(
-            BATCH_FAILURES,
-            "Batches rewound and retried, by the stage that failed",
-            ["stage"],
-            registry=registry,
-        )
-        self.swaps = Counter(
-            MODEL_SWAPS,
-            "Model version loads: outcome ok or rejected, with a bounded reason",
-            ["model", "outcome", "reason"],
-            registry=registry,
-        )
-        self.swap_seconds = Histogram(
-            MODEL_SWAP_SECONDS,
-            "Fetch, verify, check and warm up a version, until it serves",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.consumer_lag = Gauge(
-            CONSUMER_LAG,
-            "Records behind the partition end, from librdkafka statistics",
-            ["topic", "partition"],
-            registry=registry,
-        )
 
 
 class Health:
@@ -220,74 +154,6 @@ POST_CHANGE_EXAMPLES = "driftline_post_change_examples"
 TRAINING_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
 
-class TrainerMetrics:
-    """The trainer service's collectors; labels are bounded (model, modality, outcome, role)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.consumed = Counter(EVENTS_CONSUMED, "Records consumed", ["topic"], registry=registry)
-        self.dead_letters = Counter(
-            DEAD_LETTERS, "Records dead-lettered", ["topic", "reason"], registry=registry
-        )
-        self.trainings = Counter(
-            TRAININGS,
-            "Training runs by trigger and outcome (promoted, rejected, failed, oom)",
-            ["model", "trigger", "outcome"],
-            registry=registry,
-        )
-        self.training_seconds = Histogram(
-            TRAINING_SECONDS,
-            "Wall time of a training run, fit to publish",
-            ["model"],
-            buckets=TRAINING_BUCKETS,
-            registry=registry,
-        )
-        self.in_progress = Gauge(
-            TRAINING_IN_PROGRESS, "1 while a model trains", ["model"], registry=registry
-        )
-        self.gate_decisions = Counter(
-            GATE_DECISIONS,
-            "Gate decisions (promote, reject)",
-            ["model", "decision"],
-            registry=registry,
-        )
-        self.gate_score = Gauge(
-            GATE_SCORE,
-            "Last gate scores on the holdout (role: challenger, champion)",
-            ["model", "role"],
-            registry=registry,
-        )
-        self.labels_buffered = Gauge(
-            LABELS_BUFFERED,
-            "Labelled examples in the training set",
-            ["modality"],
-            registry=registry,
-        )
-        self.labels_since_training = Gauge(
-            LABELS_SINCE_TRAINING,
-            "Labelled examples that arrived since the last training run",
-            ["modality"],
-            registry=registry,
-        )
-        self.example_age = Gauge(
-            TRAINING_EXAMPLE_AGE,
-            "Age (now minus event time) of the oldest and newest buffered training example",
-            ["modality", "end"],
-            registry=registry,
-        )
-        self.change_point = Gauge(
-            CHANGE_POINT_TIME,
-            "Event time of the last accuracy change point found in the labelled outcomes",
-            ["modality"],
-            registry=registry,
-        )
-        self.post_change_examples = Gauge(
-            POST_CHANGE_EXAMPLES,
-            "Buffered labelled examples from after the last change point",
-            ["modality"],
-            registry=registry,
-        )
-
-
 # The features app's metrics (FeaturesMetrics below).
 FEATURE_EVENTS = "driftline_feature_events_total"
 FEATURE_WRITES = "driftline_feature_writes_total"
@@ -316,136 +182,6 @@ DRIFT_SAMPLES = "driftline_drift_samples"
 FLUSH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-class FeaturesMetrics:
-    """The features app's collectors; labels are bounded (topic, outcome, model, version...)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.consumed = Counter(EVENTS_CONSUMED, "Records consumed", ["topic"], registry=registry)
-        self.produced = Counter(EVENTS_PRODUCED, "Records produced", ["topic"], registry=registry)
-        self.dead_letters = Counter(
-            DEAD_LETTERS, "Records dead-lettered", ["topic", "reason"], registry=registry
-        )
-        self.events = Counter(
-            FEATURE_EVENTS,
-            "Results folded into window statistics, by outcome (accepted, late, undecodable)",
-            ["outcome"],
-            registry=registry,
-        )
-        self.writes = Counter(
-            FEATURE_WRITES,
-            "Feature hash writes sent to the store, by kind (window, latest, accuracy, drift)",
-            ["kind"],
-            registry=registry,
-        )
-        self.flush_seconds = Histogram(
-            FEATURE_FLUSH_SECONDS,
-            "Time to write one flush to the feature store",
-            buckets=FLUSH_BUCKETS,
-            registry=registry,
-        )
-        self.store_errors = Counter(
-            FEATURE_STORE_ERRORS, "Failed feature store flushes (retried)", registry=registry
-        )
-        self.store_up = Gauge(
-            FEATURE_STORE_UP, "1 when the last feature store flush succeeded", registry=registry
-        )
-        self.dirty_windows = Gauge(
-            FEATURE_DIRTY_WINDOWS,
-            "Window buckets changed but not yet in the feature store (lag)",
-            registry=registry,
-        )
-        self.join_entries = Gauge(
-            JOIN_ENTRIES, "Entries held by the label join", ["table"], registry=registry
-        )
-        self.labels = Counter(
-            LABELS_JOINED,
-            "Labels by join outcome (emit, duplicate, unknown, expired)",
-            ["outcome"],
-            registry=registry,
-        )
-        version = ["model", "version"]
-        self.accuracy_scored = Counter(
-            ACCURACY_SCORED,
-            "Events whose first prediction the join recorded (the denominator of label coverage)",
-            version,
-            registry=registry,
-        )
-        self.accuracy_confidence = Counter(
-            ACCURACY_CONFIDENCE,
-            "Sum of the confidence served for those events (over scored: mean confidence)",
-            version,
-            registry=registry,
-        )
-        self.accuracy_labelled = Counter(
-            ACCURACY_LABELLED,
-            "Labels joined to a prediction, by outcome (correct, wrong)",
-            [*version, "outcome"],
-            registry=registry,
-        )
-        self.label_delay = Histogram(
-            LABEL_DELAY_SECONDS,
-            "Label time minus event time of labels joined to a prediction",
-            version,
-            buckets=LABEL_DELAY_BUCKETS,
-            registry=registry,
-        )
-        self.live_accuracy = Gauge(
-            LIVE_ACCURACY,
-            "Accuracy of the newest event-time bucket with enough labels (this worker's share)",
-            version,
-            registry=registry,
-        )
-        self.live_accuracy_labels = Gauge(
-            LIVE_ACCURACY_LABELS,
-            "Labels behind driftline_live_accuracy (its bucket, this worker's partitions)",
-            version,
-            registry=registry,
-        )
-        self.live_accuracy_coverage = Gauge(
-            LIVE_ACCURACY_COVERAGE,
-            "Labelled over scored events in the bucket of driftline_live_accuracy",
-            version,
-            registry=registry,
-        )
-        self.live_accuracy_label_delay = Gauge(
-            LIVE_ACCURACY_LABEL_DELAY,
-            "Mean label delay in the bucket of driftline_live_accuracy",
-            version,
-            registry=registry,
-        )
-        self.live_accuracy_estimate = Gauge(
-            LIVE_ACCURACY_ESTIMATE,
-            "Estimated accuracy (mean confidence, calibrated when the version allows) of the "
-            "newest event-time bucket: an estimate, there before any label",
-            version,
-            registry=registry,
-        )
-        self.live_accuracy_bucket_start = Gauge(
-            LIVE_ACCURACY_BUCKET_START,
-            "Event-time start of the bucket a live accuracy figure is for (labels or estimate)",
-            [*version, "basis"],
-            registry=registry,
-        )
-        self.drift_score = Gauge(
-            DRIFT_SCORE,
-            "PSI of live against reference, per feature ('max' is the version's score)",
-            ["model", "version", "feature"],
-            registry=registry,
-        )
-        self.drift_detected = Gauge(
-            DRIFT_DETECTED,
-            "1 when the last evaluation drifted",
-            ["model", "version"],
-            registry=registry,
-        )
-        self.drift_samples = Gauge(
-            DRIFT_SAMPLES,
-            "Samples in the last drift evaluation",
-            ["model", "version"],
-            registry=registry,
-        )
-
-
 # The alerting consumer's metrics (AlertsMetrics below).
 ALERTS_RAISED = "driftline_alerts_raised_total"
 ALERTS_SUPPRESSED = "driftline_alerts_suppressed_total"
@@ -454,46 +190,17 @@ WEBHOOK_DELIVERIES = "driftline_webhook_deliveries_total"
 WEBHOOK_RETRIES = "driftline_webhook_retries_total"
 
 
-class AlertsMetrics:
-    """The alerting consumer's collectors; labels are bounded (severity, rule, reason, outcome)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.consumed = Counter(EVENTS_CONSUMED, "Records consumed", ["topic"], registry=registry)
-        self.produced = Counter(EVENTS_PRODUCED, "Records produced", ["topic"], registry=registry)
-        self.dead_letters = Counter(
-            DEAD_LETTERS, "Records dead-lettered", ["topic", "reason"], registry=registry
-        )
-        self.batch_failures = Counter(
-            BATCH_FAILURES,
-            "Batches rewound and retried, by the stage that failed",
-            ["stage"],
-            registry=registry,
-        )
-        self.raised = Counter(
-            ALERTS_RAISED,
-            "Alerts raised, by severity and rule (reason: k_of_n, escalation)",
-            ["severity", "reason"],
-            registry=registry,
-        )
-        self.suppressed = Counter(
-            ALERTS_SUPPRESSED,
-            "Faulty windows that raised no alert (below_k, cooldown, duplicate, late)",
-            ["reason"],
-            registry=registry,
-        )
-        self.assets_tracked = Gauge(
-            ALERT_ASSETS_TRACKED,
-            "Assets whose recent windows the alert rule holds",
-            registry=registry,
-        )
-        self.webhook_deliveries = Counter(
-            WEBHOOK_DELIVERIES,
-            "Alert webhook deliveries: delivered, rejected (4xx), failed (retries spent), skipped",
-            ["outcome"],
-            registry=registry,
-        )
-        self.webhook_retries = Counter(
-            WEBHOOK_RETRIES,
-            "Webhook attempts retried after a 429, 5xx or network error",
-            registry=registry,
-        )
+@contextlib.contextmanager
+def metrics_server(
+    registry: CollectorRegistry, health: Health, port: int | None
+) -> Iterator[ThreadingHTTPServer | None]:
+    """/metrics, /healthz and /readyz on `port` while the block runs (nothing when unset)."""
+    if not port:
+        yield None
+        return
+    server = serve(registry, health, port)
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -31,13 +31,12 @@ from driftline.schemas.contracts import (
 )
 from driftline.schemas.messages import CameraImage, Label
 from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
-from driftline.services.runtime.settings import SimulatorSettings
 from driftline.services.simulator import scenario as scenarios
 from driftline.services.simulator.fleet import Fleet, generate_windows
 from driftline.services.simulator.images import encode_jpeg, encode_png, generate_images
+from driftline.services.simulator.settings import SimulatorSettings
 
 TICK_S = 0.001
-AVRO: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
 
 
 @dataclass(frozen=True)
@@ -149,7 +148,7 @@ class _Stream:
                 self.sensor_topic,
                 key=asset_id,
                 value=encode_record("SensorWindow", record),
-                headers=AVRO,
+                headers=h.AVRO,
                 on_delivery=self.tracker,
             )
             self._after_send(event_id, asset, t, "sensor", now_ms)
@@ -174,7 +173,7 @@ class _Stream:
                 self.image_topic,
                 key=msg.asset_id,
                 value=codec.encode(msg),
-                headers=AVRO,
+                headers=h.AVRO,
                 on_delivery=self.tracker,
             )
             self._after_send(event_id, asset, t, "image", now_ms)
@@ -189,7 +188,7 @@ class _Stream:
                 self.label_topic,
                 key=label.asset_id,
                 value=codec.encode(label),
-                headers=AVRO,
+                headers=h.AVRO,
                 on_delivery=self.tracker,
             )
             self.labelled += 1

@@ -24,9 +24,10 @@ from driftline.schemas import codec
 from driftline.schemas.messages import InferenceResult
 from driftline.services.runtime.kafka import create_topics
 from driftline.services.runtime.localstack import LocalStack
-from driftline.services.runtime.settings import KafkaSettings, SimulatorSettings
+from driftline.services.runtime.settings import KafkaSettings
 from driftline.services.simulator import sensors
 from driftline.services.simulator.sensors import SimulationReport
+from driftline.services.simulator.settings import SimulatorSettings
 from tests.integration.conftest import _free_ports
 from tests.integration.kafka_io import drain
 from tests.integration.test_delivery import _count_visible, _start

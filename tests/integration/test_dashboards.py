@@ -38,16 +38,14 @@ from driftline.schemas.messages import STATUS_CHAMPION, Lineage, ModelVersion
 from driftline.services.alerts import service as alerts_service
 from driftline.services.alerts.settings import AlertsSettings
 from driftline.services.inference import service as inference_service
+from driftline.services.inference.settings import InferenceSettings
 from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
 from driftline.services.runtime.localstack import free_port
-from driftline.services.runtime.settings import (
-    InferenceSettings,
-    KafkaSettings,
-    SimulatorSettings,
-    TrainerSettings,
-)
+from driftline.services.runtime.settings import KafkaSettings
 from driftline.services.runtime.shutdown import StopFlag
 from driftline.services.simulator import sensors
+from driftline.services.simulator.settings import SimulatorSettings
+from driftline.trainer.settings import TrainerSettings
 from tests.integration.conftest import Endpoints
 from tests.unit.test_dashboards_static import (
     PanelQuery,

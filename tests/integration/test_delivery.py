@@ -16,8 +16,9 @@ from confluent_kafka import Consumer
 
 from driftline.schemas import codec
 from driftline.schemas.messages import InferenceResult, ModelVersion
-from driftline.services.runtime.settings import KafkaSettings, SimulatorSettings
+from driftline.services.runtime.settings import KafkaSettings
 from driftline.services.simulator import sensors
+from driftline.services.simulator.settings import SimulatorSettings
 from tests.integration.kafka_io import drain
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

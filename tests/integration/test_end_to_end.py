@@ -17,10 +17,12 @@ from driftline.schemas.avro import encode_record
 from driftline.schemas.messages import InferenceResult, ModelVersion
 from driftline.services.inference import service
 from driftline.services.inference.handler import BatchStats
+from driftline.services.inference.settings import InferenceSettings
 from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
-from driftline.services.runtime.settings import InferenceSettings, KafkaSettings, SimulatorSettings
+from driftline.services.runtime.settings import KafkaSettings
 from driftline.services.runtime.shutdown import StopFlag
 from driftline.services.simulator import sensors
+from driftline.services.simulator.settings import SimulatorSettings
 from tests.integration.kafka_io import drain
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

@@ -23,13 +23,13 @@ from driftline.schemas import headers as h
 from driftline.schemas.contracts import INSULATOR_CLASSES
 from driftline.schemas.messages import InferenceResult, Label, LabelledWindow
 from driftline.services.features.accuracy import bucket_counts, bucket_hash_key, bucket_starts
+from driftline.services.features.metrics import FeaturesMetrics
 from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.store import MemoryFeatureStore
 from driftline.services.features.tables import DictTable
 from driftline.services.runtime.localstack import free_port
 from driftline.services.runtime.localstack.redis import redis_ping
-from driftline.services.runtime.metrics import FeaturesMetrics
 from driftline.services.runtime.settings import KafkaSettings
 from tests.integration.kafka_io import drain
 from tests.integration.test_features import (

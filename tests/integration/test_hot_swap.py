@@ -15,11 +15,13 @@ from prometheus_client import CollectorRegistry
 from driftline.schemas import codec
 from driftline.schemas.messages import STATUS_CHAMPION, InferenceResult, ModelVersion
 from driftline.services.inference import service
+from driftline.services.inference.settings import InferenceSettings
 from driftline.services.runtime import registry
-from driftline.services.runtime.settings import InferenceSettings, KafkaSettings, SimulatorSettings
+from driftline.services.runtime.settings import KafkaSettings
 from driftline.services.runtime.shutdown import StopFlag
 from driftline.services.runtime.signing import generate_keypair, sign
 from driftline.services.simulator import sensors
+from driftline.services.simulator.settings import SimulatorSettings
 from tests.integration.kafka_io import drain
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

@@ -30,10 +30,11 @@ from driftline.schemas.messages import (
     ModelVersion,
 )
 from driftline.services.inference import service
+from driftline.services.inference.settings import InferenceSettings
 from driftline.services.runtime import registry
 from driftline.services.runtime.artifacts import FsspecArtifactStore, sha256_hex
 from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
-from driftline.services.runtime.settings import InferenceSettings, KafkaSettings
+from driftline.services.runtime.settings import KafkaSettings
 from driftline.services.runtime.shutdown import StopFlag
 from tests.integration.kafka_io import drain
 

@@ -7,8 +7,9 @@ import pytest
 from driftline.schemas import codec
 from driftline.schemas.contracts import INSULATOR_CLASSES
 from driftline.schemas.messages import CameraImage, Label, SensorWindow
-from driftline.services.runtime.settings import KafkaSettings, SimulatorSettings
+from driftline.services.runtime.settings import KafkaSettings
 from driftline.services.simulator import sensors
+from driftline.services.simulator.settings import SimulatorSettings
 from tests.integration.kafka_io import drain
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

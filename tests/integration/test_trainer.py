@@ -35,25 +35,24 @@ from driftline.schemas.messages import (
 )
 from driftline.services.inference import service as inference
 from driftline.services.inference.handler import BatchStats
+from driftline.services.inference.settings import InferenceSettings
 from driftline.services.runtime import metrics as m
 from driftline.services.runtime import registry
 from driftline.services.runtime.artifacts import FsspecArtifactStore
 from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
-from driftline.services.runtime.settings import (
-    InferenceSettings,
-    KafkaSettings,
-    SimulatorSettings,
-    TrainerSettings,
-)
+from driftline.services.runtime.settings import KafkaSettings
 from driftline.services.runtime.shutdown import StopFlag
 from driftline.services.runtime.signing import generate_keypair
 from driftline.services.simulator import sensors
 from driftline.services.simulator.fleet import SensorConditions, labelled_dataset
 from driftline.services.simulator.images import encode_png, labelled_images
+from driftline.services.simulator.settings import SimulatorSettings
 from driftline.trainer import service as trainer
 from driftline.trainer.bootstrap import TrainedModel
+from driftline.trainer.metrics import TrainerMetrics
 from driftline.trainer.publish import KafkaRegistryWriter, build_version
 from driftline.trainer.runs import OUTCOME_PROMOTED, OUTCOME_REJECTED, RunOutcome
+from driftline.trainer.settings import TrainerSettings
 from tests.integration.kafka_io import drain
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -352,7 +351,7 @@ def test_bad_labelled_windows_are_dead_lettered_once_with_their_reason(
     produce(kafka, kafka.topics.training_windows, values, keys=[b"same-key"] * len(values))
     settings = trainer_settings(kafka, tmp_path, min_labels=1000)
     for _ in range(2):  # the second run is a restart: it re-reads, but dead-letters nothing again
-        service = trainer.TrainerService(settings, m.TrainerMetrics(CollectorRegistry()))
+        service = trainer.TrainerService(settings, TrainerMetrics(CollectorRegistry()))
         assert service.run(StopFlag(), once=True) == []
         assert len(service.states["sensor"].buffer) == 30
         assert len(service.states["image"].buffer) == 1
@@ -415,7 +414,7 @@ def test_a_restart_rebuilds_the_training_set_from_the_last_lineage(
         kafka, kafka.topics.training_windows, labelled_sensor_windows(x[300:], y[300:], start=300)
     )
     service = trainer.TrainerService(
-        trainer_settings(kafka, tmp_path), m.TrainerMetrics(CollectorRegistry())
+        trainer_settings(kafka, tmp_path), TrainerMetrics(CollectorRegistry())
     )
     service.run(StopFlag(), once=True)
     state = service.states["sensor"]

@@ -16,9 +16,9 @@ from driftline.services.features.accuracy import (
     join_partition,
     parse_bucket_key,
 )
+from driftline.services.features.metrics import FeaturesMetrics
 from driftline.services.features.store import ACCURACY_KEY, MemoryFeatureStore
 from driftline.services.features.tables import DictTable
-from driftline.services.runtime.metrics import FeaturesMetrics
 
 SEC = 1000
 BUCKET = 10 * SEC

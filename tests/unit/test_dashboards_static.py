@@ -22,7 +22,11 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from driftline.services.alerts.metrics import AlertsMetrics
+from driftline.services.features.metrics import FeaturesMetrics
+from driftline.services.inference.metrics import InferenceMetrics
 from driftline.services.runtime import metrics as m
+from driftline.trainer.metrics import TrainerMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "deploy" / "grafana" / "dashboards"
@@ -98,7 +102,7 @@ def rule_expressions() -> list[tuple[str, str]]:
 def exported_metrics() -> dict[str, tuple[str, set[str]]]:
     """Sample name -> (metric type, label names) of everything the services can export."""
     out: dict[str, tuple[str, set[str]]] = {}
-    for cls in (m.InferenceMetrics, m.TrainerMetrics, m.FeaturesMetrics, m.AlertsMetrics):
+    for cls in (InferenceMetrics, TrainerMetrics, FeaturesMetrics, AlertsMetrics):
         registry = CollectorRegistry()
         cls(registry)
         for collector in list(registry._collector_to_names):

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from driftline.schemas.contracts import IMAGE_INPUT_NAME, IMAGE_SIZE, INSULATOR_CLASSES
-from driftline.services.runtime.settings import TrainerSettings
 from driftline.services.simulator import images
 from driftline.services.simulator.images import encode_jpeg, labelled_images
 from driftline.trainer.bootstrap import as_served, bootstrap_epochs
@@ -18,6 +17,7 @@ from driftline.trainer.fit import FitConfig, fit
 from driftline.trainer.inputs import decode_image, model_input
 from driftline.trainer.models import ImageCNN, image_width_of, jitter_photos
 from driftline.trainer.retrain import _warm_start, new_model
+from driftline.trainer.settings import TrainerSettings
 
 
 def photos(n: int = 8, seed: int = 3) -> torch.Tensor:

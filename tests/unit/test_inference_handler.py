@@ -22,10 +22,11 @@ from driftline.schemas.messages import InferenceResult, Lineage, ModelVersion
 from driftline.schemas.topics import SENSOR_WINDOWS
 from driftline.services.inference.delivery import InMemoryDelivery
 from driftline.services.inference.handler import InferenceHandler
+from driftline.services.inference.metrics import InferenceMetrics
 from driftline.services.inference.service import decoder_for
+from driftline.services.inference.settings import InferenceSettings
 from driftline.services.runtime.batchloop import RewindBatch
-from driftline.services.runtime.metrics import InferenceMetrics
-from driftline.services.runtime.settings import InferenceSettings, KafkaSettings
+from driftline.services.runtime.settings import KafkaSettings
 from tests.unit.test_codec import sensor_window
 
 CLASSES = ["healthy", "contaminated", "cracked", "flashover"]

@@ -25,13 +25,13 @@ from driftline.schemas.messages import (
     LabelledWindow,
     SensorWindow,
 )
+from driftline.services.features.metrics import FeaturesMetrics
 from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
 from driftline.services.features.readback import MemoryInputReader
 from driftline.services.features.rocks import MIB, DiskTable, LocalDatabases, RocksOptions
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.store import MemoryFeatureStore
 from driftline.services.features.tables import KEY_SEP, DictTable, StateTable, key_partition
-from driftline.services.runtime.metrics import FeaturesMetrics
 from driftline.services.runtime.settings import KafkaSettings
 
 AVRO: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]

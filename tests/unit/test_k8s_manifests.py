@@ -15,11 +15,9 @@ from driftline.schemas.topics import CAMERA_IMAGES, SENSOR_WINDOWS, TOPIC_TABLE
 from driftline.services.alerts.settings import AlertsSettings
 from driftline.services.cli import build_parser
 from driftline.services.features.settings import FeaturesSettings
-from driftline.services.runtime.settings import (
-    DriftlineSettings,
-    InferenceSettings,
-    TrainerSettings,
-)
+from driftline.services.inference.settings import InferenceSettings
+from driftline.services.runtime.settings import DriftlineSettings
+from driftline.trainer.settings import TrainerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"

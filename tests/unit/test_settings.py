@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from driftline.services.runtime.settings import InferenceSettings, KafkaSettings, SimulatorSettings
+from driftline.services.inference.settings import InferenceSettings
+from driftline.services.runtime.settings import KafkaSettings
+from driftline.services.simulator.settings import SimulatorSettings
 
 
 def test_nested_env_and_passthrough(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,15 +13,15 @@ from prometheus_client import CollectorRegistry
 
 from driftline.schemas.contracts import MODEL_NAMES
 from driftline.services.core.changepoint import Drop
-from driftline.services.runtime import metrics as m
 from driftline.services.runtime.artifacts import FsspecArtifactStore
-from driftline.services.runtime.settings import TrainerSettings
 from driftline.services.simulator.fleet import SensorConditions, labelled_dataset
 from driftline.trainer.dataset import Example
 from driftline.trainer.fit import fit
+from driftline.trainer.metrics import TrainerMetrics
 from driftline.trainer.publish import MemoryRegistryWriter
 from driftline.trainer.runs import OUTCOME_CANCELLED, OUTCOME_PROMOTED, TrainingRun
 from driftline.trainer.service import TrainerService
+from driftline.trainer.settings import TrainerSettings
 
 SENSOR = MODEL_NAMES["sensor"]
 DRIFTED = SensorConditions(leakage_gain=2.5, discharge_gain=0.4, humidity_mean=80.0)
@@ -95,7 +95,7 @@ def test_a_change_point_cancels_the_old_world_run_and_trains_for_the_new_one() -
         FsspecArtifactStore(settings.artifact_root),
         fit_fn=first_fit_waits_for_cancel(calls),
     )
-    metrics = m.TrainerMetrics(CollectorRegistry())
+    metrics = TrainerMetrics(CollectorRegistry())
     service = TrainerService(settings, metrics, runner=runner)
     service.caught_up.set()
     state = service.states["sensor"]
@@ -140,7 +140,7 @@ def test_a_later_estimate_on_the_same_version_refines_the_change_a_newer_version
     settings = TrainerSettings(artifact_root="memory://driftline-test-refine", device="cpu")
     service = TrainerService(
         settings,
-        m.TrainerMetrics(CollectorRegistry()),
+        TrainerMetrics(CollectorRegistry()),
         runner=TrainingRun(settings, MemoryRegistryWriter(), FsspecArtifactStore("memory://x")),
     )
     state = service.states["sensor"]

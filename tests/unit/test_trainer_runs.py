@@ -18,7 +18,6 @@ from driftline.schemas.contracts import (
 )
 from driftline.schemas.messages import STATUS_CHAMPION, STATUS_REJECTED, STATUS_RETIRED
 from driftline.services.runtime.artifacts import ArtifactError, FsspecArtifactStore, fetch_trusted
-from driftline.services.runtime.settings import TrainerSettings
 from driftline.services.runtime.signing import generate_keypair, key_id, verify
 from driftline.services.simulator.fleet import labelled_dataset
 from driftline.services.simulator.images import labelled_images
@@ -33,6 +32,7 @@ from driftline.trainer.runs import (
     OUTCOME_REJECTED,
     TrainingRun,
 )
+from driftline.trainer.settings import TrainerSettings
 
 SENSOR = MODEL_NAMES["sensor"]
 
