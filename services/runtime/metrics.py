@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+from typing_extensions import override
 
 EVENTS_CONSUMED = "driftline_events_consumed_total"
 EVENTS_PRODUCED = "driftline_events_produced_total"
@@ -132,8 +133,9 @@ def serve(
             self.end_headers()
             self.wfile.write(body)
 
+        @override
         def log_message(self, format: str, *args: object) -> None:
-            return
+            """Scrapes and probes are not worth a log line each."""
 
     server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
