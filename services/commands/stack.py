@@ -11,7 +11,7 @@ from driftline.services.commands.args import given
 
 
 def run(args: argparse.Namespace) -> int:
-    from driftline.services.runtime import localstack as ls
+    from driftline.services import localstack as ls
 
     ports = ls.StackPorts.from_env()
     changes = given(args, ["kafka", "controller", "redis"])

@@ -38,8 +38,8 @@ from driftline.schemas.messages import STATUS_CHAMPION, Lineage, ModelVersion
 from driftline.services.alerts import service as alerts_service
 from driftline.services.alerts.settings import AlertsSettings
 from driftline.services.inference import service as inference_service
+from driftline.services.localstack import free_port
 from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
-from driftline.services.runtime.localstack import free_port
 from driftline.services.runtime.settings import (
     InferenceSettings,
     KafkaSettings,

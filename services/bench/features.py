@@ -1,4 +1,4 @@
-"""`driftline features bench`: read latency of one asset's features, statistics throughput.
+"""`driftline bench features`: read latency of one asset's features, statistics throughput.
 
 1. Reads: `--assets` assets get windows (and their version accuracy and drift hashes) written
    through the app's own store; then `--reads` random reads of one asset are timed: the asset
@@ -51,7 +51,7 @@ class Report:
 
     def table(self) -> str:
         f = self.figures
-        lines = ["", "driftline features bench", ""]
+        lines = ["", "driftline bench features", ""]
         for name in ("read_asset_hash", "read_features_get"):
             if name in f:
                 r = f[name]
@@ -228,7 +228,7 @@ def _app_throughput(
 ) -> dict[str, Any]:
     """Preload results, start `workers` stats-role processes, time them until all are folded."""
     from driftline.services.bench.harness import bench_kafka, preload
-    from driftline.services.runtime.localstack import free_port
+    from driftline.services.localstack import free_port
 
     kafka = bench_kafka(settings.kafka.bootstrap_servers, partitions=6)
     t0 = int(time.time() * 1000) - 3_600_000

@@ -7,8 +7,8 @@ from pathlib import Path
 
 
 def repo_root() -> Path:
-    """The repository root (this file is services/runtime/localstack/paths.py)."""
-    return Path(__file__).resolve().parents[3]
+    """The repository root (this file is services/localstack/paths.py)."""
+    return Path(__file__).resolve().parents[2]
 
 
 def default_data_dir() -> Path:

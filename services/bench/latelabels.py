@@ -1,4 +1,4 @@
-"""`driftline features bench --late-labels`: a simulated week of events with labels days late.
+"""`driftline bench features --late-labels`: a simulated week of events with labels days late.
 
 The join runs in process (the pipeline, as `rebuild` runs it) on its real disk store: its
 tables are RocksDB databases in a temporary directory, opened with the app's options
