@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from driftline.services.localstack.errors import PrerequisiteMissing, StackStartError
-from driftline.services.localstack.paths import deploy_dir, repo_root
+from driftline.services.localstack.paths import deploy_dir, state_dir
 from driftline.services.localstack.ports import HOST, StackPorts
 from driftline.services.localstack.processes import PidFile, cmdline, spawn, write_atomic
 
@@ -49,9 +49,13 @@ _JAR_RESOLVE_TIMEOUT_S = 900.0
 
 
 def default_jar_cache() -> Path:
-    """Kafka jar folder: env DRIFTLINE_JAR_CACHE, else <repo root>/.driftline/kafka-lib-<ver>."""
+    """Kafka jar folder: env DRIFTLINE_JAR_CACHE, else the state dir's kafka-lib-<ver>.
+
+    From a checkout that is <repo>/.driftline/kafka-lib-<ver> (what CI caches); installed, it
+    is under $XDG_DATA_HOME/driftline (see paths.state_dir).
+    """
     env = os.environ.get("DRIFTLINE_JAR_CACHE")
-    return Path(env) if env else repo_root() / ".driftline" / f"kafka-lib-{KAFKA_VERSION}"
+    return Path(env) if env else state_dir() / f"kafka-lib-{KAFKA_VERSION}"
 
 
 def find_java() -> str:
@@ -83,7 +87,7 @@ def find_java() -> str:
 
 
 def ensure_jars(jar_cache: Path, log: Callable[[str], None]) -> Path:
-    """The jar folder, resolved once with Maven from deploy/local/pom.xml when missing."""
+    """The jar folder, resolved once with Maven from the resources' pom.xml when missing."""
     if (jar_cache / _KAFKA_JAR).is_file():
         return jar_cache
     mvn = shutil.which("mvn")
