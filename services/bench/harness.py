@@ -31,7 +31,7 @@ def bench_kafka(bootstrap: str | None, partitions: int) -> KafkaSettings:
     if bootstrap is None:
         bootstrap = os.environ.get("DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS")
     if bootstrap is None:
-        from driftline.services.runtime import localstack
+        from driftline.services import localstack
 
         stack = localstack.LocalStack(
             localstack.default_data_dir(), localstack.StackPorts.from_env(), log=lambda _m: None

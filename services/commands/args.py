@@ -29,3 +29,8 @@ def settings_from(cls: type[S], args: argparse.Namespace, names: Sequence[str] =
 def add_kafka_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default 127.0.0.1:9092)")
     p.add_argument("--topic-prefix", help="prefix of every topic name, to share a cluster")
+
+
+def add_redis_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--redis-url", help="Redis URL (default redis://127.0.0.1:6379/0)")
+    p.add_argument("--redis-key-prefix", help="prefix of every Redis key (default driftline:)")

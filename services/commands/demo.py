@@ -9,10 +9,10 @@ from typing import Any
 
 
 def run(args: argparse.Namespace) -> int:
+    from driftline.services import localstack
     from driftline.services.demo import run as drift_demo
     from driftline.services.demo.config import DemoConfig
-    from driftline.services.drift_report import RECOVERY_GOAL
-    from driftline.services.runtime import localstack
+    from driftline.services.demo.report import RECOVERY_GOAL
     from driftline.services.simulator.scenario import ScenarioError
 
     cfg = DemoConfig(

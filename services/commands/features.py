@@ -7,12 +7,14 @@ import json
 import sys
 from typing import Any
 
-from driftline.services.commands.args import add_kafka_flags, settings_from
+from driftline.services.commands.args import add_kafka_flags, add_redis_flags, settings_from
+from driftline.services.commands.bench import add_features_bench_flags, run_features_bench
 
 SETTING_FLAGS = ["metrics_port", "role", "redis_key_prefix", "log_level"]
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def features_settings(args: argparse.Namespace) -> Any:
+    """FeaturesSettings from the environment, then the flags given."""
     from pydantic import SecretStr
 
     from driftline.services.features.settings import FeaturesSettings
@@ -27,7 +29,7 @@ def run_app(args: argparse.Namespace) -> int:
     from driftline.services.features import service
     from driftline.services.runtime import logs
 
-    settings = _settings(args)
+    settings = features_settings(args)
     logs.configure(settings.log_level)
     service.run(settings)
     return 0
@@ -38,7 +40,7 @@ def get(args: argparse.Namespace) -> int:
 
     from driftline.services.features.reader import format_asset, read_asset
 
-    settings = _settings(args)
+    settings = features_settings(args)
     client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
     try:
         features = read_asset(client, settings.redis_key_prefix, args.asset)
@@ -84,7 +86,7 @@ def _accuracy_json(view: Any) -> dict[str, Any] | None:
 def rebuild(args: argparse.Namespace) -> int:
     from driftline.services.features.rebuild import rebuild as replay
 
-    settings = _settings(args)
+    settings = features_settings(args)
     report = replay(settings, fresh=args.fresh)
     print(
         f"rebuilt from {report.results:,} results and {report.labelled_windows:,} labelled "
@@ -93,30 +95,8 @@ def rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from driftline.services.features import bench as features_bench
-
-    settings = _settings(args)
-    if args.late_labels:
-        from driftline.services.features import latebench
-
-        return latebench.main(settings, assets=args.late_assets)
-    return features_bench.main(
-        settings,
-        reads=args.reads,
-        assets=args.assets,
-        events=args.events,
-        app_events=args.app_events,
-        app_workers=args.app_workers,
-        json_path=Path(args.json) if args.json else None,
-    )
-
-
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--redis-url", help="Redis URL (default redis://127.0.0.1:6379/0)")
-    p.add_argument("--redis-key-prefix", help="prefix of every Redis key (default driftline:)")
+    add_redis_flags(p)
     add_kafka_flags(p)
 
 
@@ -146,20 +126,11 @@ def register(sub: Any) -> None:
     _common(r)
     r.set_defaults(func=rebuild)
 
-    b = actions.add_parser("bench", help="read latency of one asset's features; stats throughput")
-    b.add_argument("--reads", type=int, default=10_000, help="reads timed (default 10000)")
-    b.add_argument("--assets", type=int, default=500, help="assets populated (default 500)")
-    b.add_argument("--events", type=int, default=200_000, help="results for the stats path")
-    b.add_argument(
-        "--app-events", type=int, default=50_000, help="results through the faust app (0: skip)"
+    b = actions.add_parser(
+        "bench",
+        help="same as `driftline bench features` (its home): read latency, stats throughput",
+        description="An alias: `driftline bench features` is the home of this bench and takes "
+        "the same flags.",
     )
-    b.add_argument("--app-workers", type=int, default=1, help="stats workers started (1)")
-    b.add_argument("--json", help="also write the figures to this JSON file")
-    b.add_argument(
-        "--late-labels",
-        action="store_true",
-        help="instead: the join over a simulated week, labels 1-7 days late (in process)",
-    )
-    b.add_argument("--late-assets", type=int, default=10, help="assets of the late-label run")
-    _common(b)
-    b.set_defaults(func=bench)
+    add_features_bench_flags(b)
+    b.set_defaults(func=run_features_bench)

@@ -11,7 +11,7 @@ from driftline.services.commands.args import given
 
 
 def run(args: argparse.Namespace) -> int:
-    from driftline.services.runtime import localstack as ls
+    from driftline.services import localstack as ls
 
     ports = ls.StackPorts.from_env()
     changes = given(args, ["kafka", "controller", "redis"])
@@ -67,5 +67,9 @@ def register(sub: Any) -> None:
     p.add_argument("--kafka", type=int, metavar="PORT", help="Kafka client port (default 9092)")
     p.add_argument("--controller", type=int, metavar="PORT", help="KRaft controller port (9093)")
     p.add_argument("--redis", type=int, metavar="PORT", help="Redis port (default 6379)")
-    p.add_argument("--data-dir", help="where logs and data live (default .driftline/stack)")
+    p.add_argument(
+        "--data-dir",
+        help="where logs and data live (default: DRIFTLINE_STACK_DIR, else .driftline/stack in "
+        "a checkout, $XDG_DATA_HOME/driftline/stack when installed)",
+    )
     p.set_defaults(func=run)

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from driftline.services.demo.config import DemoConfig
 from driftline.services.demo.processes import Say, Service, bootstrap, spawn, stop_all
+from driftline.services.demo.report import RunSummary, recovery, write
 from driftline.services.demo.view import LiveView, rates_text, status_lines
 from driftline.services.demo.watch import Watch
-from driftline.services.drift_report import RunSummary, recovery, write
+from driftline.services.localstack import free_port
 from driftline.services.runtime.kafka import create_topics
-from driftline.services.runtime.localstack import free_port
 from driftline.services.runtime.settings import KafkaSettings
 from driftline.services.simulator import scenario as scenarios
 from driftline.services.simulator import sensors

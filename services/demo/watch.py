@@ -12,7 +12,7 @@ from confluent_kafka import Consumer
 from driftline.schemas import codec
 from driftline.schemas.messages import InferenceResult, ModelVersion
 from driftline.services.core.ledger import Ledger
-from driftline.services.drift_report import Mark
+from driftline.services.demo.report import Mark
 from driftline.services.runtime.registry import RegistrySnapshot
 from driftline.services.runtime.settings import KafkaSettings
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from driftline.services.localstack import LocalStack, StackPorts, free_port
 from driftline.services.runtime.kafka import admin, create_topics
-from driftline.services.runtime.localstack import LocalStack, StackPorts, free_port
 from driftline.services.runtime.settings import KafkaSettings
 
 TEST_PARTITIONS = 3

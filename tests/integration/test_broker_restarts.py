@@ -22,8 +22,8 @@ import pytest
 
 from driftline.schemas import codec
 from driftline.schemas.messages import InferenceResult
+from driftline.services.localstack import LocalStack
 from driftline.services.runtime.kafka import create_topics
-from driftline.services.runtime.localstack import LocalStack
 from driftline.services.runtime.settings import KafkaSettings
 from driftline.services.simulator import sensors
 from driftline.services.simulator.sensors import SimulationReport

@@ -39,8 +39,8 @@ from driftline.services.alerts import service as alerts_service
 from driftline.services.alerts.settings import AlertsSettings
 from driftline.services.inference import service as inference_service
 from driftline.services.inference.settings import InferenceSettings
+from driftline.services.localstack import free_port
 from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
-from driftline.services.runtime.localstack import free_port
 from driftline.services.runtime.settings import KafkaSettings
 from driftline.services.runtime.shutdown import StopFlag
 from driftline.services.simulator import sensors

@@ -17,9 +17,9 @@ from driftline.schemas import headers as h
 from driftline.schemas.messages import ModelVersion
 from driftline.services.inference import service
 from driftline.services.inference.settings import InferenceSettings
+from driftline.services.localstack import free_port
 from driftline.services.runtime import deadletters
 from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
-from driftline.services.runtime.localstack import free_port
 from driftline.services.runtime.settings import KafkaSettings
 from driftline.services.runtime.shutdown import StopFlag
 from driftline.services.simulator import sensors

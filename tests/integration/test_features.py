@@ -39,8 +39,8 @@ from driftline.schemas.messages import (
 )
 from driftline.services.core.accuracy import BucketCounts
 from driftline.services.features.accuracy import bucket_counts, bucket_hash_key, bucket_starts
+from driftline.services.localstack import free_port
 from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
-from driftline.services.runtime.localstack import free_port
 from driftline.services.runtime.settings import KafkaSettings
 from tests.integration.conftest import Endpoints
 from tests.integration.kafka_io import drain

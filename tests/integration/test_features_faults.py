@@ -28,8 +28,8 @@ from driftline.services.features.pipeline import FeaturesPipeline, PipelineTable
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.store import MemoryFeatureStore
 from driftline.services.features.tables import DictTable
-from driftline.services.runtime.localstack import free_port
-from driftline.services.runtime.localstack.redis import redis_ping
+from driftline.services.localstack import free_port
+from driftline.services.localstack.redis import redis_ping
 from driftline.services.runtime.settings import KafkaSettings
 from tests.integration.kafka_io import drain
 from tests.integration.test_features import (

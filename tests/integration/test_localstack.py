@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from driftline.services.runtime.localstack import (
+from driftline.services.localstack import (
     LocalStack,
     PrerequisiteMissing,
     StackPorts,

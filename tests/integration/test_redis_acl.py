@@ -19,9 +19,9 @@ import redis
 
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.store import HashWrite, RedisFeatureStore
-from driftline.services.runtime.localstack import free_port
-from driftline.services.runtime.localstack.ports import port_accepts
-from driftline.services.runtime.localstack.redis import find_redis_server
+from driftline.services.localstack import free_port
+from driftline.services.localstack.ports import port_accepts
+from driftline.services.localstack.redis import find_redis_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

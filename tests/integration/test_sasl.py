@@ -30,8 +30,8 @@ from driftline.schemas.messages import InferenceResult
 from driftline.schemas.topics import FEEDBACK_LABELS, INFERENCE_RESULTS, SENSOR_WINDOWS
 from driftline.services.inference import service
 from driftline.services.inference.settings import InferenceSettings
+from driftline.services.localstack import LocalStack, StackPorts, StackStatus, free_port
 from driftline.services.runtime.kafka import DeliveryTracker, admin, create_topics, producer
-from driftline.services.runtime.localstack import LocalStack, StackPorts, StackStatus, free_port
 from driftline.services.runtime.settings import KafkaSettings
 from driftline.services.runtime.shutdown import StopFlag
 from driftline.services.simulator import sensors

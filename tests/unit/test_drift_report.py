@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from driftline.services.core.ledger import Ledger
-from driftline.services.drift_report import Mark, RunSummary, recovery, write
+from driftline.services.demo.report import Mark, RunSummary, recovery, write
 
 
 def synthetic_run() -> Ledger:

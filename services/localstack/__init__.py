@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from driftline.services.runtime.localstack.errors import (
+from driftline.services.localstack.errors import (
     PortInUseError,
     PrerequisiteMissing,
     StackStartError,
 )
-from driftline.services.runtime.localstack.kafka import (
+from driftline.services.localstack.kafka import (
     KAFKA_JVM_FLAGS,
     KAFKA_MESSAGE_MAX_BYTES,
     KAFKA_VERSION,
@@ -15,9 +15,9 @@ from driftline.services.runtime.localstack.kafka import (
     SCALA_VERSION,
     default_jar_cache,
 )
-from driftline.services.runtime.localstack.paths import default_data_dir, deploy_dir
-from driftline.services.runtime.localstack.ports import HOST, StackPorts, free_port
-from driftline.services.runtime.localstack.stack import LocalStack, Service, StackStatus
+from driftline.services.localstack.paths import default_data_dir, deploy_dir
+from driftline.services.localstack.ports import HOST, StackPorts, free_port
+from driftline.services.localstack.stack import LocalStack, Service, StackStatus
 
 __all__ = [
     "HOST",

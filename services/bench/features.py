@@ -1,4 +1,4 @@
-"""`driftline features bench`: read latency of one asset's features, statistics throughput.
+"""`driftline bench features`: read latency of one asset's features, statistics throughput.
 
 1. Reads: `--assets` assets get windows (and their version accuracy and drift hashes) written
    through the app's own store; then `--reads` random reads of one asset are timed: the asset
@@ -39,7 +39,6 @@ from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.store import RedisFeatureStore
 from driftline.services.features.tables import DictTable
 
-AVRO: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
 MODEL = MODEL_NAMES["sensor"]
 FEAST_P99_MS = 1.5
 TARGET_P99_MS = 2.0
@@ -51,7 +50,7 @@ class Report:
 
     def table(self) -> str:
         f = self.figures
-        lines = ["", "driftline features bench", ""]
+        lines = ["", "driftline bench features", ""]
         for name in ("read_asset_hash", "read_features_get"):
             if name in f:
                 r = f[name]
@@ -104,7 +103,7 @@ def _records(items: list[tuple[str, bytes]], partitions: int = 6) -> list[RawRec
     for asset, value in items:
         p = int(asset[-5:]) % partitions
         out.append(
-            RawRecord("bench.inference.results", p, counters[p], asset.encode(), value, AVRO)
+            RawRecord("bench.inference.results", p, counters[p], asset.encode(), value, h.AVRO)
         )
         counters[p] += 1
     return out
@@ -228,11 +227,11 @@ def _app_throughput(
 ) -> dict[str, Any]:
     """Preload results, start `workers` stats-role processes, time them until all are folded."""
     from driftline.services.bench.harness import bench_kafka, preload
-    from driftline.services.runtime.localstack import free_port
+    from driftline.services.localstack import free_port
 
     kafka = bench_kafka(settings.kafka.bootstrap_servers, partitions=6)
     t0 = int(time.time() * 1000) - 3_600_000
-    preload(kafka, kafka.topics.inference_results, _results(events, assets, t0, seed=4), AVRO)
+    preload(kafka, kafka.topics.inference_results, _results(events, assets, t0, seed=4), h.AVRO)
     env = {
         **os.environ,
         "DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,

@@ -1,4 +1,4 @@
-"""`driftline features bench --late-labels`: a simulated week of events with labels days late.
+"""`driftline bench features --late-labels`: a simulated week of events with labels days late.
 
 The join runs in process (the pipeline, as `rebuild` runs it) on its real disk store: its
 tables are RocksDB databases in a temporary directory, opened with the app's options
@@ -47,7 +47,6 @@ from driftline.services.features.store import MemoryFeatureStore
 from driftline.services.features.tables import KEY_SEP, StateTable, key_partition
 
 DAY_MS = 86_400_000
-AVRO: h.HeaderList = [(h.CONTENT_TYPE, h.CONTENT_TYPE_AVRO.encode())]
 SAMPLES = np.zeros((len(SENSOR_CHANNELS), SENSOR_SAMPLES), "<f4").tobytes()
 PARTITIONS = 6
 
@@ -80,7 +79,7 @@ class RegeneratingReader:
         self.reads += 1
         self.records += len(positions)
         return {
-            pos: FetchedRecord(_window_bytes(f"p{pos[1]}-o{pos[2]}", "x", 0), AVRO)
+            pos: FetchedRecord(_window_bytes(f"p{pos[1]}-o{pos[2]}", "x", 0), h.AVRO)
             for pos in positions
         }
 
@@ -226,7 +225,7 @@ async def _run(
                 offsets[part] += 1
                 event_id = f"p{part}-o{offset}"
                 value = _window_bytes(event_id, asset, t)
-                inputs.append(RawRecord(topics.sensor_windows, part, offset, b"", value, AVRO))
+                inputs.append(RawRecord(topics.sensor_windows, part, offset, b"", value, h.AVRO))
                 r = InferenceResult(
                     event_id=event_id,
                     asset_id=asset,
@@ -241,7 +240,7 @@ async def _run(
                     scored_time_ms=t + 5,
                 )
                 results.append(
-                    RawRecord(topics.inference_results, part, offset, b"", codec.encode(r), AVRO)
+                    RawRecord(topics.inference_results, part, offset, b"", codec.encode(r), h.AVRO)
                 )
                 events += 1
                 label: Label | None = None
@@ -280,7 +279,7 @@ async def _run(
             if int.from_bytes(key[:8], "big") >= end:
                 break
             offset = labels_in + len(batch)
-            batch.append(RawRecord(topics.feedback_labels, 0, offset, b"", value, AVRO))
+            batch.append(RawRecord(topics.feedback_labels, 0, offset, b"", value, h.AVRO))
             source.delete(key)
         if batch:
             labels_in += len(batch)

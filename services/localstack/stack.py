@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from driftline.services.runtime.localstack.errors import PortInUseError, StackStartError
-from driftline.services.runtime.localstack.kafka import (
+from driftline.services.localstack.errors import PortInUseError, StackStartError
+from driftline.services.localstack.kafka import (
     KafkaNode,
     broker_ready,
     check_scram_users,
@@ -21,7 +21,7 @@ from driftline.services.runtime.localstack.kafka import (
     find_java,
     make_admin,
 )
-from driftline.services.runtime.localstack.ports import (
+from driftline.services.localstack.ports import (
     ENV_CONTROLLER_PORT,
     ENV_KAFKA_PORT,
     ENV_REDIS_PORT,
@@ -30,14 +30,14 @@ from driftline.services.runtime.localstack.ports import (
     port_accepts,
     port_free,
 )
-from driftline.services.runtime.localstack.processes import (
+from driftline.services.localstack.processes import (
     PidFile,
     pid_alive,
     stop,
     tail,
     write_atomic,
 )
-from driftline.services.runtime.localstack.redis import RedisNode, find_redis_server, redis_ping
+from driftline.services.localstack.redis import RedisNode, find_redis_server, redis_ping
 
 if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient
