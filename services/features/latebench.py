@@ -31,7 +31,7 @@ from driftline.schemas import headers as h
 from driftline.schemas.avro import encode_record
 from driftline.schemas.contracts import INSULATOR_CLASSES, SENSOR_CHANNELS, SENSOR_SAMPLES
 from driftline.schemas.messages import InferenceResult, Label
-from driftline.services.features.join import INDEX_BY_TIME
+from driftline.services.features.joinkeys import INDEX_BY_TIME
 from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
 from driftline.services.features.readback import FetchedRecord, Position
 from driftline.services.features.rocks import (

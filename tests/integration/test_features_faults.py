@@ -23,7 +23,8 @@ from driftline.schemas import headers as h
 from driftline.schemas.contracts import INSULATOR_CLASSES
 from driftline.schemas.messages import InferenceResult, Label, LabelledWindow
 from driftline.services.features.accuracy import bucket_counts, bucket_hash_key, bucket_starts
-from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
+from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables
+from driftline.services.features.records import RawRecord
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.store import MemoryFeatureStore
 from driftline.services.features.tables import DictTable
