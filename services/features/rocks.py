@@ -72,7 +72,9 @@ class RocksOptions:
         return o
 
     def open(self, path: Path | str, *, read_only: bool = False) -> rocksdict.Rdict:
-        # read_only is part of faust's interface; the join's databases are always written.
+        # read_only is part of faust's interface (faust passes it by name: RocksDBOptions.open
+        # is duck-typed, there is no base to mark an override of); the join's databases are
+        # always written.
         return rocksdict.Rdict(
             str(path), options=self.options(), access_type=rocksdict.AccessType.read_write()
         )

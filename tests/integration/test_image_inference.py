@@ -78,7 +78,10 @@ def image_champion(kafka: KafkaSettings, tmp_path: Path) -> ModelVersion:
 
 
 @pytest.fixture
-def image_consumer(kafka: KafkaSettings, image_champion: ModelVersion) -> Iterator[None]:
+def image_consumer(
+    kafka: KafkaSettings,
+    image_champion: ModelVersion,
+) -> Iterator[None]:
     stop = StopFlag()
     errors: list[BaseException] = []
 
@@ -102,8 +105,9 @@ def png(w: int, h: int, mode: str = "RGB") -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.usefixtures("image_consumer")
 def test_images_are_scored_and_hostile_ones_dead_lettered(
-    kafka: KafkaSettings, image_consumer: None
+    kafka: KafkaSettings,
 ) -> None:
     def camera(event_id: str, data: bytes, ctype: str = "image/png") -> bytes:
         return codec.encode(

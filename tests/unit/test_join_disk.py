@@ -41,8 +41,13 @@ def options() -> RocksOptions:
     return RocksOptions(8 * MIB)
 
 
+# tmp_path and options: requested so that the databases are closed before either goes (marks
+# cannot apply to fixtures, so no usefixtures here).
 @pytest.fixture
-def opened(tmp_path: Path, options: RocksOptions) -> Iterator[list[LocalDatabases]]:
+def opened(
+    tmp_path: Path,
+    options: RocksOptions,
+) -> Iterator[list[LocalDatabases]]:
     dbs: list[LocalDatabases] = []
     yield dbs
     for d in dbs:
@@ -317,7 +322,7 @@ def test_sensor_inputs_awaiting_their_prediction_are_held_up_to_a_bound(
 ) -> None:
     pairs: list[str] = []
     join = _join(
-        tmp_path, options, opened, max_unpaired=100, on_pair=lambda p, s: pairs.append(s.event_id)
+        tmp_path, options, opened, max_unpaired=100, on_pair=lambda _p, s: pairs.append(s.event_id)
     )
     for i in range(1_000):
         join.on_input(_input("a1", f"e{i}", T0 + i))

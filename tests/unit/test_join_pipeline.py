@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
+from typing_extensions import override
 
 from driftline.schemas import codec
 from driftline.schemas import headers as h
@@ -27,7 +28,7 @@ from driftline.schemas.messages import (
 )
 from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables
 from driftline.services.features.readback import InputReader, MemoryInputReader
-from driftline.services.features.records import RawRecord
+from driftline.services.features.records import Outbox, RawRecord
 from driftline.services.features.rocks import MIB, DiskTable, LocalDatabases, RocksOptions
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.store import MemoryFeatureStore
@@ -68,9 +69,10 @@ def join_tables(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None
 
 
 @dataclass
-class ListOutbox:
+class ListOutbox(Outbox):
     sent: list[tuple[str, bytes | None, bytes, h.HeaderList]] = field(default_factory=list)
 
+    @override
     async def send(
         self,
         topic: str,
