@@ -50,7 +50,7 @@ class RunningConsumer:
 @pytest.fixture
 def consumer(
     kafka: KafkaSettings,
-    sensor_champion: ModelVersion,
+    sensor_champion: ModelVersion,  # noqa: ARG001  (published first; marks cannot apply to fixtures)
 ) -> Iterator[RunningConsumer]:
     running = RunningConsumer(
         InferenceSettings(kafka=kafka, max_batch=128, max_wait_ms=20, registry_timeout_s=20)

@@ -80,7 +80,7 @@ def image_champion(kafka: KafkaSettings, tmp_path: Path) -> ModelVersion:
 @pytest.fixture
 def image_consumer(
     kafka: KafkaSettings,
-    image_champion: ModelVersion,
+    image_champion: ModelVersion,  # noqa: ARG001  (published first; marks cannot apply to fixtures)
 ) -> Iterator[None]:
     stop = StopFlag()
     errors: list[BaseException] = []

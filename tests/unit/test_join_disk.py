@@ -45,8 +45,8 @@ def options() -> RocksOptions:
 # cannot apply to fixtures, so no usefixtures here).
 @pytest.fixture
 def opened(
-    tmp_path: Path,
-    options: RocksOptions,
+    tmp_path: Path,  # noqa: ARG001
+    options: RocksOptions,  # noqa: ARG001
 ) -> Iterator[list[LocalDatabases]]:
     dbs: list[LocalDatabases] = []
     yield dbs
