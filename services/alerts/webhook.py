@@ -23,6 +23,7 @@ from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
+from typing_extensions import override
 
 from driftline.schemas.messages import Alert
 
@@ -76,6 +77,7 @@ def _retry_after(headers: HttpHeaders | None) -> float | None:
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    @override
     def redirect_request(self, *args: object, **kwargs: object) -> None:
         return None  # the 3xx surfaces as an HTTPError: a rejection
 

@@ -33,8 +33,9 @@ from driftline.schemas.avro import encode_record
 from driftline.schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES
 from driftline.services.features.drift import drift_write
 from driftline.services.features.metrics import FeaturesMetrics
-from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
+from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables
 from driftline.services.features.rebuild import DiscardOutbox, delete_prefix
+from driftline.services.features.records import RawRecord
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.store import RedisFeatureStore
 from driftline.services.features.tables import DictTable

@@ -9,6 +9,9 @@ One run, the same events and the same model for every row:
 then p50/p99 end-to-end latency at constant rates of 50% and 80% of the pipeline's maximum,
 a hot swap under load (time until the new version scores, events lost and duplicated), and
 resident memory over repeated swaps.
+
+This module runs the throughput rows and reports; the events and model are built by
+services.bench.workload, the live parts (latency, swap, memory) run in services.bench.underload.
 """
 
 from __future__ import annotations
@@ -16,11 +19,9 @@ from __future__ import annotations
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +33,10 @@ from prometheus_client import CollectorRegistry
 
 from driftline.schemas import codec
 from driftline.schemas import headers as h
-from driftline.schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES, SENSOR_CHANNELS
-from driftline.schemas.messages import (
-    MODALITY_IMAGE,
-    MODALITY_SENSOR,
-    STATUS_CHAMPION,
-    CameraImage,
-    InferenceResult,
-    Lineage,
-    ModelVersion,
-    SensorWindow,
-)
-from driftline.schemas.topics import CAMERA_IMAGES, SENSOR_WINDOWS
-from driftline.services.bench.harness import (
-    JSON,
-    Reader,
-    bench_kafka,
-    preload,
-    rss_bytes,
-    write_report,
-)
-from driftline.services.bench.load import latency_run
+from driftline.schemas.messages import MODALITY_SENSOR, CameraImage, SensorWindow
+from driftline.services.bench import underload
+from driftline.services.bench import workload as wl
+from driftline.services.bench.harness import JSON, bench_kafka, preload, write_report
 from driftline.services.core.scoring import commit_offsets, top1
 from driftline.services.inference.consumer import InferenceConsumer
 from driftline.services.inference.handler import BatchStats
@@ -60,9 +44,8 @@ from driftline.services.inference.metrics import InferenceMetrics
 from driftline.services.inference.model import LoadedModel, load
 from driftline.services.inference.service import decoder_for
 from driftline.services.inference.settings import InferenceSettings
-from driftline.services.inference.watcher import ModelSlot, RegistryWatcher
-from driftline.services.runtime import registry
-from driftline.services.runtime.artifacts import FsspecArtifactStore, sha256_hex
+from driftline.services.inference.watcher import ModelSlot
+from driftline.services.runtime.artifacts import FsspecArtifactStore
 from driftline.services.runtime.kafka import (
     DeliveryTracker,
     consumer_config,
@@ -71,138 +54,6 @@ from driftline.services.runtime.kafka import (
     producer,
 )
 from driftline.services.runtime.settings import KafkaSettings
-
-Say = Callable[[str], None]
-
-
-@dataclass
-class Workload:
-    modality: str
-    source_base: str
-    keys: list[str]
-    event_ids: list[str]
-    avro: list[bytes]
-    json: list[bytes]
-    inputs: npt.NDArray[np.float32]  # decoded, for B0
-    onnx: bytes
-    classes: list[str]
-
-
-def _sensor_workload(n: int, seed: int, say: Say) -> Workload:
-    import torch
-
-    from driftline.services.simulator.fleet import generate_windows, labelled_dataset
-    from driftline.trainer.export import export_classifier
-    from driftline.trainer.fit import FitConfig, fit
-    from driftline.trainer.models import SensorCNN
-
-    say("training the bench sensor model (3 epochs on 6000 simulated windows)")
-    torch.manual_seed(seed)
-    x, y = labelled_dataset(6000, seed)
-    net = SensorCNN(len(SENSOR_CHANNELS), len(INSULATOR_CLASSES))
-    net.fit_normalisation(torch.from_numpy(x))
-    fit(
-        net,
-        x[:5000],
-        y[:5000],
-        x[5000:],
-        y[5000:],
-        len(INSULATOR_CLASSES),
-        FitConfig(epochs=3, seed=seed),
-    )
-    exported = export_classifier(net, x[:64], "samples")
-    rng = np.random.default_rng(seed + 1)
-    windows = generate_windows(rng, rng.integers(0, 4, n))
-    keys = [f"insulator-{i % 500:05d}" for i in range(n)]
-    ids = [f"e{i}" for i in range(n)]
-    now = int(time.time() * 1000)
-    avro, js = [], []
-    for i in range(n):
-        msg = SensorWindow(
-            event_id=ids[i],
-            asset_id=keys[i],
-            sensor_id="s0",
-            event_time_ms=now,
-            sample_rate_hz=1.0,
-            channels=list(SENSOR_CHANNELS),
-            n_samples=windows.shape[2],
-            samples=windows[i].tobytes(),
-        )
-        avro.append(codec.encode(msg))
-        js.append(msgspec.json.encode({**codec.to_record(msg), "samples": windows[i].tolist()}))
-    return Workload(
-        MODALITY_SENSOR,
-        SENSOR_WINDOWS,
-        keys,
-        ids,
-        avro,
-        js,
-        windows,
-        exported.onnx_bytes,
-        list(INSULATOR_CLASSES),
-    )
-
-
-def _image_workload(n: int, seed: int, say: Say) -> Workload:
-    import torch
-
-    from driftline.services.simulator.images import encode_jpeg, generate_images
-    from driftline.trainer.export import export_classifier
-    from driftline.trainer.models import ImageCNN
-
-    say("building the bench image model (untrained weights: speed does not depend on them)")
-    torch.manual_seed(seed)
-    net = ImageCNN(len(INSULATOR_CLASSES)).eval()
-    rng = np.random.default_rng(seed)
-    photos = generate_images(rng, rng.integers(0, 4, n))
-    inputs = np.ascontiguousarray(photos.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-    exported = export_classifier(net, inputs[:8], "image")
-    keys = [f"insulator-{i % 500:05d}" for i in range(n)]
-    ids = [f"i{i}" for i in range(n)]
-    now = int(time.time() * 1000)
-    avro, js = [], []
-    for i in range(n):
-        msg = CameraImage(
-            event_id=ids[i],
-            asset_id=keys[i],
-            camera_id="cam-1",
-            event_time_ms=now,
-            content_type="image/jpeg",
-            image=encode_jpeg(photos[i]),
-        )
-        avro.append(codec.encode(msg))
-        js.append(codec.encode(msg, content_type="application/json"))
-    return Workload(
-        MODALITY_IMAGE,
-        CAMERA_IMAGES,
-        keys,
-        ids,
-        avro,
-        js,
-        inputs,
-        exported.onnx_bytes,
-        list(INSULATOR_CLASSES),
-    )
-
-
-def _publish(kafka: KafkaSettings, w: Workload, root: Path, version: int) -> ModelVersion:
-    name = MODEL_NAMES[w.modality]
-    uri = FsspecArtifactStore(root.as_uri()).put(f"{name}/v{version}/model.onnx", w.onnx)
-    mv = ModelVersion(
-        name=name,
-        version=version,
-        modality=w.modality,
-        artifact_uri=uri,
-        sha256=sha256_hex(w.onnx),
-        inputs=[],
-        outputs=[],
-        classes=w.classes,
-        lineage=Lineage(source="bench"),
-        status=STATUS_CHAMPION,
-        created_time_ms=int(time.time() * 1000),
-    )
-    registry.publish(kafka, kafka.topics.models_registry, mv)
-    return mv
 
 
 def _b0(model: LoadedModel, inputs: npt.NDArray[np.float32]) -> tuple[float, int, dict[int, float]]:
@@ -242,7 +93,7 @@ def _run_consumer_until(
     return n / (time.perf_counter() - (first[0] if first else started))
 
 
-def _b1(kafka: KafkaSettings, w: Workload, n: int, batch: int) -> float:
+def _b1(kafka: KafkaSettings, w: wl.Workload, n: int, batch: int) -> float:
     """Consume, produce the same bytes, flush, commit: the transport alone."""
     consumer = Consumer(consumer_config(kafka, f"bench-b1-{uuid.uuid4().hex[:6]}"))
     consumer.subscribe([kafka.topics.name(w.source_base)])
@@ -275,7 +126,7 @@ def _b1(kafka: KafkaSettings, w: Workload, n: int, batch: int) -> float:
     return rate
 
 
-def _naive(kafka: KafkaSettings, w: Workload, model: LoadedModel, n: int) -> float:
+def _naive(kafka: KafkaSettings, w: wl.Workload, model: LoadedModel, n: int) -> float:
     """The common first attempt: one message at a time, JSON, batch of 1, commit each."""
     topic = kafka.topics.name(w.source_base + ".json")
     from driftline.schemas.topics import TopicSpec
@@ -324,181 +175,6 @@ def _naive(kafka: KafkaSettings, w: Workload, model: LoadedModel, n: int) -> flo
     return rate
 
 
-def _paced_send(
-    kafka: KafkaSettings,
-    w: Workload,
-    rate: float,
-    seconds: float,
-    sent_at: dict[str, float],
-    stop: threading.Event,
-) -> int:
-    """Send at a constant rate, fresh event ids, recording each send time."""
-    prod = producer(kafka, **{"linger.ms": 1})
-    topic = kafka.topics.name(w.source_base)
-    kind: type[SensorWindow] | type[CameraImage] = (
-        SensorWindow if w.modality == MODALITY_SENSOR else CameraImage
-    )
-    base: list[SensorWindow | CameraImage] = [codec.decode(kind, v) for v in w.avro[:500]]
-    run = uuid.uuid4().hex[:6]
-    start = time.perf_counter()
-    i = 0
-    while not stop.is_set():
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            break
-        due = int(elapsed * rate) + 1
-        while i < due:
-            msg = msgspec.structs.replace(
-                base[i % len(base)], event_id=f"{run}-{i}", event_time_ms=int(time.time() * 1000)
-            )
-            sent_at[msg.event_id] = time.perf_counter()
-            prod.produce(topic, key=msg.asset_id, value=codec.encode(msg), headers=h.AVRO)
-            i += 1
-        prod.poll(0)
-        time.sleep(max(0.0, (i / rate) - (time.perf_counter() - start)))
-    prod.flush(30)
-    return i
-
-
-@dataclass
-class Live:
-    """A consumer service running in a thread (with its registry watcher) on one prefix."""
-
-    kafka: KafkaSettings
-    settings: InferenceSettings
-    slot: ModelSlot
-    stop: threading.Event
-    threads: list[threading.Thread]
-    watcher: RegistryWatcher
-
-    @classmethod
-    def start(cls, kafka: KafkaSettings, w: Workload, exactly_once: bool = False) -> Live:
-        settings = InferenceSettings(
-            kafka=kafka,
-            modality=w.modality,
-            exactly_once=exactly_once,
-            statistics_interval_ms=0,
-            group_id=f"live-{uuid.uuid4().hex[:6]}",
-        )
-        slot, stop = ModelSlot(), threading.Event()
-        metrics = InferenceMetrics(CollectorRegistry())
-        watcher = RegistryWatcher(settings, slot, metrics, FsspecArtifactStore("file:///"))
-        watcher.start()
-        slot.wait_loaded(60)
-        _, decoder = decoder_for(settings)
-        consumer = InferenceConsumer(settings, w.source_base, decoder, slot, metrics)
-        t = threading.Thread(target=consumer.run, args=(stop.is_set,), daemon=True)
-        t.start()
-        return cls(kafka, settings, slot, stop, [watcher.follower, t], watcher)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.watcher.stop()
-        for t in self.threads:
-            t.join(timeout=30)
-
-
-def _latency(
-    bootstrap: str, partitions: int, w: Workload, root: Path, rate: float, seconds: float
-) -> dict[str, float]:
-    kafka = bench_kafka(bootstrap, partitions)
-    _publish(kafka, w, root, 1)
-    live = Live.start(kafka, w)
-    try:
-        return latency_run(
-            bootstrap,
-            kafka.topics.name(w.source_base),
-            kafka.topics.inference_results,
-            w.avro[:500],
-            w.modality,
-            rate,
-            seconds,
-            uuid.uuid4().hex[:6],
-        )
-    finally:
-        live.close()
-
-
-def _swap_under_load(
-    bootstrap: str, partitions: int, w: Workload, root: Path, rate: float
-) -> dict[str, float]:
-    kafka = bench_kafka(bootstrap, partitions)
-    _publish(kafka, w, root, 1)
-    live = Live.start(kafka, w)
-    sent_at: dict[str, float] = {}
-    seen: dict[str, int] = {}
-    first_v2: list[float] = []
-
-    def got(value: bytes, now: float) -> None:
-        r = codec.decode(InferenceResult, value)
-        seen[r.event_id] = seen.get(r.event_id, 0) + 1
-        if r.model_version == 2 and not first_v2:
-            first_v2.append(now)
-
-    reader = Reader(kafka, kafka.topics.inference_results, got).start()
-    stop = threading.Event()
-    sender_out: list[int] = []
-    sender = threading.Thread(
-        target=lambda: sender_out.append(_paced_send(kafka, w, rate, 8.0, sent_at, stop))
-    )
-    sender.start()
-    time.sleep(3.0)
-    published = time.perf_counter()
-    _publish(kafka, w, root, 2)
-    sender.join()
-    deadline = time.monotonic() + 20
-    while len(seen) < len(sent_at) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)
-    reader.stop.set()
-    live.close()
-    lost = len(set(sent_at) - set(seen))
-    dup = sum(c - 1 for c in seen.values())
-    return {
-        "rate_per_s": rate,
-        "sent": len(sent_at),
-        "new_version_scoring_after_s": (first_v2[0] - published) if first_v2 else float("nan"),
-        "lost": lost,
-        "duplicated": dup,
-    }
-
-
-def _swap_memory(w: Workload, root: Path, swaps: int) -> dict[str, float]:
-    store = FsspecArtifactStore(root.as_uri())
-    name = MODEL_NAMES[w.modality]
-    uri = store.put(f"{name}/mem/model.onnx", w.onnx)
-    mv = ModelVersion(
-        name=name,
-        version=1,
-        modality=w.modality,
-        artifact_uri=uri,
-        sha256=sha256_hex(w.onnx),
-        inputs=[],
-        outputs=[],
-        classes=w.classes,
-        lineage=Lineage(source="bench"),
-        status=STATUS_CHAMPION,
-        created_time_ms=0,
-    )
-    slot = ModelSlot()
-    batch = w.inputs[:64]
-    rss: list[int] = []
-    for i in range(swaps):
-        slot.swap(load(msgspec.structs.replace(mv, version=i + 1), store))
-        model = slot.model
-        assert model is not None
-        model.predict(batch)
-        rss.append(rss_bytes())
-    mib = 1024 * 1024
-    return {
-        "swaps": swaps,
-        "rss_after_first_mib": rss[0] / mib,
-        "rss_after_10_mib": rss[min(9, swaps - 1)] / mib,
-        "rss_after_last_mib": rss[-1] / mib,
-        "growth_after_10_mib": (rss[-1] - rss[min(9, swaps - 1)]) / mib,
-    }
-
-
 def run(
     modality: str,
     events: int,
@@ -506,14 +182,14 @@ def run(
     partitions: int,
     bootstrap: str | None,
     out: Path | None,
-    say: Say,
+    say: wl.Say,
 ) -> dict[str, Any]:
     t_start = time.perf_counter()
-    w = (_sensor_workload if modality == MODALITY_SENSOR else _image_workload)(events, 7, say)
+    w = wl.build(modality, events, 7, say)
     kafka = bench_kafka(bootstrap, partitions)
     boot = kafka.bootstrap_servers
     root = Path(tempfile.mkdtemp(prefix="driftline-bench-"))
-    mv = _publish(kafka, w, root, 1)
+    mv = wl.publish(kafka, w, root, 1)
     say(f"preloading {events} {modality} events on {kafka.topics.name(w.source_base)}")
     preload(kafka, kafka.topics.name(w.source_base), list(zip(w.keys, w.avro, strict=True)), h.AVRO)
     model = load(mv, FsspecArtifactStore(root.as_uri()))
@@ -568,12 +244,12 @@ def run(
     for share in (0.1, 0.5, 0.8):
         say(f"latency at {share:.0%} of the pipeline's maximum ({alo * share:,.0f}/s)")
         report["latency"].append(
-            {"load": share, **_latency(boot, partitions, w, root, alo * share, 10.0)}
+            {"load": share, **underload.latency(boot, partitions, w, root, alo * share, 10.0)}
         )
     say("hot swap under load")
-    report["swap"] = _swap_under_load(boot, partitions, w, root, alo * 0.5)
+    report["swap"] = underload.swap_under_load(boot, partitions, w, root, alo * 0.5)
     say("resident memory over 50 swaps")
-    report["swap_memory"] = _swap_memory(w, root, 50)
+    report["swap_memory"] = underload.swap_memory(w, root, 50)
     report["seconds"] = time.perf_counter() - t_start
     report["json"] = str(write_report(report, out, f"inference-{modality}"))
     return report

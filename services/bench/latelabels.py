@@ -25,16 +25,18 @@ from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry
+from typing_extensions import override
 
 from driftline.schemas import codec
 from driftline.schemas import headers as h
 from driftline.schemas.avro import encode_record
 from driftline.schemas.contracts import INSULATOR_CLASSES, SENSOR_CHANNELS, SENSOR_SAMPLES
 from driftline.schemas.messages import InferenceResult, Label
-from driftline.services.features.join import INDEX_BY_TIME
+from driftline.services.features.joinkeys import INDEX_BY_TIME
 from driftline.services.features.metrics import FeaturesMetrics
-from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
+from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables
 from driftline.services.features.readback import FetchedRecord, Position
+from driftline.services.features.records import Outbox, RawRecord
 from driftline.services.features.rocks import (
     MIB,
     DiskTable,
@@ -85,13 +87,14 @@ class RegeneratingReader:
 
 
 @dataclass
-class CountingOutbox:
+class CountingOutbox(Outbox):
     """Keeps the join topic's records for the next join batch; counts everything else."""
 
     join_topic: str
     pending: list[RawRecord] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
+    @override
     async def send(
         self,
         topic: str,

@@ -46,8 +46,9 @@ from driftline.schemas.messages import ModelVersion
 from driftline.services.features.accuracy import Version
 from driftline.services.features.credentials import faust_credentials
 from driftline.services.features.metrics import FeaturesMetrics
-from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
+from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables
 from driftline.services.features.readback import KafkaInputReader
+from driftline.services.features.records import RawRecord
 from driftline.services.features.rocks import MIB, RocksOptions, faust_disk_table
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.store import FeatureStore, RedisFeatureStore

@@ -18,10 +18,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
+from typing_extensions import override
 
 from driftline.schemas import headers as h
 from driftline.services.features.metrics import FeaturesMetrics
-from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
+from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables
+from driftline.services.features.records import Outbox, RawRecord
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.startup import deployed_join_partitions
 from driftline.services.features.store import RedisFeatureStore
@@ -32,12 +34,13 @@ BATCH = 2000
 FLUSH_EVERY = 50_000
 
 
-class DiscardOutbox:
+class DiscardOutbox(Outbox):
     """A replay produces nothing: bad records were dead-lettered when first consumed."""
 
     def __init__(self) -> None:
         self.discarded = 0
 
+    @override
     async def send(
         self,
         topic: str,

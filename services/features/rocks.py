@@ -71,8 +71,10 @@ class RocksOptions:
         o.set_block_based_table_factory(table)
         return o
 
-    def open(self, path: Path | str, *, read_only: bool = False) -> rocksdict.Rdict:
-        # read_only is part of faust's interface; the join's databases are always written.
+    def open(self, path: Path | str, *, read_only: bool = False) -> rocksdict.Rdict:  # noqa: ARG002
+        # read_only is part of faust's interface (faust passes it by name: RocksDBOptions.open
+        # is duck-typed, there is no base to mark an override of); the join's databases are
+        # always written.
         return rocksdict.Rdict(
             str(path), options=self.options(), access_type=rocksdict.AccessType.read_write()
         )

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from aiokafka.partitioner import murmur2
+from typing_extensions import override
 
 Item = tuple[bytes, bytes]
 KEY_SEP = b"\x1f"  # composite keys: the part before the first separator picks the partition
@@ -54,30 +55,37 @@ class StateTable(Protocol):
     def __len__(self) -> int: ...
 
 
-class DictTable:
+class DictTable(StateTable):
     """The in-memory twin: the same contract without a changelog."""
 
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
 
+    @override
     def get(self, key: bytes) -> bytes | None:
         return self.data.get(key)
 
+    @override
     def put(self, partition: int | None, key: bytes, value: bytes) -> None:
         self.data[key] = value
 
+    @override
     def delete(self, partition: int | None, key: bytes) -> None:
         self.data.pop(key, None)
 
+    @override
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         return iter(list(self.data.items()))
 
+    @override
     def scan(self, start: bytes, stop: bytes, *, reverse: bool = False) -> Iterator[Item]:
         return _scan(self.data, start, stop, reverse)
 
+    @override
     def partition(self, key: bytes) -> int | None:
         return None
 
+    @override
     def __len__(self) -> int:
         return len(self.data)
 

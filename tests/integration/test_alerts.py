@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
+from typing_extensions import override
 
 from driftline.schemas import codec
 from driftline.schemas import headers as h
@@ -114,6 +115,7 @@ class Webhook:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
+            @override
             def log_message(self, format: str, *args: object) -> None:
                 return
 

@@ -279,7 +279,7 @@ def prometheus_binary() -> str:
 def running(
     kafka: KafkaSettings,
     endpoints: Endpoints,
-    champion: ModelVersion,
+    champion: ModelVersion,  # noqa: ARG001  (published first; marks cannot apply to fixtures)
     tmp_path: Path,
 ) -> Iterator[tuple[dict[str, int], list[InThread | Subprocess]]]:
     ports = {job: free_port() for job in STARTED}

@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from driftline.schemas import codec
-from driftline.schemas.messages import InferenceResult, ModelVersion
+from driftline.schemas.messages import InferenceResult
 from driftline.services.runtime.settings import KafkaSettings
 from driftline.services.simulator import sensors
 from driftline.services.simulator.settings import SimulatorSettings
@@ -76,9 +76,8 @@ def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
-def test_sigkill_and_restart(
-    kafka: KafkaSettings, sensor_champion: ModelVersion, tmp_path: Path, exactly_once: bool
-) -> None:
+@pytest.mark.usefixtures("sensor_champion")
+def test_sigkill_and_restart(kafka: KafkaSettings, tmp_path: Path, exactly_once: bool) -> None:
     report = sensors.run(
         SimulatorSettings(kafka=kafka, count=N, rate=50_000, assets=30, seed=5),
         progress=False,
@@ -121,8 +120,9 @@ def test_sigkill_and_restart(
         assert len(records) == N + duplicated
 
 
+@pytest.mark.usefixtures("sensor_champion")
 def test_at_least_once_commits_the_last_batch_soon_after_the_stream_goes_idle(
-    kafka: KafkaSettings, sensor_champion: ModelVersion, tmp_path: Path
+    kafka: KafkaSettings, tmp_path: Path
 ) -> None:
     from confluent_kafka import TopicPartition
 

@@ -14,7 +14,6 @@ from prometheus_client import CollectorRegistry
 
 from driftline.schemas import deadletter as dl
 from driftline.schemas import headers as h
-from driftline.schemas.messages import ModelVersion
 from driftline.services.inference import service
 from driftline.services.inference.settings import InferenceSettings
 from driftline.services.localstack import free_port
@@ -51,8 +50,9 @@ def _get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+@pytest.mark.usefixtures("sensor_champion")
 def test_dlq_inspect_replay_and_health_endpoints(
-    kafka: KafkaSettings, sensor_champion: ModelVersion
+    kafka: KafkaSettings,
 ) -> None:
     port = free_port()
     stop = StopFlag()
@@ -127,7 +127,10 @@ def test_dlq_inspect_replay_and_health_endpoints(
     assert not thread.is_alive()
 
 
-def test_dlq_command_prints_readably(kafka: KafkaSettings, sensor_champion: ModelVersion) -> None:
+@pytest.mark.usefixtures("sensor_champion")
+def test_dlq_command_prints_readably(
+    kafka: KafkaSettings,
+) -> None:
     stop = StopFlag()
     thread = threading.Thread(
         target=service.run, args=(InferenceSettings(kafka=kafka), stop), daemon=True

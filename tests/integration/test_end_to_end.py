@@ -50,7 +50,10 @@ class RunningConsumer:
 
 
 @pytest.fixture
-def consumer(kafka: KafkaSettings, sensor_champion: ModelVersion) -> Iterator[RunningConsumer]:
+def consumer(
+    kafka: KafkaSettings,
+    sensor_champion: ModelVersion,  # noqa: ARG001  (published first; marks cannot apply to fixtures)
+) -> Iterator[RunningConsumer]:
     running = RunningConsumer(
         InferenceSettings(kafka=kafka, max_batch=128, max_wait_ms=20, registry_timeout_s=20)
     )
@@ -110,8 +113,9 @@ def _window_record(event_id: str, samples: np.ndarray) -> dict[str, Any]:
     }
 
 
+@pytest.mark.usefixtures("consumer")
 def test_bad_records_go_to_the_dlq_and_good_ones_keep_flowing(
-    kafka: KafkaSettings, consumer: RunningConsumer
+    kafka: KafkaSettings,
 ) -> None:
     rng = np.random.default_rng(0)
     ok = rng.random((4, 64)) + 1

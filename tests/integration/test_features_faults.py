@@ -17,6 +17,7 @@ import pytest
 import redis
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
+from typing_extensions import override
 
 from driftline.schemas import codec
 from driftline.schemas import headers as h
@@ -24,7 +25,8 @@ from driftline.schemas.contracts import INSULATOR_CLASSES
 from driftline.schemas.messages import InferenceResult, Label, LabelledWindow
 from driftline.services.features.accuracy import bucket_counts, bucket_hash_key, bucket_starts
 from driftline.services.features.metrics import FeaturesMetrics
-from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
+from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables
+from driftline.services.features.records import Outbox, RawRecord
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.store import MemoryFeatureStore
 from driftline.services.features.tables import DictTable
@@ -147,7 +149,8 @@ def expected_state(
     return {k: v for k, v in sorted(store.hashes.items()) if not any(s in k for s in SKIPPED_KEYS)}
 
 
-class _NoOutbox:
+class _NoOutbox(Outbox):
+    @override
     async def send(
         self,
         topic: str,

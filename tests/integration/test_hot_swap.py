@@ -79,7 +79,10 @@ class Serving:
 
 
 @pytest.fixture
-def serving(kafka: KafkaSettings, sensor_champion: ModelVersion) -> Iterator[Serving]:
+def serving(
+    kafka: KafkaSettings,
+    sensor_champion: ModelVersion,  # noqa: ARG001  (published first; marks cannot apply to fixtures)
+) -> Iterator[Serving]:
     s = Serving(InferenceSettings(kafka=kafka, max_batch=64, max_wait_ms=10))
     yield s
     s.close()

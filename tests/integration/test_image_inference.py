@@ -79,7 +79,10 @@ def image_champion(kafka: KafkaSettings, tmp_path: Path) -> ModelVersion:
 
 
 @pytest.fixture
-def image_consumer(kafka: KafkaSettings, image_champion: ModelVersion) -> Iterator[None]:
+def image_consumer(
+    kafka: KafkaSettings,
+    image_champion: ModelVersion,  # noqa: ARG001  (published first; marks cannot apply to fixtures)
+) -> Iterator[None]:
     stop = StopFlag()
     errors: list[BaseException] = []
 
@@ -103,8 +106,9 @@ def png(w: int, h: int, mode: str = "RGB") -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.usefixtures("image_consumer")
 def test_images_are_scored_and_hostile_ones_dead_lettered(
-    kafka: KafkaSettings, image_consumer: None
+    kafka: KafkaSettings,
 ) -> None:
     def camera(event_id: str, data: bytes, ctype: str = "image/png") -> bytes:
         return codec.encode(

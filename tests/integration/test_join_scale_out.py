@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import redis
+import pytest
 
 from driftline.schemas import codec
 from driftline.schemas.contracts import INSULATOR_CLASSES
@@ -27,9 +27,9 @@ from tests.integration.test_features import (  # noqa: F401  (fixtures)
 )
 
 
+@pytest.mark.usefixtures("rds")
 def test_two_join_workers_emit_each_labelled_event_exactly_once(
     kafka: KafkaSettings,
-    rds: redis.Redis,  # noqa: F811
     start_app: Callable[..., FeaturesProcess],  # noqa: F811
     tmp_path: Path,
 ) -> None:

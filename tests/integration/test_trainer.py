@@ -251,9 +251,9 @@ def registry_snapshot(kafka: KafkaSettings) -> registry.RegistrySnapshot:
     return registry.read_snapshot(kafka, kafka.topics.models_registry)
 
 
+@pytest.mark.usefixtures("sensor_champion")
 def test_labelled_windows_trigger_a_training_and_the_consumer_swaps_to_the_better_model(
     kafka: KafkaSettings,
-    sensor_champion: ModelVersion,
     inference_settings: InferenceSettings,
     tmp_path: Path,
 ) -> None:
@@ -293,8 +293,9 @@ def test_labelled_windows_trigger_a_training_and_the_consumer_swaps_to_the_bette
         consumer.close()
 
 
+@pytest.mark.usefixtures("sensor_champion")
 def test_a_worse_challenger_is_recorded_with_both_scores_and_not_promoted(
-    kafka: KafkaSettings, sensor_champion: ModelVersion, tmp_path: Path
+    kafka: KafkaSettings, tmp_path: Path
 ) -> None:
     # A labelling bug: the older windows carry a wrong class; the most recent are right again.
     x, y = labelled_dataset(600, seed=8)
@@ -373,8 +374,9 @@ def test_bad_labelled_windows_are_dead_lettered_once_with_their_reason(
     )
 
 
+@pytest.mark.usefixtures("sensor_champion")
 def test_a_restart_rebuilds_the_training_set_from_the_last_lineage(
-    kafka: KafkaSettings, sensor_champion: ModelVersion, tmp_path: Path
+    kafka: KafkaSettings, tmp_path: Path
 ) -> None:
     x, y = labelled_dataset(360, seed=9, world=DRIFTED)
     produce(kafka, kafka.topics.training_windows, labelled_sensor_windows(x[:300], y[:300]))
@@ -491,9 +493,9 @@ def test_consumers_refuse_tampered_missing_unsigned_and_forged_versions(
         consumer.close()
 
 
+@pytest.mark.usefixtures("sensor_champion")
 def test_rollback_restores_the_previous_version_on_every_consumer(
     kafka: KafkaSettings,
-    sensor_champion: ModelVersion,
     tiny_sensor_model: TrainedModel,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -545,9 +547,8 @@ def test_rollback_restores_the_previous_version_on_every_consumer(
             c.close()
 
 
-def test_a_drift_signal_triggers_a_training(
-    kafka: KafkaSettings, sensor_champion: ModelVersion, tmp_path: Path
-) -> None:
+@pytest.mark.usefixtures("sensor_champion")
+def test_a_drift_signal_triggers_a_training(kafka: KafkaSettings, tmp_path: Path) -> None:
     x, y = labelled_dataset(300, seed=12, world=DRIFTED)
     produce(kafka, kafka.topics.training_windows, labelled_sensor_windows(x, y))
     running = RunningTrainer(
@@ -593,8 +594,9 @@ def drift_signal(score: float, version: int = 1) -> bytes:
     )
 
 
+@pytest.mark.usefixtures("sensor_champion")
 def test_a_drift_signal_the_champion_survived_does_not_retrain_every_window(
-    kafka: KafkaSettings, sensor_champion: ModelVersion, tmp_path: Path
+    kafka: KafkaSettings, tmp_path: Path
 ) -> None:
     # Inputs that differ from the training set without hurting the model (a fleet whose class
     # mix is not the bootstrap's) keep the drift signal up. Once a drift run has lost its gate,
@@ -663,8 +665,9 @@ def served_windows(
     return out
 
 
+@pytest.mark.usefixtures("sensor_champion")
 def test_an_accuracy_drop_retrains_on_the_new_world_and_gates_on_it(
-    kafka: KafkaSettings, sensor_champion: ModelVersion, tmp_path: Path
+    kafka: KafkaSettings, tmp_path: Path
 ) -> None:
     # 700 windows of the old world that v1 served right, then the world changes: 300 windows
     # that v1 served wrong. No other trigger can fire (min_new_labels is out of reach).

@@ -149,7 +149,7 @@ def test_buckets_past_the_horizon_leave_the_table() -> None:
 
 def test_counters_add_up_and_the_estimate_comes_before_any_label() -> None:
     metrics = FeaturesMetrics(CollectorRegistry())
-    book = _book(metrics=metrics, calibration=lambda v: 0.5)
+    book = _book(metrics=metrics, calibration=lambda _v: 0.5)
     book.scored(V1, T0, 0.8, 0)
     book.scored(V1, T0 + 1, 0.6, 1)
     assert book.snapshot(V1) is None

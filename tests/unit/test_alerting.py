@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from typing_extensions import override
 
 from driftline.schemas.messages import Alert
 from driftline.services.alerts.webhook import (
     DELIVERED,
     FAILED,
     REJECTED,
+    HttpPost,
     Response,
     WebhookSender,
     redact,
@@ -283,13 +285,14 @@ def test_invalid_rules_are_refused(bad: dict[str, Any]) -> None:
 # The webhook's retry policy, against an in-memory endpoint (the HttpPost port's twin).
 
 
-class ScriptedEndpoint:
+class ScriptedEndpoint(HttpPost):
     """Answers POSTs from a script: an HTTP status, a (status, Retry-After), or an OSError."""
 
     def __init__(self, *script: int | tuple[int, float] | OSError) -> None:
         self.script = list(script)
         self.calls: list[tuple[str, bytes, dict[str, str]]] = []
 
+    @override
     def __call__(
         self, url: str, body: bytes, headers: dict[str, str], timeout_s: float
     ) -> Response:

@@ -50,6 +50,6 @@ def test_discard_drops_items_and_resets_the_clock_when_empty() -> None:
     assert b.discard(lambda item: item[0] == "p0") == 2
     assert b.take() == [("p1", 2)]
     b.add([("p2", 1)], now=5.0)
-    assert b.discard(lambda item: True) == 1
+    assert b.discard(lambda _item: True) == 1
     assert not b.ready(100.0)
     assert b.wait_s(now=100.0, idle_wait_s=0.3) == 0.3

@@ -37,7 +37,7 @@ from driftline.schemas.messages import (
 )
 from driftline.schemas.sensor_batch import decode_sensor_batch
 from driftline.services.core.join import label_problem
-from driftline.services.features import join as j
+from driftline.services.features import joinrecords as jr
 from driftline.services.inference.images import decode_image_batch
 from driftline.services.runtime.registry import RegistrySnapshot
 
@@ -302,7 +302,7 @@ def test_the_join_input_reader_refuses_hostile_inputs_with_a_reason(
     value: bytes | None, ctype: str | None, input_type: str
 ) -> None:
     with contextlib.suppress(dl.CodecError):
-        j.stored_input(input_type, value, ctype)
+        jr.stored_input(input_type, value, ctype)
 
 
 @FUZZ

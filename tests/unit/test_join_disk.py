@@ -14,6 +14,8 @@ import pytest
 from driftline.schemas.messages import Label
 from driftline.services.core import join as core
 from driftline.services.features import join as j
+from driftline.services.features import joinkeys as jk
+from driftline.services.features import joinrecords as jr
 from driftline.services.features.rocks import (
     MIB,
     OFFSET_KEY,
@@ -39,8 +41,13 @@ def options() -> RocksOptions:
     return RocksOptions(8 * MIB)
 
 
+# tmp_path and options: requested so that the databases are closed before either goes (marks
+# cannot apply to fixtures, so no usefixtures here).
 @pytest.fixture
-def opened(tmp_path: Path, options: RocksOptions) -> Iterator[list[LocalDatabases]]:
+def opened(
+    tmp_path: Path,  # noqa: ARG001
+    options: RocksOptions,  # noqa: ARG001
+) -> Iterator[list[LocalDatabases]]:
     dbs: list[LocalDatabases] = []
     yield dbs
     for d in dbs:
@@ -177,18 +184,18 @@ P1 = core.Prediction("m", 1, "healthy", 0.9, scored_time_ms=0)
 
 def _input(asset: str, event_id: str, t: int) -> bytes:
     ref = msgspec.structs.replace(REF, offset=int(t % 1_000_000))
-    return msgspec.msgpack.encode(j.InputNote(event_id, asset, t, ref))
+    return msgspec.msgpack.encode(jr.InputNote(event_id, asset, t, ref))
 
 
 def _result(asset: str, event_id: str, t: int) -> bytes:
-    return msgspec.msgpack.encode(j.ResultNote(event_id, asset, t, P1))
+    return msgspec.msgpack.encode(jr.ResultNote(event_id, asset, t, P1))
 
 
-def _record(label: Label, offset: int) -> j.LabelRecord:
+def _record(label: Label, offset: int) -> jr.LabelRecord:
     from driftline.schemas import codec
 
     value = codec.encode(label)
-    return j.LabelRecord(
+    return jr.LabelRecord(
         label.asset_id.encode() if label.asset_id else None, label, value, [], ("l", 0, offset)
     )
 
@@ -251,11 +258,11 @@ def test_eviction_deletes_old_events_and_their_index_entries_a_batch_at_a_time(
     assert join.evict() == 0
     held = sorted(core.decode_state(v).event_id for _, v in join.states.items())
     assert held == sorted(f"e{i}" for i in range(30) if f"e{i}" not in old)
-    assert len(_index_keys(join, j.INDEX_BY_TIME)) == len(held)
-    assert len(_index_keys(join, j.INDEX_BY_ASSET)) == len(held)
+    assert len(_index_keys(join, jk.INDEX_BY_TIME)) == len(held)
+    assert len(_index_keys(join, jk.INDEX_BY_ASSET)) == len(held)
     # A replay of an evicted event is dropped, not indexed again below the evicted range.
     join.on_input(_input("a0", "e0", T0))
-    assert join.states.get(j.event_key("a0", "e0")) is None
+    assert join.states.get(jk.event_key("a0", "e0")) is None
 
 
 def test_a_waiting_label_is_kept_on_disk_and_decided_once_its_wait_runs_out(
@@ -267,13 +274,13 @@ def test_a_waiting_label_is_kept_on_disk_and_decided_once_its_wait_runs_out(
         event_id="ghost", asset_id="a1", true_class="healthy", source="x", label_time_ms=T0
     )
     assert join.on_label(_record(label, 7)).decision is core.Decision.WAIT
-    assert len(_index_keys(join, j.INDEX_DUE)) == 1
+    assert len(_index_keys(join, jk.INDEX_DUE)) == 1
     assert join.due() == []  # the inputs have not passed it yet
     join.on_input(_input("a1", "e2", T0 + 11 * 60_000))
     (outcome,) = join.due()
     assert outcome.decision is core.Decision.UNKNOWN
-    assert _index_keys(join, j.INDEX_DUE) == []
-    assert join.parked.get(j.event_key("a1", "ghost")) is None
+    assert _index_keys(join, jk.INDEX_DUE) == []
+    assert join.parked.get(jk.event_key("a1", "ghost")) is None
     # A waiting label its event then completes leaves no due entry behind.
     early = Label(event_id="e3", asset_id="a1", true_class="healthy", source="x", label_time_ms=T0)
     join.label_wait_ms = HOUR
@@ -281,7 +288,7 @@ def test_a_waiting_label_is_kept_on_disk_and_decided_once_its_wait_runs_out(
     join.on_input(_input("a1", "e3", T0 + 12 * 60_000))
     (settled,) = join.on_result(_result("a1", "e3", T0 + 12 * 60_000))
     assert settled.decision is core.Decision.EMIT
-    assert _index_keys(join, j.INDEX_DUE) == []
+    assert _index_keys(join, jk.INDEX_DUE) == []
 
 
 def test_a_restored_join_takes_its_watermark_from_the_index_and_indexes_old_tables_once(
@@ -306,8 +313,8 @@ def test_a_restored_join_takes_its_watermark_from_the_index_and_indexes_old_tabl
     )  # fmt: skip
     old.restore()
     assert old.watermark_ms == T0 + 5000
-    assert _index_keys(old, j.INDEX_BY_TIME) == _index_keys(join, j.INDEX_BY_TIME)
-    assert _index_keys(old, j.INDEX_BY_ASSET) == _index_keys(join, j.INDEX_BY_ASSET)
+    assert _index_keys(old, jk.INDEX_BY_TIME) == _index_keys(join, jk.INDEX_BY_TIME)
+    assert _index_keys(old, jk.INDEX_BY_ASSET) == _index_keys(join, jk.INDEX_BY_ASSET)
 
 
 def test_sensor_inputs_awaiting_their_prediction_are_held_up_to_a_bound(
@@ -315,7 +322,7 @@ def test_sensor_inputs_awaiting_their_prediction_are_held_up_to_a_bound(
 ) -> None:
     pairs: list[str] = []
     join = _join(
-        tmp_path, options, opened, max_unpaired=100, on_pair=lambda p, s: pairs.append(s.event_id)
+        tmp_path, options, opened, max_unpaired=100, on_pair=lambda _p, s: pairs.append(s.event_id)
     )
     for i in range(1_000):
         join.on_input(_input("a1", f"e{i}", T0 + i))

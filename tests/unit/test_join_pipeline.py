@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
+from typing_extensions import override
 
 from driftline.schemas import codec
 from driftline.schemas import headers as h
@@ -26,8 +27,9 @@ from driftline.schemas.messages import (
     SensorWindow,
 )
 from driftline.services.features.metrics import FeaturesMetrics
-from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables, RawRecord
-from driftline.services.features.readback import MemoryInputReader
+from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables
+from driftline.services.features.readback import InputReader, MemoryInputReader
+from driftline.services.features.records import Outbox, RawRecord
 from driftline.services.features.rocks import MIB, DiskTable, LocalDatabases, RocksOptions
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.store import MemoryFeatureStore
@@ -67,9 +69,10 @@ def join_tables(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None
 
 
 @dataclass
-class ListOutbox:
+class ListOutbox(Outbox):
     sent: list[tuple[str, bytes | None, bytes, h.HeaderList]] = field(default_factory=list)
 
+    @override
     async def send(
         self,
         topic: str,
@@ -102,9 +105,15 @@ def _settings(**overrides: object) -> FeaturesSettings:
 
 
 def _pipeline(
-    settings: FeaturesSettings, store: MemoryFeatureStore | None = None, *, join: bool = True
+    settings: FeaturesSettings,
+    store: MemoryFeatureStore | None = None,
+    *,
+    join: bool = True,
+    outbox: ListOutbox | None = None,
+    reader: InputReader | None = None,
 ) -> tuple[FeaturesPipeline, ListOutbox, MemoryFeatureStore]:
-    outbox = ListOutbox()
+    """A pipeline on in-memory tables; a restarted worker passes the first one's Kafka."""
+    outbox = outbox or ListOutbox()
     store = store or MemoryFeatureStore()
     tables = PipelineTables(stats=DictTable(), accuracy=DictTable())
     if join:
@@ -116,7 +125,7 @@ def _pipeline(
         store,
         outbox,
         tables,
-        reader=MemoryInputReader(),
+        reader=reader if reader is not None else MemoryInputReader(),
     )
     return pipeline, outbox, store
 
@@ -614,13 +623,11 @@ def test_a_restarted_join_recovers_its_tables_and_emits_each_label_once() -> Non
         await first.on_labels(_records(topics.feedback_labels, labels))
         await _join_all(first, outbox)  # e0..e2 emitted; e3..e5 wait for their predictions
         # A new worker recovers the changelogs, then Kafka redelivers everything.
-        second, _, _ = _pipeline(s)
+        second, _, _ = _pipeline(s, outbox=outbox, reader=first.reader)
         assert second.join is not None
         assert first.join is not None
         second.join.states, second.join.parked = first.join.states, first.join.parked
         second.join.index = first.join.index
-        second.reader = first.reader
-        second.outbox = outbox
         second.on_join_recovered()
         await second.on_results(_records(topics.inference_results, results), forward=True)
         await second.on_labels(_records(topics.feedback_labels, labels))

@@ -18,6 +18,7 @@ from driftline.services.simulator.fleet import SensorConditions, labelled_datase
 from driftline.trainer.dataset import Example
 from driftline.trainer.fit import fit
 from driftline.trainer.metrics import TrainerMetrics
+from driftline.trainer.modelstate import on_drop
 from driftline.trainer.publish import MemoryRegistryWriter
 from driftline.trainer.runs import OUTCOME_CANCELLED, OUTCOME_PROMOTED, TrainingRun
 from driftline.trainer.service import TrainerService
@@ -144,15 +145,15 @@ def test_a_later_estimate_on_the_same_version_refines_the_change_a_newer_version
         runner=TrainingRun(settings, MemoryRegistryWriter(), FsspecArtifactStore("memory://x")),
     )
     state = service.states["sensor"]
-    service._on_drop(state, 1, Drop(600_000, 0.95, 0.6, 500, 50, 40.0))
+    on_drop(state, 1, Drop(600_000, 0.95, 0.6, 500, 50, 40.0), service.metrics)
     assert (state.regime_start_ms, state.regime_id, state.adapting) == (600_000, 1, True)
     state.post_change_at_last_run = 250  # a run of this regime ended (rejected)
     # The same version's outcomes, seen with more labels: the change is a little later.
-    service._on_drop(state, 1, Drop(607_000, 0.94, 0.25, 507, 300, 200.0))
+    on_drop(state, 1, Drop(607_000, 0.94, 0.25, 507, 300, 200.0), service.metrics)
     assert (state.regime_start_ms, state.regime_id) == (607_000, 1)
     assert state.post_change_at_last_run == 250, "a refinement is not a new regime"
     assert not state.superseded
     # A version trained for the new world later falls too: a new change, a new regime.
-    service._on_drop(state, 3, Drop(900_000, 0.97, 0.3, 800, 60, 90.0))
+    on_drop(state, 3, Drop(900_000, 0.97, 0.3, 800, 60, 90.0), service.metrics)
     assert (state.regime_start_ms, state.regime_id, state.adapting) == (900_000, 2, True)
     assert state.post_change_at_last_run == 0

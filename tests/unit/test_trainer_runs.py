@@ -132,7 +132,7 @@ def test_the_gate_compares_both_models_on_one_holdout_and_records_both(root: str
 
 
 def test_cuda_out_of_memory_fails_the_run_visibly_and_publishes_nothing(root: str) -> None:
-    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
+    def out_of_memory(*_args: Any, **_kwargs: Any) -> Any:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     reg = MemoryRegistryWriter()
@@ -149,7 +149,7 @@ def test_cuda_out_of_memory_fails_the_run_visibly_and_publishes_nothing(root: st
 def test_a_crash_mid_training_publishes_nothing(root: str) -> None:
     calls = []
 
-    def crash_after_one_epoch(*args: Any, **kwargs: Any) -> Any:
+    def crash_after_one_epoch(*_args: Any, **_kwargs: Any) -> Any:
         calls.append(1)
         raise RuntimeError("worker killed")
 
