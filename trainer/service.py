@@ -100,7 +100,7 @@ class TrainerService:
         consumer = Consumer(
             self.settings.kafka.client_config(
                 **{
-                    "group.id": self.settings.group_id,
+                    "group.id": self.settings.effective_group_id,
                     "enable.auto.commit": False,
                     "isolation.level": "read_committed",
                     "enable.partition.eof": True,

@@ -36,7 +36,9 @@ class TrainerSettings(DriftlineSettings):
     image_width: int = Field(
         default=16, ge=2, description="Channels of the image CNN's first layer"
     )
-    group_id: str = "driftline-trainer"
+    group_id: str | None = Field(
+        default=None, description="Consumer group (default <topic prefix>driftline-trainer)"
+    )
     # Triggers (services.core.triggers).
     min_new_labels: int = Field(default=500, ge=1, description="Train after this many new labels")
     min_labels: int = Field(default=200, ge=10, description="Never train on fewer examples")
@@ -117,3 +119,7 @@ class TrainerSettings(DriftlineSettings):
 
     def max_examples(self, modality: str) -> int:
         return self.max_image_examples if modality == "image" else self.max_sensor_examples
+
+    @property
+    def effective_group_id(self) -> str:
+        return self.group_id or f"{self.kafka.topic_prefix}driftline-trainer"

@@ -312,7 +312,7 @@ class AlertsConsumer:
         self.handler = AlertsHandler(settings, metrics, webhook)
         config = LoopConfig(
             kafka=settings.kafka,
-            group_id=settings.group_id,
+            group_id=settings.effective_group_id,
             topics=[self.handler.source],
             policy=BatchPolicy(settings.max_batch, settings.batch_wait_s),
         )

@@ -44,7 +44,9 @@ class AlertsSettings(DriftlineSettings):
     )
 
     # The consumer.
-    group_id: str = "driftline-alerts"
+    group_id: str | None = Field(
+        default=None, description="Consumer group (default <topic prefix>driftline-alerts)"
+    )
     max_batch: int = Field(default=500, ge=1)
     max_wait_ms: int = Field(default=100, ge=0)
     replay_lookback: int = Field(
@@ -63,6 +65,10 @@ class AlertsSettings(DriftlineSettings):
         if self.critical_count is not None and self.critical_count > self.n:
             raise ValueError(f"critical_count ({self.critical_count}) must not exceed n")
         return self
+
+    @property
+    def effective_group_id(self) -> str:
+        return self.group_id or f"{self.kafka.topic_prefix}driftline-alerts"
 
     @property
     def rules(self) -> AlertRules:

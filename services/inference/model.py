@@ -24,6 +24,7 @@ REJECT_SIGNATURE = artifacts.REJECT_SIGNATURE
 REJECT_GRAPH = "graph"
 REJECT_CONTRACT = "contract"
 REJECT_CANARY = "canary"
+REJECT_UNEXPECTED = "unexpected"  # a failure no check names: logged with its traceback
 
 
 class ModelRejected(RuntimeError):
@@ -150,7 +151,10 @@ def load(
     input_name, output_name = _check_contract(session, mv)
     model = LoadedModel(mv, session, input_name, output_name)
     canary = np.zeros((CANARY_BATCH, *expected_input_shape(mv.modality)), dtype=np.float32)
-    probs = model.predict(canary)
+    try:
+        probs = model.predict(canary)
+    except Exception as exc:
+        raise ModelRejected(REJECT_CANARY, f"the canary batch does not run: {exc}") from exc
     if probs.shape != (CANARY_BATCH, len(mv.classes)) or not np.isfinite(probs).all():
         raise ModelRejected(
             REJECT_CANARY, f"canary batch gave {probs.shape} with non-finite or wrong-sized output"

@@ -19,6 +19,7 @@ from driftline.services.inference.images import decode_image_batch
 from driftline.services.inference.metrics import InferenceMetrics
 from driftline.services.inference.settings import InferenceSettings
 from driftline.services.inference.watcher import ModelSlot, RegistryWatcher
+from driftline.services.runtime import instance
 from driftline.services.runtime import metrics as m
 from driftline.services.runtime.artifacts import FsspecArtifactStore
 
@@ -50,24 +51,28 @@ def decoder_for(settings: InferenceSettings) -> tuple[str, Decoder]:
 def _wait_for_model(
     settings: InferenceSettings, slot: ModelSlot, watcher: RegistryWatcher, stop: Callable[[], bool]
 ) -> bool:
-    """Block until a model serves; False if asked to stop first. Raises NoModelError."""
-    deadline = time.monotonic() + settings.registry_timeout_s
+    """Block until a model serves; False if asked to stop first.
+
+    With no servable version the service waits, not ready (the watcher logged why, and says
+    it again every registry_timeout_s): a restart or a scale-out after a bad publish keeps
+    its place in the group's lag instead of crash-looping. Raises NoModelError only when the
+    registry itself cannot be read.
+    """
     name = settings.effective_model_name
+    remind = time.monotonic() + settings.registry_timeout_s
     while not slot.wait_loaded(0.2):
         if stop():
             return False
         if watcher.error is not None:
             raise NoModelError(f"cannot read the registry: {watcher.error}")
-        if time.monotonic() > deadline:
+        if time.monotonic() > remind:
+            remind = time.monotonic() + settings.registry_timeout_s
             why = "; ".join(f"v{v}: {r}" for (v, _), r in watcher.rejected.items())
-            raise NoModelError(
-                f"no servable version of {name!r} in {settings.kafka.topics.models_registry!r} "
-                f"after {settings.registry_timeout_s:.0f}s"
-                + (
-                    f" (rejected: {why})"
-                    if why
-                    else "; train one with `driftline train --bootstrap`"
-                )
+            log.warning(
+                "still no servable version of %r in %r; waiting%s",
+                name,
+                settings.kafka.topics.models_registry,
+                f" (rejected: {why})" if why else " (train one with `driftline train --bootstrap`)",
             )
     return True
 
@@ -79,6 +84,25 @@ def run(
     metrics_registry: CollectorRegistry | None = None,
 ) -> None:
     """Serve the modality's champion, following the registry, until stop() is true."""
+    slot_claim = None
+    if settings.exactly_once and "instance_id" not in settings.model_fields_set:
+        # Unique per live instance, stable across restarts: see runtime/instance.py.
+        slot_claim = instance.claim(settings.effective_group_id)
+        settings = settings.model_copy(update={"instance_id": slot_claim.instance_id})
+        log.info("exactly-once as instance %s", settings.transactional_id)
+    try:
+        _serve(settings, stop, on_batch, metrics_registry)
+    finally:
+        if slot_claim is not None:
+            slot_claim.release()
+
+
+def _serve(
+    settings: InferenceSettings,
+    stop: Callable[[], bool],
+    on_batch: Callable[[BatchStats], None] | None,
+    metrics_registry: CollectorRegistry | None,
+) -> None:
     reg = metrics_registry or CollectorRegistry()
     metrics = InferenceMetrics(reg)
     slot = ModelSlot()

@@ -65,7 +65,8 @@ class InferenceSettings(DriftlineSettings):
 
     @property
     def effective_group_id(self) -> str:
-        return self.group_id or f"driftline-inference-{self.modality}"
+        # The deployment's prefix: two deployments on one cluster never share a group.
+        return self.group_id or f"{self.kafka.topic_prefix}driftline-inference-{self.modality}"
 
     @property
     def batch_size(self) -> int:

@@ -17,10 +17,10 @@ import time
 
 from driftline.schemas.messages import ModelVersion
 from driftline.services.inference.metrics import InferenceMetrics
-from driftline.services.inference.model import LoadedModel, ModelRejected, load
+from driftline.services.inference.model import REJECT_UNEXPECTED, LoadedModel, ModelRejected, load
 from driftline.services.inference.settings import InferenceSettings
 from driftline.services.runtime.artifacts import ArtifactStore
-from driftline.services.runtime.registry import RegistryFollower
+from driftline.services.runtime.registry import SERVED_STATUSES, RegistryFollower, RegistrySnapshot
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class RegistryWatcher:
             settings.kafka.topics.models_registry,
             f"{settings.effective_group_id}-registry",
             timeout_s=settings.registry_timeout_s,
-            on_caught_up=lambda snapshot: self._on_champion(snapshot.champions.get(self.name_)),
+            on_caught_up=self._on_caught_up,
             on_champion=self._on_pointer,
         )
 
@@ -94,33 +94,64 @@ class RegistryWatcher:
         if mv.name == self.name_:
             self._on_champion(mv)
 
-    def _on_champion(self, mv: ModelVersion | None) -> None:
+    def _on_caught_up(self, snapshot: RegistrySnapshot) -> None:
+        """Serve the champion, or else the newest version that served before and verifies."""
+        candidates = start_candidates(snapshot, self.name_)
+        for mv in candidates:
+            if self._on_champion(mv):
+                if mv is not candidates[0]:
+                    log.warning(
+                        "serving %s v%d, the newest earlier version that verifies: the champion "
+                        "v%d was rejected (%s)",
+                        mv.name,
+                        mv.version,
+                        candidates[0].version,
+                        self.rejected.get((candidates[0].version, candidates[0].sha256), "?"),
+                    )
+                return
+        if candidates:
+            log.error(
+                "no version of %s verifies (%s); not ready, waiting for a new champion",
+                self.name_,
+                "; ".join(f"v{v}: {why}" for (v, _), why in self.rejected.items()),
+            )
+        else:
+            log.warning(
+                "the registry has no champion of %s yet; not ready, waiting for one "
+                "(train one with `driftline train --bootstrap`)",
+                self.name_,
+            )
+
+    def _on_champion(self, mv: ModelVersion | None) -> bool:
+        """Load and swap in `mv`; True when it serves (now or already), False if refused."""
         if mv is None:
-            return
+            return False
         current = self.slot.model
         if current is not None and (current.version.version, current.version.sha256) == (
             mv.version,
             mv.sha256,
         ):
-            return
+            return True
         if (mv.version, mv.sha256) in self.rejected:
-            return
+            return False
         started = time.monotonic()
         try:
             model = load(mv, self.store, self.settings.intra_op_threads, self.settings.public_key)
-        except ModelRejected as exc:
-            self.rejected[(mv.version, mv.sha256)] = str(exc)
-            self.metrics.swaps.labels(mv.name, "rejected", exc.reason).inc()
+        except Exception as exc:  # any failure to load a candidate is its rejection
+            reason = exc.reason if isinstance(exc, ModelRejected) else REJECT_UNEXPECTED
+            self.rejected[(mv.version, mv.sha256)] = f"{reason}: {exc}"
+            self.metrics.swaps.labels(mv.name, "rejected", reason).inc()
             serving = f"v{current.version.version}" if current else "nothing"
             log.error(
                 "rejected %s v%d (%s): %s; still serving %s",
                 mv.name,
                 mv.version,
-                exc.reason,
+                reason,
                 exc,
                 serving,
+                exc_info=not isinstance(exc, ModelRejected),
             )
-            return
+            return False
         old = self.slot.swap(model)
         elapsed = time.monotonic() - started
         self.metrics.swaps.labels(mv.name, "ok", "").inc()
@@ -134,3 +165,21 @@ class RegistryWatcher:
             elapsed,
         )
         del old  # the previous session is freed once the batch holding it finishes
+        return True
+
+
+def start_candidates(snapshot: RegistrySnapshot, name: str) -> list[ModelVersion]:
+    """What a starting consumer tries, in order: the champion pointer, then every other
+    version of the model that served (champion or retired), newest first. Versions the gate
+    rejected never served and are not tried."""
+    pointer = snapshot.champions.get(name)
+    served = sorted(
+        (
+            mv
+            for mv in snapshot.versions.get(name, {}).values()
+            if mv.status in SERVED_STATUSES and (pointer is None or mv.version != pointer.version)
+        ),
+        key=lambda mv: mv.version,
+        reverse=True,
+    )
+    return ([pointer] if pointer is not None else []) + served

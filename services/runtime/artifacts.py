@@ -61,7 +61,7 @@ class FsspecArtifactStore:
         try:
             with fsspec.open(uri, "rb") as src:
                 data: bytes = src.read()
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # an unknown scheme, a missing fsspec backend, I/O errors
             raise ArtifactError(f"cannot read artifact {uri}: {exc}") from exc
         return data
 

@@ -126,8 +126,23 @@ def _fold(snapshot: RegistrySnapshot, msgs: list[Message]) -> list[ModelVersion]
     """Fold records into the snapshot; the champion records among them, in order."""
     champions = []
     for msg in msgs:
-        key = msg.key()
-        champion = snapshot.apply(key.decode() if key else None, msg.value())
+        raw = msg.key()
+        try:
+            key = raw.decode() if raw else None
+        except UnicodeDecodeError:
+            key = None
+        before = snapshot.invalid
+        champion = snapshot.apply(key, msg.value()) if key is not None else None
+        if key is None or snapshot.invalid > before:
+            if key is None:
+                snapshot.invalid += 1
+            log.warning(
+                "registry record at %s[%s]@%s is not a model version (key %r); skipped",
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                raw[:64] if raw else raw,
+            )
         if champion is not None:
             champions.append(champion)
     return champions

@@ -113,7 +113,14 @@ def grant_least_privilege(kafka_admin: KafkaSettings) -> None:
         _acl("inference", topic, t.models_registry, read),
         _acl("inference", topic, t.inference_results, write),
         _acl("inference", topic, t.dlq(SENSOR_WINDOWS), write),
-        _acl("inference", group, "driftline-inference-", read, ResourcePatternType.PREFIXED),
+        # Its group (and the registry reader's) carry the deployment prefix.
+        _acl(
+            "inference",
+            group,
+            f"{t.name('')}driftline-inference-",
+            read,
+            ResourcePatternType.PREFIXED,
+        ),
         # Producers write their input topic only.
         _acl("simulator", topic, t.sensor_windows, write),
     ]

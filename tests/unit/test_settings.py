@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from driftline.services.alerts.settings import AlertsSettings
 from driftline.services.inference.settings import InferenceSettings
 from driftline.services.runtime.settings import KafkaSettings
 from driftline.services.simulator.settings import SimulatorSettings
+from driftline.trainer.settings import TrainerSettings
 
 
 def test_nested_env_and_passthrough(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,6 +51,32 @@ def test_defaults_name_the_model_and_group_per_modality() -> None:
     settings = InferenceSettings(modality="sensor", kafka=KafkaSettings())
     assert settings.effective_model_name == "insulator-sensor"
     assert settings.effective_group_id == "driftline-inference-sensor"
+
+
+def test_group_and_transactional_ids_carry_the_deployment_prefix() -> None:
+    blue, green = KafkaSettings(topic_prefix="blue."), KafkaSettings(topic_prefix="green.")
+    ids = {
+        s.effective_group_id
+        for s in (
+            InferenceSettings(kafka=blue),
+            InferenceSettings(kafka=green),
+            AlertsSettings(kafka=blue),
+            AlertsSettings(kafka=green),
+            TrainerSettings(kafka=blue),
+            TrainerSettings(kafka=green),
+        )
+    }
+    assert ids == {
+        "blue.driftline-inference-sensor",
+        "green.driftline-inference-sensor",
+        "blue.driftline-alerts",
+        "green.driftline-alerts",
+        "blue.driftline-trainer",
+        "green.driftline-trainer",
+    }
+    one_host = [InferenceSettings(kafka=blue, instance_id=h) for h in ("node-0", "node-1")]
+    assert one_host[0].transactional_id != one_host[1].transactional_id
+    assert InferenceSettings(kafka=blue, group_id="mine").effective_group_id == "mine"
 
 
 def test_command_line_flags_override_env_without_dropping_it(
