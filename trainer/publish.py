@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+import msgspec
 from cryptography.hazmat.primitives import serialization
 from pydantic import SecretStr
 from safetensors.torch import save as save_safetensors
@@ -136,19 +137,21 @@ def build_version(
 
     Nothing is published here: the caller publishes the returned record only after this
     returns, so every record on the registry points at artifacts that were read back intact.
+    The signature covers the record's name, version, modality, classes, sha256 and I/O
+    signature (`signing.signed_payload`), not its status, so a promote or rollback that only
+    re-publishes it with another status keeps it valid.
     """
     digest = sha256_hex(exported.onnx_bytes)
-    signature: bytes | None = None
-    signer: str | None = None
+    # The key is read (and must be ed25519) before anything is written: a bad key fails the
+    # run with no files.
+    keys: tuple[bytes, bytes, str] | None = None
     if signing_key is not None:
         private = _private_pem(signing_key)
         public = public_pem_of(private)
-        signature = sign(private, digest)
-        verify(public, digest, signature)
-        signer = key_id(public)
+        keys = (private, public, key_id(public))
     onnx_uri = store.put(f"{name}/v{version}/model.onnx", exported.onnx_bytes)
     weights_uri = store.put(f"{name}/v{version}/weights.safetensors", weights_bytes(model))
-    return ModelVersion(
+    mv = ModelVersion(
         name=name,
         version=version,
         modality=modality,
@@ -162,10 +165,14 @@ def build_version(
         lineage=lineage,
         status=status,
         created_time_ms=int(time.time() * 1000),
-        signature=signature,
-        signing_key_id=signer,
         reference=reference,
     )
+    if keys is None:
+        return mv
+    private, public, signer = keys
+    signed = msgspec.structs.replace(mv, signature=sign(private, mv), signing_key_id=signer)
+    verify(public, signed)
+    return signed
 
 
 def publish_version(

@@ -1,4 +1,10 @@
-"""`driftline models`: list and show the registry's versions; promote one; roll back."""
+"""`driftline models`: list and show the registry's versions; promote one; roll back.
+
+Promote and rollback re-publish existing records with another `status` (and retire the current
+champion the same way). They never re-sign: a version's signature covers its name, version,
+modality, classes, sha256 and I/O signature but not its status (`signing.signed_payload`), so a
+re-published record keeps a valid signature without the trainer's private key.
+"""
 
 from __future__ import annotations
 

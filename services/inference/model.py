@@ -133,7 +133,7 @@ def load(
 ) -> LoadedModel:
     """Fetch, verify, check and warm up a version; raises ModelRejected if it must not serve.
 
-    Order: bytes and digest first, then the signature over the digest (when a public key is
+    Order: bytes and digest first, then the signature over the record (when a public key is
     configured), then the graph, the I/O contract of the modality and a canary batch. Only a
     version that passes all of them is returned; the caller swaps it in between two batches.
     """

@@ -70,7 +70,9 @@ def fetch_trusted(store: ArtifactStore, mv: ModelVersion, public_key: str | None
     """A version's ONNX bytes, checked the one way every reader checks them.
 
     Bytes first, then their sha256 against the record, then (when a public key is
-    configured) the record's signature over that digest. Raises ArtifactRejected.
+    configured) the record's signature over every field a consumer acts on (name, version,
+    modality, classes, sha256, inputs and outputs: `signing.signed_payload`). Raises
+    ArtifactRejected.
     """
     try:
         data = store.get(mv.artifact_uri)
@@ -84,7 +86,7 @@ def fetch_trusted(store: ArtifactStore, mv: ModelVersion, public_key: str | None
         )
     if public_key is not None:
         try:
-            verify(public_key, mv.sha256, mv.signature)
+            verify(public_key, mv)
         except (SignatureError, ValueError) as exc:
             raise ArtifactRejected(REJECT_SIGNATURE, f"{mv.name} v{mv.version}: {exc}") from exc
     return data

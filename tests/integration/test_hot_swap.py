@@ -140,14 +140,13 @@ def test_a_tampered_version_is_refused_and_the_old_one_keeps_serving(
 
 def test_rollback_and_signatures(kafka: KafkaSettings, sensor_champion: ModelVersion) -> None:
     private, public = generate_keypair()
-    signed = republish(
-        kafka, sensor_champion, version=2, signature=sign(private, sensor_champion.sha256)
-    )
+    v2 = msgspec.structs.replace(sensor_champion, version=2)
+    signed = republish(kafka, v2, signature=sign(private, v2))
     s = Serving(InferenceSettings(kafka=kafka, public_key=public.decode()))
     try:
         s.wait_for(lambda: s.swaps("ok") == 1)
-        forged = sign(generate_keypair()[0], sensor_champion.sha256)
-        republish(kafka, sensor_champion, version=3, signature=forged)
+        v3 = msgspec.structs.replace(sensor_champion, version=3)
+        republish(kafka, v3, signature=sign(generate_keypair()[0], v3))
         s.wait_for(lambda: s.swaps("rejected", "signature") == 1)
         republish(kafka, sensor_champion, version=4, signature=None)
         s.wait_for(lambda: s.swaps("rejected", "signature") == 2)

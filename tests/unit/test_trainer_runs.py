@@ -80,7 +80,7 @@ def test_a_first_run_publishes_a_signed_verified_champion_with_lineage(root: str
     assert (mv.name, mv.version, mv.status) == (SENSOR, 1, STATUS_CHAMPION)
     assert reg.snapshot.champions[SENSOR].version == 1
     onnx = fetch_trusted(FsspecArtifactStore(root), mv)
-    verify(public, mv.sha256, mv.signature)
+    verify(public, mv)
     assert mv.signing_key_id == key_id(public)
     assert mv.weights_uri is not None
     assert mv.weights_uri.endswith(".safetensors")
