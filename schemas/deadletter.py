@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Protocol
 
 from driftline.schemas import headers as h
 from driftline.schemas.messages import DeadLetter
@@ -36,7 +38,24 @@ REASONS = (
     MISSING_INPUT,
 )
 
+# Why an alert is on alerts.dlq: the webhook never took it (see services/alerts/consumer.py).
+WEBHOOK_FAILED = "webhook_failed"  # retries spent: 429, 5xx, timeouts or network errors
+WEBHOOK_REJECTED = "webhook_rejected"  # answered a 4xx (or a redirect): not retried
+WEBHOOK_SKIPPED = "webhook_skipped"  # not attempted: the batch's webhook budget was spent
+
+WEBHOOK_REASONS = (WEBHOOK_FAILED, WEBHOOK_REJECTED, WEBHOOK_SKIPPED)
+
 MAX_MESSAGE_HEADER_CHARS = 1000
+
+
+class Reason(Protocol):
+    """Why a record is dead-lettered: a bounded code and a message for people."""
+
+    @property
+    def error_class(self) -> str: ...
+
+    @property
+    def message(self) -> str: ...
 
 
 class CodecError(ValueError):
@@ -48,12 +67,20 @@ class CodecError(ValueError):
         self.message = message
 
 
+@dataclass(frozen=True)
+class Undelivered:
+    """An alert the webhook did not take; `error_class` is one of WEBHOOK_REASONS."""
+
+    error_class: str
+    message: str
+
+
 def dead_letter(
     *,
     topic: str,
     partition: int,
     offset: int,
-    error: CodecError,
+    error: Reason,
     service: str,
     key: bytes | None,
     value: bytes | None,

@@ -90,7 +90,15 @@ TOPIC_TABLE: tuple[TopicSpec, ...] = (
 
 INPUT_TOPICS = (SENSOR_WINDOWS, CAMERA_IMAGES)
 
-DLQ_SOURCES = (SENSOR_WINDOWS, CAMERA_IMAGES, FEEDBACK_LABELS, TRAINING_WINDOWS, INFERENCE_RESULTS)
+# The topics with a dead-letter topic: those consumers read, and alerts (alerts no webhook took).
+DLQ_SOURCES = (
+    SENSOR_WINDOWS,
+    CAMERA_IMAGES,
+    FEEDBACK_LABELS,
+    TRAINING_WINDOWS,
+    INFERENCE_RESULTS,
+    ALERTS,
+)
 
 
 def dlq_spec(source: TopicSpec) -> TopicSpec:
@@ -106,7 +114,7 @@ def dlq_spec(source: TopicSpec) -> TopicSpec:
 
 
 def all_specs(label_retention_ms: int | None = None) -> tuple[TopicSpec, ...]:
-    """The table plus a dead-letter topic for every topic that consumers read.
+    """The table plus a dead-letter topic for every topic that consumers read, and alerts.dlq.
 
     With `label_retention_ms`, the input topics keep their records long enough for labels
     that late (input_retention_ms), never less than the table says.

@@ -2,10 +2,12 @@
 
 Delivery is at-least-once, one batch at a time: the batch's alerts and dead letters are
 produced and every delivery report checked, then each alert goes to the webhook (delivered,
-rejected, or failed after its retries: a webhook that stays down never holds the stream), and
-only then are the input offsets committed. A failure before the commit undoes the batch's
-changes to the rule's state and seeks back, so the replay decides exactly as before and the
-alerts it produces again carry the same ids.
+rejected, or failed after its retries: a webhook that stays down never holds the stream);
+each alert the webhook did not take (rejected, failed, or skipped once the batch's budget was
+spent) is produced to alerts.dlq with the reason and acknowledged, and only then are the input
+offsets committed: a crash before the commit replays the batch, so no alert vanishes. A
+failure before the commit undoes the batch's changes to the rule's state and seeks back, so
+the replay decides exactly as before and the alerts it produces again carry the same ids.
 
 The rule's state lives in memory. So that a restart (or a partition moving here) rebuilds it,
 each newly assigned partition is read from up to `replay_lookback` records before its
@@ -28,15 +30,21 @@ from driftline.schemas import codec
 from driftline.schemas import deadletter as dl
 from driftline.schemas import headers as h
 from driftline.schemas.messages import Alert, InferenceResult
-from driftline.schemas.topics import INFERENCE_RESULTS
+from driftline.schemas.topics import ALERTS, INFERENCE_RESULTS
 from driftline.services.alerts.metrics import AlertsMetrics
 from driftline.services.alerts.settings import AlertsSettings
-from driftline.services.alerts.webhook import SKIPPED, WebhookSender
+from driftline.services.alerts.webhook import (
+    DELIVERED,
+    FAILED,
+    REJECTED,
+    SKIPPED,
+    WebhookSender,
+)
 from driftline.services.core.alerting import SUPPRESSIONS, AlertEngine, Observation, RaisedAlert
 from driftline.services.core.batching import BatchPolicy
 from driftline.services.core.scoring import commit_offsets
 from driftline.services.runtime.batchloop import BatchLoop, LoopConfig, LoopMetrics, Offsets
-from driftline.services.runtime.deadletters import describe, dlq_record
+from driftline.services.runtime.deadletters import alert_dlq_record, describe, dlq_record
 from driftline.services.runtime.kafka import (
     DeliveryTracker,
     flush_or_raise,
@@ -48,6 +56,13 @@ from driftline.services.runtime.metrics import Health
 log = logging.getLogger(__name__)
 
 BROKER_TIMEOUT_S = 10.0
+
+# The dead-letter reason of each webhook outcome that leaves an alert undelivered.
+UNDELIVERED_REASONS = {
+    FAILED: dl.WEBHOOK_FAILED,
+    REJECTED: dl.WEBHOOK_REJECTED,
+    SKIPPED: dl.WEBHOOK_SKIPPED,
+}
 
 
 @dataclass
@@ -61,6 +76,9 @@ class BatchStats:
     outcomes: Counter[str] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)
     webhook: Counter[str] = field(default_factory=Counter)
+    # Where each alert landed on the alerts topic (alert id -> partition, offset).
+    positions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    undelivered: Counter[str] = field(default_factory=Counter)
 
 
 def to_alert(raised: RaisedAlert) -> Alert:
@@ -89,6 +107,21 @@ def observation(result: InferenceResult) -> Observation:
     )
 
 
+def _placed(
+    tracker: DeliveryTracker, positions: dict[str, tuple[int, int]], alert_id: str
+) -> Callable[[KafkaError | None, Message], None]:
+    """A delivery report that also notes where the alert landed (for its dead letter)."""
+
+    def report(err: KafkaError | None, msg: Message) -> None:
+        tracker(err, msg)
+        if err is None:
+            partition, offset = msg.partition(), msg.offset()
+            if partition is not None and offset is not None:
+                positions[alert_id] = (partition, offset)
+
+    return report
+
+
 class AlertsHandler:
     """Applies the alert rule to batches of results, publishes alerts, calls the webhook."""
 
@@ -105,6 +138,7 @@ class AlertsHandler:
         self.source = topics.inference_results
         self.alerts_topic = topics.alerts
         self.dlq_topic = topics.dlq(INFERENCE_RESULTS)
+        self.alerts_dlq_topic = topics.dlq(ALERTS)
         self.engine = AlertEngine(settings.rules)
         # Per partition: records below this offset were handled before; they only feed state.
         self.replay_until: dict[tuple[str, int], int] = {}
@@ -197,7 +231,11 @@ class AlertsHandler:
             # Alerts and dead letters acknowledged: now the webhook, then the commit.
             flush_or_raise(prod, tracker, self.settings.flush_timeout_s)
             if self.webhook is not None:
-                self._call_webhook(self.webhook, stats)
+                undelivered = self._call_webhook(self.webhook, stats)
+                if undelivered:
+                    # Acknowledged before the commit: a crash replays these, never loses them.
+                    self._dead_letter_alerts(prod, tracker, stats, undelivered)
+                    flush_or_raise(prod, tracker, self.settings.flush_timeout_s)
             offsets = commit_offsets(position(m) for m in good)
             committed = consumer.commit(
                 offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
@@ -214,23 +252,62 @@ class AlertsHandler:
         self._count(stats)
         return stats
 
-    def _call_webhook(self, webhook: WebhookSender, stats: BatchStats) -> None:
-        """Each alert of the batch to the webhook, within the batch's time budget."""
-        deadline = time.monotonic() + self.settings.webhook_batch_budget_s
+    def _call_webhook(
+        self, webhook: WebhookSender, stats: BatchStats
+    ) -> list[tuple[Alert, dl.Undelivered]]:
+        """Each alert of the batch to the webhook, within the batch's time budget.
+
+        Returns the alerts it did not take, each with the reason for its dead letter.
+        """
+        budget_s = self.settings.webhook_batch_budget_s
+        deadline = time.monotonic() + budget_s
+        undelivered: list[tuple[Alert, dl.Undelivered]] = []
         for alert in stats.alerts:
             if time.monotonic() >= deadline:
-                stats.webhook[SKIPPED] += 1
-                continue
-            stats.webhook[webhook.deliver(alert)] += 1
+                outcome = SKIPPED
+                why = f"the batch's webhook budget of {budget_s:g}s was spent before it was sent"
+            else:
+                outcome = webhook.deliver(alert)
+                why = webhook.last_error
+            stats.webhook[outcome] += 1
+            if outcome != DELIVERED:
+                reason = UNDELIVERED_REASONS[outcome]
+                message = f"webhook {webhook.target}: {outcome}: {why}"
+                undelivered.append((alert, dl.Undelivered(reason, message)))
         if stats.webhook[SKIPPED]:
             log.error(
                 "webhook %s: budget of %.0fs per batch spent, %d alerts not sent to it "
-                "(they are on %s)",
+                "(they are on %s and %s)",
                 webhook.target,
-                self.settings.webhook_batch_budget_s,
+                budget_s,
                 stats.webhook[SKIPPED],
                 self.alerts_topic,
+                self.alerts_dlq_topic,
             )
+        return undelivered
+
+    def _dead_letter_alerts(
+        self,
+        prod: Producer,
+        tracker: DeliveryTracker,
+        stats: BatchStats,
+        undelivered: list[tuple[Alert, dl.Undelivered]],
+    ) -> None:
+        """Each alert the webhook did not take onto alerts.dlq, with where it is on alerts."""
+        for alert, reason in undelivered:
+            partition, offset = stats.positions.get(alert.alert_id, (-1, -1))
+            rec = alert_dlq_record(
+                alert, (self.alerts_topic, partition, offset), reason, self.settings.service_name
+            )
+            prod.produce(
+                self.alerts_dlq_topic,
+                key=rec.key,
+                value=rec.value,
+                headers=rec.headers,
+                on_delivery=tracker,
+            )
+            stats.undelivered[reason.error_class] += 1
+            log.warning("alert %s %s", alert.alert_id, describe(rec.envelope))
 
     def _apply(self, prod: Producer, tracker: DeliveryTracker, good: list[Message]) -> BatchStats:
         stats = BatchStats(consumed=len(good))
@@ -258,7 +335,7 @@ class AlertsHandler:
                     key=alert.asset_id,
                     value=codec.encode(alert),
                     headers=h.AVRO,
-                    on_delivery=tracker,
+                    on_delivery=_placed(tracker, stats.positions, alert.alert_id),
                 )
                 stats.alerts.append(alert)
                 stats.rules.append(decision.alert.rule)
@@ -296,6 +373,9 @@ class AlertsHandler:
                 m.suppressed.labels(outcome).inc(stats.outcomes[outcome])
         for outcome, count in stats.webhook.items():
             m.webhook_deliveries.labels(outcome).inc(count)
+        for reason, count in stats.undelivered.items():
+            m.dead_lettered.labels(reason).inc(count)
+            m.produced.labels(self.alerts_dlq_topic).inc(count)
         m.assets_tracked.set(len(self.engine))
 
 

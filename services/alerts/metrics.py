@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from driftline.services.runtime.metrics import (
     ALERT_ASSETS_TRACKED,
+    ALERTS_DEAD_LETTERED,
     ALERTS_RAISED,
     ALERTS_SUPPRESSED,
     BATCH_FAILURES,
@@ -57,6 +58,13 @@ class AlertsMetrics:
             WEBHOOK_DELIVERIES,
             "Alert webhook deliveries: delivered, rejected (4xx), failed (retries spent), skipped",
             ["outcome"],
+            registry=registry,
+        )
+        self.dead_lettered = Counter(
+            ALERTS_DEAD_LETTERED,
+            "Alerts the webhook did not take, put on alerts.dlq: webhook_failed, "
+            "webhook_rejected, webhook_skipped",
+            ["reason"],
             registry=registry,
         )
         self.webhook_retries = Counter(

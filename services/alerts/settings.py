@@ -39,8 +39,8 @@ class AlertsSettings(DriftlineSettings):
         default=60.0,
         gt=0,
         description="Webhook time per batch; alerts left when it is spent are skipped (they "
-        "are on the alerts topic): keeps a dead webhook from stalling the consumer past "
-        "max.poll.interval.ms",
+        "are on the alerts topic and alerts.dlq): keeps a dead webhook from stalling the "
+        "consumer past max.poll.interval.ms",
     )
 
     # The consumer.

@@ -149,6 +149,8 @@ class WebhookSender:
         self._rng = rng or random.Random()
         self._on_retry = on_retry
         self.down = False
+        # Why the last alert was not delivered ("" once one was): for its dead letter.
+        self.last_error = ""
 
     def _scrub(self, text: str) -> str:
         for secret in (self._raw_url, self._url):
@@ -183,9 +185,11 @@ class WebhookSender:
                 continue
             if 200 <= response.status < 300:
                 self.down = False
+                self.last_error = ""
                 return DELIVERED
             if not retryable(response.status):
                 self.down = False
+                self.last_error = f"HTTP {response.status}"
                 log.warning(
                     "webhook %s rejected alert %s with HTTP %d; not retried",
                     self.target,
@@ -198,6 +202,7 @@ class WebhookSender:
             if response.retry_after_s is not None:
                 wait = min(self.backoff_max_s, max(wait, response.retry_after_s))
         self.down = True
+        self.last_error = f"{why} after {attempts} attempts"
         log.error(
             "webhook %s: alert %s not delivered after %d attempts (%s); moving on, later "
             "alerts get one attempt each until the webhook answers",

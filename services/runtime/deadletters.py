@@ -11,7 +11,7 @@ from confluent_kafka import Message
 from driftline.schemas import codec
 from driftline.schemas import deadletter as dl
 from driftline.schemas import headers as h
-from driftline.schemas.messages import DeadLetter
+from driftline.schemas.messages import Alert, DeadLetter
 from driftline.schemas.topics import DLQ_SUFFIX
 from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, position, producer
 from driftline.services.runtime.reader import ReadTo, TopicReader
@@ -55,6 +55,29 @@ def dlq_record(msg: Message, error: dl.CodecError, service: str) -> DlqRecord:
         value=msg.value(),
     )
     return DlqRecord(msg.key(), msg.value(), dl.to_headers(envelope, msg.headers()), envelope)
+
+
+def alert_dlq_record(
+    alert: Alert, where: tuple[str, int, int], reason: dl.Undelivered, service: str
+) -> DlqRecord:
+    """The dead letter of an alert no webhook took, as the alerts topic holds it.
+
+    Key the asset id, value the Avro alert, and `where` its place on the alerts topic
+    (partition and offset -1 when unknown) as the source: `driftline dlq replay alerts`
+    re-publishes it there.
+    """
+    topic, partition, offset = where
+    key, value = alert.asset_id.encode(), codec.encode(alert)
+    envelope = dl.dead_letter(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        error=reason,
+        service=service,
+        key=key,
+        value=value,
+    )
+    return DlqRecord(key, value, dl.to_headers(envelope, h.AVRO), envelope)
 
 
 def describe(letter: DeadLetter) -> str:

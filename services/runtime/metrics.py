@@ -190,6 +190,7 @@ ALERTS_SUPPRESSED = "driftline_alerts_suppressed_total"
 ALERT_ASSETS_TRACKED = "driftline_alert_assets_tracked"
 WEBHOOK_DELIVERIES = "driftline_webhook_deliveries_total"
 WEBHOOK_RETRIES = "driftline_webhook_retries_total"
+ALERTS_DEAD_LETTERED = "driftline_alerts_dead_lettered_total"
 
 
 @contextlib.contextmanager

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +35,7 @@ from driftline.schemas.topics import INFERENCE_RESULTS
 from driftline.services.alerts import service
 from driftline.services.alerts.settings import AlertsSettings
 from driftline.services.core.alerting import alert_id
+from driftline.services.runtime import deadletters
 from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise, producer
 from driftline.services.runtime.settings import KafkaSettings
 from tests.integration.kafka_io import drain
@@ -96,9 +99,11 @@ def publish(
 
 @dataclass
 class Webhook:
-    """A real HTTP endpoint on loopback that answers 503 to its first `fail_first` POSTs."""
+    """A real HTTP endpoint on loopback that answers `failure` (503) to its first `fail_first`
+    POSTs."""
 
     fail_first: int
+    failure: int = 503
     requests: list[tuple[int, dict[str, str], dict[str, Any]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -109,7 +114,7 @@ class Webhook:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with hook.lock:
-                    status = 503 if len(hook.requests) < hook.fail_first else 200
+                    status = hook.failure if len(hook.requests) < hook.fail_first else 200
                     hook.requests.append((status, dict(self.headers), json.loads(body)))
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
@@ -122,18 +127,33 @@ class Webhook:
         return Handler
 
 
-@pytest.fixture
-def webhook() -> Iterator[tuple[Webhook, str]]:
-    hook = Webhook(fail_first=2)
+@contextlib.contextmanager
+def serving(hook: Webhook) -> Iterator[str]:
+    """The webhook on a loopback port while the block runs; yields its URL (with a token)."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), hook.handler())
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield hook, f"http://127.0.0.1:{server.server_address[1]}/hooks/alerts?token=s3cret-token"
+        yield f"http://127.0.0.1:{server.server_address[1]}/hooks/alerts?token=s3cret-token"
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[Webhook, str]]:
+    hook = Webhook(fail_first=2)
+    with serving(hook) as url:
+        yield hook, url
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: connections to it are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 def run_in_thread(
@@ -370,3 +390,119 @@ def test_restart_mid_stream_raises_the_same_alerts_with_the_same_ids(
     counts = Counter(codec.decode(Alert, m.value()).alert_id for m in records)
     assert counts == Counter([a.alert_id for a in first] + [a.alert_id for a in expected_again])
     assert "rebuilding alert state" in log.read_text()
+
+
+@pytest.mark.parametrize("down", ["http_500", "unreachable"])
+def test_alerts_no_webhook_takes_are_dead_lettered_and_none_vanish(
+    kafka: KafkaSettings,
+    down: str,
+) -> None:
+    """A webhook that always answers 500, or that nobody listens on: every alert raised is on
+    alerts.dlq with its reason before its input is committed, and counted; `driftline dlq
+    inspect alerts` lists them and `replay` re-publishes them on alerts without calling the
+    webhook again."""
+    assets = [f"asset-{a}" for a in range(6)]
+    stream = [result(asset, "X", t) for t in range(3) for asset in assets]
+    publish(kafka, stream)
+    hook = Webhook(fail_first=10**9, failure=500)
+    with contextlib.ExitStack() as stack:
+        if down == "http_500":
+            url = stack.enter_context(serving(hook))
+        else:
+            url = f"http://127.0.0.1:{closed_port()}/hooks/alerts?token=s3cret-token"
+        settings = AlertsSettings(
+            kafka=kafka,
+            group_id=f"alerts-{uuid.uuid4().hex[:6]}",
+            k=3,
+            n=5,
+            max_wait_ms=20,
+            webhook_url=url,
+            webhook_retries=2,
+            webhook_backoff_base_s=0.01,
+            webhook_backoff_max_s=0.05,
+            webhook_timeout_s=5,
+        )
+        registry = CollectorRegistry()
+        _stop, finish = run_in_thread(settings, registry)
+        source, alerts_dlq = kafka.topics.inference_results, kafka.topics.dlq("alerts")
+        try:
+            wait_for(
+                lambda: (
+                    sample(registry, "driftline_events_consumed_total", topic=source) >= len(stream)
+                ),
+                60,
+                "every record to be consumed and committed",
+            )
+            records = drain(kafka, kafka.topics.alerts, expect=len(assets), settle_s=1)
+            letters = drain(kafka, alerts_dlq, expect=len(assets), settle_s=1)
+
+            # Not one alert vanished: each alert of the run is on alerts.dlq, once.
+            alerts = {codec.decode(Alert, m.value()).alert_id: m for m in records}
+            assert len(alerts) == len(records) == len(assets)
+            assert Counter(codec.decode(Alert, m.value()).alert_id for m in letters) == Counter(
+                list(alerts)
+            )
+            for letter in letters:
+                envelope = dict(letter.headers() or [])
+                alert = codec.decode(Alert, letter.value(), codec.content_type_of(envelope))
+                original = alerts[alert.alert_id]
+                assert letter.key() == original.key() == alert.asset_id.encode()
+                assert letter.value() == original.value()
+                assert envelope["driftline-error-class"] == b"webhook_failed"
+                assert envelope["driftline-service"] == b"alerts"
+                assert envelope["driftline-source-topic"] == kafka.topics.alerts.encode()
+                assert envelope["driftline-source-partition"] == str(original.partition()).encode()
+                assert envelope["driftline-source-offset"] == str(original.offset()).encode()
+                message = envelope["driftline-error-message"].decode()
+                assert ("HTTP 500" if down == "http_500" else "Error") in message, message
+                assert "s3cret" not in message
+            n = len(assets)
+            assert (
+                sample(registry, "driftline_alerts_dead_lettered_total", reason="webhook_failed")
+                == n
+            )
+            assert sample(registry, "driftline_webhook_deliveries_total", outcome="failed") == n
+            assert sample(registry, "driftline_events_produced_total", topic=alerts_dlq) == n
+            if down == "http_500":
+                assert {status for status, _h, _b in hook.requests} == {500}
+                assert {b["alert_id"] for _s, _h, b in hook.requests} == set(alerts)
+
+            # `driftline dlq inspect alerts`: every letter, with its reason.
+            env = {
+                **os.environ,
+                "DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+                "DRIFTLINE_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
+            }
+            inspect = [sys.executable, "-m", "driftline.services.cli", "dlq", "inspect", "alerts"]
+            listed = subprocess.run(
+                [*inspect, "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert listed.returncode == 0, listed.stderr
+            shown = [json.loads(line) for line in listed.stdout.splitlines()]
+            assert len(shown) == n
+            assert {x["reason"] for x in shown} == {"webhook_failed"}
+            assert {x["content_type"] for x in shown} == {h.CONTENT_TYPE_AVRO}
+            summary = subprocess.run(
+                inspect, env=env, capture_output=True, text=True, timeout=60, check=False
+            )
+            assert summary.returncode == 0, summary.stderr
+            assert f"{n} dead letters on {alerts_dlq}" in summary.stdout
+
+            # Replay re-publishes them on alerts (for its consumers) and calls no webhook.
+            calls = len(hook.requests)
+            report = deadletters.replay(kafka, "alerts")
+            assert (report.replayed, report.skipped) == (n, 0)
+            assert report.by_topic == {kafka.topics.alerts: n}
+            again = drain(kafka, kafka.topics.alerts, expect=2 * n, settle_s=2)
+            assert Counter(codec.decode(Alert, m.value()).alert_id for m in again) == Counter(
+                list(alerts) * 2
+            )
+            assert len(hook.requests) == calls
+            assert deadletters.replay(kafka, "alerts").replayed == 0  # once only
+        finally:
+            finish()

@@ -91,6 +91,9 @@ def test_the_rules_cover_what_ops_must_hear_about() -> None:
     assert watching(m.DRIFT_SCORE), "drift score high"
     assert any("< 0.7" in exprs[n] for n in watching(m.LIVE_ACCURACY)), "live accuracy low"
     assert watching(m.EVENTS_PRODUCED), "no results produced"
+    assert set(watching(m.WEBHOOK_DELIVERIES)) & set(watching(m.ALERTS_DEAD_LETTERED)), (
+        "webhook failing: failed or skipped deliveries, dead-lettered alerts"
+    )
 
 
 def test_the_compose_and_kubernetes_configs_label_targets_alike() -> None:
