@@ -2,24 +2,27 @@
 
 The order is what keeps the registry safe: the ONNX file and the weights are written and read
 back first, the signature is checked against its own public key, and only then is the
-ModelVersion record produced and acknowledged. A crash before the record leaves orphaned files
-(overwritten by the next run, which reuses the version number) and the registry on its last
-good version.
+ModelVersion record committed. A crash before the record leaves orphaned files (in a folder of
+their own, never reused) and the registry on its last good version.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+import uuid
 from pathlib import Path
 from typing import Protocol
 
 import msgspec
+from confluent_kafka import KafkaError, KafkaException, Producer
 from cryptography.hazmat.primitives import serialization
 from pydantic import SecretStr
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from driftline.schemas import codec
+from driftline.schemas import headers as h
 from driftline.schemas.messages import (
     STATUS_CHAMPION,
     Lineage,
@@ -28,6 +31,7 @@ from driftline.schemas.messages import (
 )
 from driftline.services.runtime import registry
 from driftline.services.runtime.artifacts import ArtifactStore, FsspecArtifactStore, sha256_hex
+from driftline.services.runtime.kafka import producer
 from driftline.services.runtime.settings import KafkaSettings
 from driftline.services.runtime.signing import key_id, sign, verify
 from driftline.trainer.export import ExportedModel
@@ -43,13 +47,37 @@ class RegistryWriter(Protocol):
     def publish(self, mv: ModelVersion) -> None: ...
 
 
+class RegistryConflict(RuntimeError):
+    """Another publisher of the same model took the publish lease: read the registry again."""
+
+
+class LeaseRefused(RegistryConflict):
+    """The broker refused this principal the publish lease (ACLs, or ACLs not yet in force)."""
+
+
+def lease_id(kafka: KafkaSettings, name: str) -> str:
+    """The transactional id every publisher of `name` in this deployment shares."""
+    return f"{kafka.topic_prefix}driftline-registry-{name}"
+
+
 class KafkaRegistryWriter:
-    """Records on models.registry; a champion also moves the pointer and retires the old one."""
+    """Records on models.registry; a champion also moves the pointer and retires the old one.
+
+    One publisher per model at a time, however many trainers and `train --now` runs there
+    are: every publisher of a model shares one transactional id (`lease_id`), and taking it
+    (init_transactions) fences whoever held it and settles their open transaction. The next
+    version number is read after taking it, and the records are written in one transaction
+    with it, so a publisher that lost the lease in between cannot commit: its publish raises
+    RegistryConflict and the caller reads the registry again (TrainingRun retries). Version
+    numbers never collide, and artifact paths carry a unique suffix, so no two publishers
+    ever write the same file.
+    """
 
     def __init__(self, kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
         self.kafka = kafka
         self.topic = kafka.topics.models_registry
         self.timeout_s = timeout_s
+        self._leases: dict[str, Producer] = {}
 
     def _snapshot(self) -> registry.RegistrySnapshot:
         # A topic created a moment ago may not be in every broker's metadata yet: retry briefly.
@@ -62,17 +90,72 @@ class KafkaRegistryWriter:
                     raise
                 time.sleep(0.5)
 
+    def _lease(self, name: str) -> Producer:
+        prod = self._leases.get(name)
+        if prod is None:
+            prod = producer(
+                self.kafka,
+                **{
+                    "transactional.id": lease_id(self.kafka, name),
+                    "transaction.timeout.ms": int(max(self.timeout_s * 2, 60) * 1000),
+                },
+            )
+            try:
+                prod.init_transactions(self.timeout_s)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if isinstance(err, KafkaError) and err.code() in NOT_AUTHORIZED:
+                    raise LeaseRefused(
+                        f"may not take the publish lease of {name}: grant this principal "
+                        f"Write and Describe on transactional ids prefixed "
+                        f"{lease_id(self.kafka, '')!r} (docs/operations.md): {err}"
+                    ) from exc
+                raise
+            self._leases[name] = prod
+        return prod
+
     def champion(self, name: str) -> ModelVersion | None:
         return self._snapshot().champions.get(name)
 
     def next_version(self, name: str) -> int:
+        self._lease(name)  # first the lease, then the read: no one else commits after it
         return self._snapshot().latest_version(name) + 1
 
     def publish(self, mv: ModelVersion) -> None:
-        if mv.status != STATUS_CHAMPION:
-            registry.publish(self.kafka, self.topic, mv)
-            return
-        registry.promote(self.kafka, self.topic, mv, self.champion(mv.name))
+        prod = self._lease(mv.name)
+        previous = self._snapshot().champions.get(mv.name)
+        records = (
+            registry.records_for(mv, previous)
+            if mv.status == STATUS_CHAMPION
+            else [(registry.version_key(mv.name, mv.version), mv)]
+        )
+        try:
+            prod.begin_transaction()
+            for key, record in records:
+                prod.produce(self.topic, key=key, value=codec.encode(record), headers=h.AVRO)
+            prod.commit_transaction(self.timeout_s)
+        except KafkaException as exc:
+            self._leases.pop(mv.name, None)
+            err = exc.args[0] if exc.args else None
+            with contextlib.suppress(KafkaException):
+                prod.abort_transaction(5.0)
+            if isinstance(err, KafkaError) and err.code() in FENCED:
+                raise RegistryConflict(
+                    f"{mv.name} v{mv.version}: another publisher took the lease ({err})"
+                ) from exc
+            raise
+
+    def close(self) -> None:
+        for prod in self._leases.values():
+            prod.flush(5.0)
+        self._leases.clear()
+
+
+FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
+NOT_AUTHORIZED = (
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+)
 
 
 class MemoryRegistryWriter:
@@ -133,7 +216,7 @@ def build_version(
     signing_key: SecretStr | str | Path | None = None,
     reference: ReferenceProfile | None = None,
 ) -> ModelVersion:
-    """Write and verify <name>/v<version>/{model.onnx, weights.safetensors}; sign; the record.
+    """Write and verify <name>/v<version>-<unique>/{model.onnx, weights.safetensors}; sign.
 
     Nothing is published here: the caller publishes the returned record only after this
     returns, so every record on the registry points at artifacts that were read back intact.
@@ -149,8 +232,11 @@ def build_version(
         private = _private_pem(signing_key)
         public = public_pem_of(private)
         keys = (private, public, key_id(public))
-    onnx_uri = store.put(f"{name}/v{version}/model.onnx", exported.onnx_bytes)
-    weights_uri = store.put(f"{name}/v{version}/weights.safetensors", weights_bytes(model))
+    # A unique folder per build: two publishers racing for one version number never write
+    # the same file (the loser's files are orphans, its record is never committed).
+    folder = f"{name}/v{version}-{uuid.uuid4().hex[:12]}"
+    onnx_uri = store.put(f"{folder}/model.onnx", exported.onnx_bytes)
+    weights_uri = store.put(f"{folder}/weights.safetensors", weights_bytes(model))
     mv = ModelVersion(
         name=name,
         version=version,
@@ -191,7 +277,7 @@ def publish_version(
     signing_key: SecretStr | str | Path | None = None,
     reference: ReferenceProfile | None = None,
 ) -> ModelVersion:
-    """Store the artifacts under <root>/<name>/v<version>/, then publish the record to Kafka."""
+    """Store the artifacts under <root>/<name>/v<version>-<unique>/, then publish the record."""
     mv = build_version(
         store=FsspecArtifactStore(artifact_root),
         name=name,

@@ -9,6 +9,7 @@ written and read back, so the registry stays on its last good version.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,12 +29,14 @@ from driftline.services.runtime.artifacts import ArtifactStore
 from driftline.trainer.champion import ChampionModel, ChampionUnavailable, load_champion
 from driftline.trainer.dataset import LabelledSet
 from driftline.trainer.fit import EpochReport, FitConfig, fit
-from driftline.trainer.publish import RegistryWriter, build_version
+from driftline.trainer.publish import RegistryConflict, RegistryWriter, build_version
 from driftline.trainer.retrain import Challenger, FitFn, RetrainConfig, train_challenger
 from driftline.trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 
+# A publish that lost the lease to another publisher of the model is built again this often.
+PUBLISH_ATTEMPTS = 5
 OUTCOME_PROMOTED = "promoted"
 OUTCOME_REJECTED = "rejected"
 OUTCOME_FAILED = "failed"
@@ -230,19 +233,27 @@ class TrainingRun:
 
     def _publish(self, name: str, challenger: Challenger, lineage: Lineage) -> ModelVersion:
         status = STATUS_CHAMPION if challenger.decision.promote else STATUS_REJECTED
-        mv = build_version(
-            store=self.store,
-            name=name,
-            version=self.registry.next_version(name),
-            modality=challenger.modality,
-            exported=challenger.exported,
-            model=challenger.model,
-            classes=list(INSULATOR_CLASSES),
-            metrics=challenger.metrics,
-            lineage=lineage,
-            status=status,
-            signing_key=self.settings.signing_key,
-            reference=challenger.reference,
-        )
-        self.registry.publish(mv)
-        return mv
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            mv = build_version(
+                store=self.store,
+                name=name,
+                version=self.registry.next_version(name),
+                modality=challenger.modality,
+                exported=challenger.exported,
+                model=challenger.model,
+                classes=list(INSULATOR_CLASSES),
+                metrics=challenger.metrics,
+                lineage=lineage,
+                status=status,
+                signing_key=self.settings.signing_key,
+                reference=challenger.reference,
+            )
+            try:
+                self.registry.publish(mv)
+                return mv
+            except RegistryConflict as exc:
+                if attempt == PUBLISH_ATTEMPTS:
+                    raise
+                log.warning("%s (attempt %d): reading the registry again", exc, attempt)
+                time.sleep(random.uniform(0.1, 0.5) * attempt)
+        raise AssertionError("unreachable")

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AclBinding,
+    AclBindingFilter,
     AclOperation,
     AclPermissionType,
     ResourcePatternType,
@@ -108,6 +111,21 @@ def grant_least_privilege(kafka_admin: KafkaSettings) -> None:
         _acl("trainer", topic, t.models_registry, read),
         _acl("trainer", topic, t.models_registry, write),
         _acl("trainer", group, "driftline-registry-reader", read),
+        # ... through the publish lease, a transactional id per model (trainer/publish.py).
+        _acl(
+            "trainer",
+            ResourceType.TRANSACTIONAL_ID,
+            f"{t.name('')}driftline-registry-",
+            write,
+            ResourcePatternType.PREFIXED,
+        ),
+        _acl(
+            "trainer",
+            ResourceType.TRANSACTIONAL_ID,
+            f"{t.name('')}driftline-registry-",
+            AclOperation.DESCRIBE,
+            ResourcePatternType.PREFIXED,
+        ),
         # Inference reads its input and the registry, writes results and dead letters.
         _acl("inference", topic, t.sensor_windows, read),
         _acl("inference", topic, t.models_registry, read),
@@ -127,6 +145,27 @@ def grant_least_privilege(kafka_admin: KafkaSettings) -> None:
     client = admin(kafka_admin)  # held until the futures resolve: a collected client cancels them
     for future in client.create_acls(bindings, request_timeout=30).values():
         future.result(timeout=30)
+    _wait_until_in_force(client, bindings)
+
+
+def _wait_until_in_force(client: Any, bindings: list[AclBinding]) -> None:
+    """ACLs reach the authorizer through the metadata log: wait until it lists them all, since
+    a transactional producer refused once (before they arrived) is fatally refused."""
+    everything = AclBindingFilter(
+        ResourceType.ANY,
+        None,
+        ResourcePatternType.ANY,
+        None,
+        None,
+        AclOperation.ANY,
+        AclPermissionType.ANY,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        listed = set(client.describe_acls(everything, request_timeout=10).result())
+        if all(b in listed for b in bindings) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
 
 
 def test_a_wrong_password_is_refused(scram_stack: StackStatus) -> None:
