@@ -7,7 +7,8 @@ import datetime as dt
 import json
 from typing import Any
 
-from driftline.services.commands.args import add_kafka_flags, settings_from
+from driftline.services.commands.args import add_kafka_flags, positive_int, settings_from
+from driftline.services.commands.preflight import check_kafka
 
 
 def _when(ms: int) -> str:
@@ -29,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from driftline.services.runtime.settings import DriftlineSettings
 
     settings = settings_from(DriftlineSettings, args)
+    check_kafka(settings.kafka)
     reasons = set(args.reason or [])
     if args.action == "inspect":
         letters = [
@@ -101,7 +103,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--reason", action="append", help="only this reason (repeatable), e.g. non_finite"
     )
-    p.add_argument("--limit", type=int, default=20, help="inspect: newest N letters (20)")
+    p.add_argument("--limit", type=positive_int, default=20, help="inspect: newest N letters (20)")
     p.add_argument("--json", action="store_true", help="inspect: one JSON object per line")
     p.add_argument("--dry-run", action="store_true", help="replay: count, send nothing")
     p.add_argument(

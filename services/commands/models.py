@@ -7,6 +7,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from driftline.services.commands.args import add_kafka_flags, settings_from
+from driftline.services.commands.preflight import check_kafka
 
 if TYPE_CHECKING:
     from driftline.schemas.messages import ModelVersion
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from(DriftlineSettings, args)
     topic = settings.kafka.topics.models_registry
+    check_kafka(settings.kafka)
     snapshot = registry.read_snapshot(settings.kafka, topic)
     model = MODEL_NAMES.get(args.model, args.model)
     if args.action == "list":
