@@ -82,6 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from confluent_kafka import KafkaException
 
+        from driftline.services.runtime.reader import TopicMissing
+
+        if isinstance(exc, TopicMissing):
+            # The broker answered; the message says which topic and what to run.
+            print(f"driftline {args.command}: {exc}", file=sys.stderr)
+            return 1
         if isinstance(exc, (KafkaException, TimeoutError)) or "not found" in str(exc):
             print(f"driftline {args.command}: {exc}\n{KAFKA_HINT}", file=sys.stderr)
             return 1

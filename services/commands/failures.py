@@ -71,7 +71,10 @@ def _problem(err: Any) -> str:
     ctx = err.get("ctx") or {}
     if kind in BOUNDS and BOUNDS[kind][1] in ctx:
         sign, key = BOUNDS[kind]
-        return f"must be {sign} {ctx[key]}"
+        bound = ctx[key]
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)  # ">= 0", not ">= 0.0", for a float setting
+        return f"must be {sign} {bound}"
     msg = str(err.get("msg", "is invalid"))
     msg = msg.removeprefix("Value error, ")
     if msg.startswith("Input should"):

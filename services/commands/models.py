@@ -82,6 +82,13 @@ def run(args: argparse.Namespace) -> int:
     from driftline.services.runtime import registry
     from driftline.services.runtime.settings import DriftlineSettings
 
+    if args.extra is not None:
+        print(
+            f"driftline models {args.action}: give one VERSION: "
+            f"`{args.extra} --model {args.version}` or `{args.version}/v{args.extra}`",
+            file=sys.stderr,
+        )
+        return 2
     settings = settings_from(DriftlineSettings, args)
     topic = settings.kafka.topics.models_registry
     check_kafka(settings.kafka)
@@ -129,6 +136,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument("action", choices=["list", "show", "promote", "rollback"])
     p.add_argument("version", nargs="?", help='for show/promote: "3" or "insulator-image/v3"')
+    # `models show insulator-sensor 3` is a natural slip: caught to say how to write it.
+    p.add_argument("extra", nargs="?", help=argparse.SUPPRESS)
     p.add_argument(
         "--model",
         default="sensor",
