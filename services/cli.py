@@ -7,6 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from driftline.services.commands import (
     alerts,
     bench,
@@ -20,6 +22,7 @@ from driftline.services.commands import (
     topics,
     train,
 )
+from driftline.services.commands.failures import KAFKA_HINT, flag_names, settings_error_lines
 
 EXAMPLES = """\
 a first run, on one machine:
@@ -56,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -70,16 +74,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except KeyboardInterrupt:
         return 130
+    except ValidationError as exc:
+        # A setting out of bounds, from a flag or the environment: a usage error, as argparse's.
+        for line in settings_error_lines(exc, args, flag_names(parser)):
+            print(f"driftline {args.command}: {line}", file=sys.stderr)
+        return 2
     except Exception as exc:
         from confluent_kafka import KafkaException
 
+        from driftline.services.runtime.reader import TopicMissing
+
+        if isinstance(exc, TopicMissing):
+            # The broker answered; the message says which topic and what to run.
+            print(f"driftline {args.command}: {exc}", file=sys.stderr)
+            return 1
         if isinstance(exc, (KafkaException, TimeoutError)) or "not found" in str(exc):
-            print(
-                f"driftline {args.command}: {exc}\n"
-                "  is Kafka running and reachable? `driftline stack up` starts a local one; "
-                "DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS points elsewhere",
-                file=sys.stderr,
-            )
+            print(f"driftline {args.command}: {exc}\n{KAFKA_HINT}", file=sys.stderr)
             return 1
         raise
     return code

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from typing import Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from driftline.schemas.contracts import FAULTY_CLASSES
 from driftline.services.core.alerting import AlertRules
@@ -57,6 +58,16 @@ class AlertsSettings(DriftlineSettings):
     )
     flush_timeout_s: float = Field(default=30.0, gt=0)
     service_name: str = "alerts"
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_http(cls, url: SecretStr | None) -> SecretStr | None:
+        # The sender refuses it too, but only once the consumer starts; never echo a token.
+        if url is not None:
+            parts = urlsplit(url.get_secret_value())
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http(s)://host/... URL")
+        return url
 
     @model_validator(mode="after")
     def _k_within_n(self) -> Self:

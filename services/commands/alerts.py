@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from driftline.services.commands.args import add_kafka_flags, settings_from
+from driftline.services.commands.args import (
+    add_kafka_flags,
+    fraction,
+    http_url,
+    non_negative_float,
+    non_negative_int,
+    port,
+    positive_int,
+    settings_from,
+)
+from driftline.services.commands.preflight import check_kafka
 
 FLAGS = [
     "k",
@@ -31,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from(AlertsSettings, args, FLAGS)
     logs.configure(settings.log_level)
+    check_kafka(settings.kafka)
     service.run(settings, StopFlag().install())
     return 0
 
@@ -45,26 +56,35 @@ def register(sub: Any) -> None:
         "committed after the alerts are acknowledged and the webhook answered or gave up "
         "(at-least-once; alert ids are deterministic, so duplicates can be dropped).",
     )
-    p.add_argument("--k", type=int, help="faulty windows among the last n that raise (3)")
-    p.add_argument("--n", type=int, help="windows per asset the rule looks at (5)")
-    p.add_argument("--cooldown-s", type=float, help="event-time seconds between alerts (300)")
+    p.add_argument("--k", type=positive_int, help="faulty windows among the last n that raise (3)")
+    p.add_argument("--n", type=positive_int, help="windows per asset the rule looks at (5)")
     p.add_argument(
-        "--min-confidence", type=float, help="weaker fault predictions count as healthy (0.5)"
+        "--cooldown-s", type=non_negative_float, help="event-time seconds between alerts (300)"
+    )
+    p.add_argument(
+        "--min-confidence", type=fraction, help="weaker fault predictions count as healthy (0.5)"
     )
     p.add_argument(
         "--webhook-url",
+        type=http_url,
         help="POST each alert here as JSON (prefer DRIFTLINE_WEBHOOK_URL: it may hold a token)",
     )
     p.add_argument("--webhook-timeout-s", type=float, help="per attempt (5)")
-    p.add_argument("--webhook-retries", type=int, help="retries after the first attempt (3)")
+    p.add_argument(
+        "--webhook-retries", type=non_negative_int, help="retries after the first attempt (3)"
+    )
     p.add_argument("--group-id", help="consumer group (driftline-alerts)")
-    p.add_argument("--max-batch", type=int, help="largest batch (500)")
-    p.add_argument("--max-wait-ms", type=int, help="longest wait from a batch's first record (100)")
+    p.add_argument("--max-batch", type=positive_int, help="largest batch (500)")
+    p.add_argument(
+        "--max-wait-ms",
+        type=non_negative_int,
+        help="longest wait from a batch's first record (100)",
+    )
     p.add_argument(
         "--replay-lookback",
-        type=int,
+        type=non_negative_int,
         help="records per partition re-read on assignment to rebuild state (5000)",
     )
-    p.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz here")
+    p.add_argument("--metrics-port", type=port, help="serve /metrics, /healthz, /readyz here")
     add_kafka_flags(p)
     p.set_defaults(func=run)

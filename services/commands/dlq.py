@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sys
 from typing import Any
 
-from driftline.services.commands.args import add_kafka_flags, settings_from
+from driftline.services.commands.args import add_kafka_flags, positive_int, settings_from
+from driftline.services.commands.preflight import check_kafka
 
 
 def _when(ms: int) -> str:
@@ -25,10 +27,37 @@ def _preview(value: bytes | None, width: int = 32) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from driftline.services.runtime import deadletters
+    from driftline.services.runtime.reader import TopicMissing
     from driftline.services.runtime.settings import DriftlineSettings
 
     settings = settings_from(DriftlineSettings, args)
+    check_kafka(settings.kafka)
+    try:
+        return _run(args, settings)
+    except TopicMissing as exc:
+        print(
+            f"driftline dlq: {exc}{_known_hint(settings.kafka.topic_prefix, args.topic)}",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _known_hint(prefix: str, topic: str) -> str:
+    """For a topic that is not one of the table's: the topics that have dead letters."""
+    from driftline.schemas.topics import ALERTS, DLQ_SOURCES, DLQ_SUFFIX
+
+    sources = (*DLQ_SOURCES, ALERTS)
+    base = topic.removeprefix(prefix).removesuffix(DLQ_SUFFIX)
+    if base in sources:
+        return ""
+    return f"\n  {base!r} is not a driftline topic; dead letters are kept for: " + ", ".join(
+        sources
+    )
+
+
+def _run(args: argparse.Namespace, settings: Any) -> int:
+    from driftline.services.runtime import deadletters
+
     reasons = set(args.reason or [])
     if args.action == "inspect":
         letters = [
@@ -101,7 +130,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--reason", action="append", help="only this reason (repeatable), e.g. non_finite"
     )
-    p.add_argument("--limit", type=int, default=20, help="inspect: newest N letters (20)")
+    p.add_argument("--limit", type=positive_int, default=20, help="inspect: newest N letters (20)")
     p.add_argument("--json", action="store_true", help="inspect: one JSON object per line")
     p.add_argument("--dry-run", action="store_true", help="replay: count, send nothing")
     p.add_argument(

@@ -41,7 +41,10 @@ def get(args: argparse.Namespace) -> int:
     from driftline.services.features.reader import format_asset, read_asset
 
     settings = features_settings(args)
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
+    # A short connect timeout: an unreachable Redis is reported in seconds, not minutes.
+    client = redis.Redis.from_url(
+        settings.redis_url.get_secret_value(), socket_timeout=5, socket_connect_timeout=3
+    )
     try:
         features = read_asset(client, settings.redis_key_prefix, args.asset)
     except redis.RedisError as exc:

@@ -6,7 +6,14 @@ import argparse
 import sys
 from typing import Any
 
-from driftline.services.commands.args import add_kafka_flags, settings_from
+from driftline.services.commands.args import (
+    add_kafka_flags,
+    non_negative_int,
+    port,
+    positive_int,
+    settings_from,
+)
+from driftline.services.commands.preflight import check_kafka
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
         ["modality", "max_batch", "max_wait_ms", "group_id", "metrics_port", "model_name"],
     )
     logs.configure(settings.log_level)
+    check_kafka(settings.kafka)
     try:
         service.run(settings, StopFlag().install())
     except service.NoModelError as exc:
@@ -38,14 +46,16 @@ def register(sub: Any) -> None:
         "after the results are acknowledged (at-least-once). Bad records go to <topic>.dlq.",
     )
     p.add_argument("--modality", choices=["sensor", "image"], help="what to score (sensor)")
-    p.add_argument("--max-batch", type=int, help="largest batch (default: sensor 256, image 32)")
+    p.add_argument(
+        "--max-batch", type=positive_int, help="largest batch (default: sensor 256, image 32)"
+    )
     p.add_argument(
         "--max-wait-ms",
-        type=int,
+        type=non_negative_int,
         help="longest wait from a batch's first event (sensor 20, image 50)",
     )
     p.add_argument("--group-id", help="consumer group (default driftline-inference-<modality>)")
     p.add_argument("--model-name", help="registry model to serve (default per modality)")
-    p.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz here")
+    p.add_argument("--metrics-port", type=port, help="serve /metrics, /healthz, /readyz here")
     add_kafka_flags(p)
     p.set_defaults(func=run)

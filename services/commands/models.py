@@ -13,6 +13,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from driftline.services.commands.args import add_kafka_flags, settings_from
+from driftline.services.commands.preflight import check_kafka
 
 if TYPE_CHECKING:
     from driftline.schemas.messages import ModelVersion
@@ -87,8 +88,16 @@ def run(args: argparse.Namespace) -> int:
     from driftline.services.runtime import registry
     from driftline.services.runtime.settings import DriftlineSettings
 
+    if args.extra is not None:
+        print(
+            f"driftline models {args.action}: give one VERSION: "
+            f"`{args.extra} --model {args.version}` or `{args.version}/v{args.extra}`",
+            file=sys.stderr,
+        )
+        return 2
     settings = settings_from(DriftlineSettings, args)
     topic = settings.kafka.topics.models_registry
+    check_kafka(settings.kafka)
     snapshot = registry.read_snapshot(settings.kafka, topic)
     model = MODEL_NAMES.get(args.model, args.model)
     if args.action == "list":
@@ -133,6 +142,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument("action", choices=["list", "show", "promote", "rollback"])
     p.add_argument("version", nargs="?", help='for show/promote: "3" or "insulator-image/v3"')
+    # `models show insulator-sensor 3` is a natural slip: caught to say how to write it.
+    p.add_argument("extra", nargs="?", help=argparse.SUPPRESS)
     p.add_argument(
         "--model",
         default="sensor",

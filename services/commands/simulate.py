@@ -6,7 +6,14 @@ import argparse
 import sys
 from typing import Any
 
-from driftline.services.commands.args import add_kafka_flags, settings_from
+from driftline.services.commands.args import (
+    add_kafka_flags,
+    fraction,
+    non_negative_float,
+    positive_int,
+    settings_from,
+)
+from driftline.services.commands.preflight import check_kafka
 
 FIELDS = [
     "assets",
@@ -42,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         args.label_delay_min_s, args.label_delay_max_s = args.label_delay
     try:
         settings = settings_from(SimulatorSettings, args, FIELDS)
+        check_kafka(settings.kafka)
         sensors.run(settings, stop=StopFlag().install())
     except ScenarioError as exc:
         print(f"driftline simulate: {exc}", file=sys.stderr)
@@ -64,22 +72,30 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", choices=["sensors", "images", "fleet"], help="what to publish")
-    p.add_argument("--assets", type=int, help="insulators in the fleet (default 50)")
-    p.add_argument("--rate", type=float, help="sensor windows per second (default 200)")
-    p.add_argument("--image-rate", type=float, help="photos per second (images/fleet: 20)")
-    p.add_argument("--count", type=int, help="stop after this many events (default: run on)")
+    p.add_argument("--assets", type=positive_int, help="insulators in the fleet (default 50)")
+    p.add_argument(
+        "--rate", type=non_negative_float, help="sensor windows per second (default 200)"
+    )
+    p.add_argument(
+        "--image-rate", type=non_negative_float, help="photos per second (images/fleet: 20)"
+    )
+    p.add_argument(
+        "--count", type=positive_int, help="stop after this many events (default: run on)"
+    )
     p.add_argument("--seed", type=int, help="random seed (default 7)")
-    p.add_argument("--fault-fraction", type=float, help="share of faulty insulators (0.4)")
-    p.add_argument("--label-fraction", type=float, help="share of events labelled (0)")
+    p.add_argument("--fault-fraction", type=fraction, help="share of faulty insulators (0.4)")
+    p.add_argument("--label-fraction", type=fraction, help="share of events labelled (0)")
     p.add_argument(
         "--label-delay",
-        type=float,
+        type=non_negative_float,
         nargs=2,
         metavar=("MIN_S", "MAX_S"),
         help="labels arrive this long after their event (default 2 10)",
     )
     p.add_argument("--scenario", help="drift scenario: steady, aging, or a TOML file")
-    p.add_argument("--drift-at", dest="drift_at_s", type=float, help="move the drift to T s")
+    p.add_argument(
+        "--drift-at", dest="drift_at_s", type=non_negative_float, help="move the drift to T s"
+    )
     p.add_argument(
         "--evolve", dest="evolve_per_s", type=float, help="simulated hours of ageing per second"
     )

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from driftline.services.commands.args import given
+from driftline.services.commands.args import given, port
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +47,15 @@ def run(args: argparse.Namespace) -> int:
     except (ls.PortInUseError, ls.StackStartError) as exc:
         print(f"driftline stack: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        # An unusable --data-dir (missing parent, read-only, /proc...): say which, no traceback.
+        where = f" {exc.filename}" if exc.filename else ""
+        print(
+            f"driftline stack: cannot use{where}: {exc.strerror or exc}; "
+            "choose a writable --data-dir (or DRIFTLINE_STACK_DIR)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -64,9 +73,9 @@ def register(sub: Any) -> None:
         choices=["up", "down", "status", "prepare"],
         help="prepare installs the jars and redis-server without starting anything",
     )
-    p.add_argument("--kafka", type=int, metavar="PORT", help="Kafka client port (default 9092)")
-    p.add_argument("--controller", type=int, metavar="PORT", help="KRaft controller port (9093)")
-    p.add_argument("--redis", type=int, metavar="PORT", help="Redis port (default 6379)")
+    p.add_argument("--kafka", type=port, metavar="PORT", help="Kafka client port (default 9092)")
+    p.add_argument("--controller", type=port, metavar="PORT", help="KRaft controller port (9093)")
+    p.add_argument("--redis", type=port, metavar="PORT", help="Redis port (default 6379)")
     p.add_argument(
         "--data-dir",
         help="where logs and data live (default: DRIFTLINE_STACK_DIR, else .driftline/stack in "

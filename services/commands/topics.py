@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from driftline.services.commands.args import add_kafka_flags, settings_from
+from driftline.services.commands.args import add_kafka_flags, positive_int, settings_from
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,10 +32,10 @@ def register(sub: Any) -> None:
         "topics are left alone; models.registry is compacted.",
     )
     p.add_argument("action", choices=["create"])
-    p.add_argument("--partitions", type=int, help="override every topic's partition count")
+    p.add_argument("--partitions", type=positive_int, help="override every topic's partition count")
     p.add_argument(
         "--label-retention-s",
-        type=int,
+        type=positive_int,
         help="how late labels may come (the features app's DRIFTLINE_JOIN_RETENTION_S): the "
         "input topics keep records that long plus 2 days (default: 30 days)",
     )

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from driftline.services.commands.args import add_kafka_flags, settings_from
+from driftline.services.commands.args import add_kafka_flags, port, positive_int, settings_from
+from driftline.services.commands.preflight import check_kafka
+
+if TYPE_CHECKING:
+    from driftline.trainer.runs import RunOutcome
 
 SETTING_FLAGS = [
     "epochs",
@@ -32,6 +37,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
     from driftline.trainer.settings import TrainerSettings
 
     settings = settings_from(TrainerSettings, args, SETTING_FLAGS)
+    check_kafka(settings.kafka)
     modalities = [args.modality] if args.modality else list(MODALITIES)
     snapshot = registry.read_snapshot(settings.kafka, settings.kafka.topics.models_registry)
     code = 0
@@ -61,11 +67,41 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from(TrainerSettings, args, SETTING_FLAGS)
     logs.configure(settings.log_level)
+    check_kafka(settings.kafka)
     outcomes = service.run(
         settings, StopFlag().install(), now=args.now, modality=args.modality, once=args.now
     )
+    if args.now:
+        return _report_now(outcomes, settings.kafka.topics.training_windows)
     for outcome in outcomes:
         print(outcome.summary(), file=sys.stdout if outcome.ok else sys.stderr)
+    return 1 if any(o.outcome in FAILED_OUTCOMES for o in outcomes) else 0
+
+
+def _report_now(outcomes: Sequence[RunOutcome], topic: str) -> int:
+    """`train --now`: what was trained; a model skipped for want of labels is not a success."""
+    from driftline.trainer.runs import OUTCOME_SKIPPED
+
+    skipped = [o for o in outcomes if o.outcome == OUTCOME_SKIPPED]
+    for outcome in outcomes:
+        if outcome.outcome != OUTCOME_SKIPPED:
+            print(outcome.summary(), file=sys.stdout if outcome.ok else sys.stderr)
+    for outcome in skipped:
+        print(
+            f"driftline train: {outcome.model_name} not trained: {outcome.error} "
+            f"({outcome.modality} labelled windows on {topic})",
+            file=sys.stderr,
+        )
+    trained = [o for o in outcomes if o.outcome != OUTCOME_SKIPPED]
+    if not trained:
+        print(
+            "driftline train: nothing was trained. Labelled windows come from the features app "
+            "joining feedback.labels to the events they label: run `driftline features` and "
+            "`driftline infer`, then `driftline simulate fleet --label-fraction 0.3` (or your "
+            "inspections); `driftline train --bootstrap` trains first models on simulated data.",
+            file=sys.stderr,
+        )
+        return 1
     return 1 if any(o.outcome in FAILED_OUTCOMES for o in outcomes) else 0
 
 
@@ -91,20 +127,22 @@ def register(sub: Any) -> None:
         "--if-missing", action="store_true", help="bootstrap only models with no champion yet"
     )
     p.add_argument("--modality", choices=["sensor", "image"], help="only this model (default all)")
-    p.add_argument("--windows", type=int, help="simulated sensor windows (default 8000)")
-    p.add_argument("--images", type=int, help="simulated photos (default 8000)")
-    p.add_argument("--epochs", type=int, help="training epochs (default 8)")
+    p.add_argument("--windows", type=positive_int, help="simulated sensor windows (default 8000)")
+    p.add_argument("--images", type=positive_int, help="simulated photos (default 8000)")
+    p.add_argument("--epochs", type=positive_int, help="training epochs (default 8)")
     p.add_argument("--seed", type=int, help="random seed (default 7)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (auto)")
     p.add_argument(
         "--artifact-root", help="fsspec URI for artifacts (default .driftline/artifacts)"
     )
-    p.add_argument("--min-new-labels", type=int, help="retrain after this many new labels (500)")
+    p.add_argument(
+        "--min-new-labels", type=positive_int, help="retrain after this many new labels (500)"
+    )
     p.add_argument("--min-labels", type=int, help="never train on fewer examples (200)")
     p.add_argument("--max-age-s", type=float, help="retrain a model older than this (86400)")
     p.add_argument("--gate-margin", type=float, help="challenger must win by this much (0.01)")
     p.add_argument("--gate-metric", choices=["macro_f1", "accuracy"], help="gate metric")
     p.add_argument("--holdout-fraction", type=float, help="most recent share held out (0.2)")
-    p.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz here")
+    p.add_argument("--metrics-port", type=port, help="serve /metrics, /healthz, /readyz here")
     add_kafka_flags(p)
     p.set_defaults(func=run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from driftline.schemas.topics import LABEL_RETENTION_MS
 from driftline.services.core.profile import PSI_DRIFT_THRESHOLD
@@ -82,6 +82,15 @@ class FeaturesSettings(DriftlineSettings):
     batch_max: int = Field(default=5000, ge=1, description="records per agent batch")
     batch_wait_s: float = Field(default=0.5, gt=0, description="longest wait to fill one")
     commit_interval_s: float = Field(default=1.0, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: SecretStr) -> SecretStr:
+        # redis-py would refuse it later with a traceback; the URL may hold a password.
+        scheme = url.get_secret_value().partition("://")[0].lower()
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://host:port/db, rediss://... or unix://... URL")
+        return url
 
     @property
     def windows(self) -> WindowSpec:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,122 @@ def test_unreachable_kafka_is_a_clear_error_not_a_traceback() -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "driftline stack up" in result.stderr
+
+
+UNREACHABLE = "127.0.0.1:1"
+CLEAR_WITHIN_S = 30.0
+
+
+def _assert_one_clear_error(
+    result: subprocess.CompletedProcess[str], code: int, phrase: str, elapsed: float
+) -> None:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert phrase in result.stderr, result.stderr
+    assert elapsed < CLEAR_WITHIN_S, f"took {elapsed:.1f}s to say so"
+
+
+@pytest.mark.parametrize(
+    ("args", "extra_env", "code", "phrase"),
+    [
+        pytest.param(
+            ["simulate", "sensors", "--count", "-5"], {}, 2, "--count: must be >= 1", id="count"
+        ),
+        pytest.param(["simulate", "sensors", "--rate", "-1"], {}, 2, "--rate: must be", id="rate"),
+        pytest.param(
+            ["simulate", "sensors"],
+            {"DRIFTLINE_COUNT": "-3"},
+            2,
+            "driftline simulate: DRIFTLINE_COUNT must be >= 1 (got '-3')",
+            id="count-from-env",
+        ),
+        pytest.param(
+            ["topics", "create", "--partitions", "0"],
+            {},
+            2,
+            "--partitions: must be >= 1",
+            id="partitions",
+        ),
+        pytest.param(
+            ["features", "get", "x", "--redis-url", "notaurl"], {}, 2, "redis://", id="redis-url"
+        ),
+        pytest.param(
+            ["features", "get", "x"],
+            {"DRIFTLINE_REDIS_URL": "notaurl"},
+            2,
+            "DRIFTLINE_REDIS_URL must be a redis://",
+            id="redis-url-from-env",
+        ),
+        pytest.param(
+            ["features", "get", "x", "--redis-url", "redis://127.0.0.1:1/0"],
+            {},
+            1,
+            "cannot read Redis",
+            id="redis-unreachable",
+        ),
+        pytest.param(
+            ["alerts", "--webhook-url", "notaurl"], {}, 2, "http(s)://host", id="webhook-url"
+        ),
+        pytest.param(
+            ["stack", "up", "--data-dir", "/proc/x"], {}, 1, "cannot use /proc/x", id="data-dir"
+        ),
+        pytest.param(
+            ["models", "show", "insulator-sensor", "999"],
+            {},
+            2,
+            "`insulator-sensor/v999`",
+            id="models-show-two-words",
+        ),
+        pytest.param(["models", "list"], {}, 1, "is Kafka running", id="models-no-kafka"),
+        pytest.param(
+            ["infer", "--modality", "sensor"], {}, 1, "is Kafka running", id="infer-no-kafka"
+        ),
+    ],
+)
+def test_typos_and_outages_are_one_clear_error(
+    args: list[str], extra_env: dict[str, str], code: int, phrase: str
+) -> None:
+    env = {**os.environ, "DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS": UNREACHABLE, **extra_env}
+    started = time.monotonic()
+    result = driftline(*args, env=env)
+    _assert_one_clear_error(result, code, phrase, time.monotonic() - started)
+
+
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        pytest.param(
+            ["train", "--now", "--modality", "sensor"],
+            "nothing was trained",
+            id="train-now-without-labels",
+        ),
+        pytest.param(
+            ["dlq", "inspect", "nosuchtopic"],
+            "'nosuchtopic' is not a driftline topic",
+            id="dlq-no-topic",
+        ),
+        pytest.param(
+            ["models", "show", "999", "--model", "insulator-sensor"],
+            "no version '999' of insulator-sensor",
+            id="models-show-missing",
+        ),
+        pytest.param(
+            ["models", "promote", "insulator-sensor/v999"],
+            "no version 'insulator-sensor/v999'",
+            id="models-promote-missing",
+        ),
+    ],
+)
+def test_nothing_to_do_is_said_and_not_a_success(
+    kafka: KafkaSettings, tmp_path: Path, args: list[str], phrase: str
+) -> None:
+    env = {
+        **os.environ,
+        "DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "DRIFTLINE_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
+        "DRIFTLINE_ARTIFACT_ROOT": (tmp_path / "artifacts").as_uri(),
+        "DRIFTLINE_DEVICE": "cpu",
+    }
+    started = time.monotonic()
+    result = driftline(*args, env=env)
+    _assert_one_clear_error(result, 1, phrase, time.monotonic() - started)
