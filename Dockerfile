@@ -1,6 +1,8 @@
 # One image recipe, two targets:
-#   services: inference, simulator and the CLI; ONNX Runtime, no torch (small)
-#   trainer:  adds torch for training and export
+#   services: inference, features, alerts, simulator and the CLI; ONNX Runtime, faust,
+#             Redis, no torch (small)
+#   trainer:  torch for training and export, and the CLI
+# tests/unit/test_extras.py checks that each install brings every package its commands import.
 # Build: docker build --target services -t driftline:services .
 #        docker build --target trainer  -t driftline:trainer .
 FROM python:3.11-slim AS base
