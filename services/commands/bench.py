@@ -11,7 +11,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from driftline.services.commands.args import add_kafka_flags, add_redis_flags, settings_from
+from driftline.services.commands.args import add_kafka_flags, settings_from
+from driftline.services.commands.featuresbench import add_features_bench_flags, run_features_bench
 
 
 def _trainer(args: argparse.Namespace) -> int:
@@ -48,50 +49,6 @@ def _add_trainer(targets: Any) -> None:
     p.add_argument("--json", help="also write the figures to this JSON file")
     add_kafka_flags(p)
     p.set_defaults(target=_trainer)
-
-
-def run_features_bench(args: argparse.Namespace) -> int:
-    """`driftline bench features` (and its alias `driftline features bench`)."""
-    from pathlib import Path
-
-    from driftline.services.commands.features import features_settings
-
-    settings = features_settings(args)
-    if args.late_labels:
-        from driftline.services.bench import latelabels
-
-        return latelabels.main(settings, assets=args.late_assets)
-    from driftline.services.bench import features
-
-    return features.main(
-        settings,
-        reads=args.reads,
-        assets=args.assets,
-        events=args.events,
-        app_events=args.app_events,
-        app_workers=args.app_workers,
-        json_path=Path(args.json) if args.json else None,
-    )
-
-
-def add_features_bench_flags(p: argparse.ArgumentParser) -> None:
-    """The flags of the features bench, shared with its alias `driftline features bench`."""
-    p.add_argument("--reads", type=int, default=10_000, help="reads timed (default 10000)")
-    p.add_argument("--assets", type=int, default=500, help="assets populated (default 500)")
-    p.add_argument("--events", type=int, default=200_000, help="results for the stats path")
-    p.add_argument(
-        "--app-events", type=int, default=50_000, help="results through the faust app (0: skip)"
-    )
-    p.add_argument("--app-workers", type=int, default=1, help="stats workers started (1)")
-    p.add_argument("--json", help="also write the figures to this JSON file")
-    p.add_argument(
-        "--late-labels",
-        action="store_true",
-        help="instead: the join over a simulated week, labels 1-7 days late (in process)",
-    )
-    p.add_argument("--late-assets", type=int, default=10, help="assets of the late-label run")
-    add_redis_flags(p)
-    add_kafka_flags(p)
 
 
 def _add_features(targets: Any) -> None:

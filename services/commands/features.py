@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from driftline.services.commands.args import add_kafka_flags, add_redis_flags, settings_from
-from driftline.services.commands.bench import add_features_bench_flags, run_features_bench
+from driftline.services.commands.featuresbench import add_features_bench_flags, run_features_bench
 
 SETTING_FLAGS = ["metrics_port", "role", "redis_key_prefix", "log_level"]
 

@@ -64,14 +64,7 @@ UNITS = (
 # Entries whose static closure is known to reach beyond their image, with the reason. Strict:
 # once the import is fixed the test passes, xfail turns that into a failure, and the entry
 # leaves this table.
-KNOWN_GAPS = {
-    ("services", "driftline.services.commands.features"): (
-        "commands/features.py imports add_features_bench_flags and run_features_bench from "
-        "commands/bench.py, which also holds `driftline bench trainer` (services.bench.trainer, "
-        "driftline.trainer.settings -> torch); the features bench alias should take its pieces "
-        "from a module without the trainer bench"
-    ),
-}
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
 
 
 def normalize(name: str) -> str:
