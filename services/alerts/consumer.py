@@ -47,9 +47,9 @@ from driftline.services.runtime.batchloop import BatchLoop, LoopConfig, LoopMetr
 from driftline.services.runtime.deadletters import alert_dlq_record, describe, dlq_record
 from driftline.services.runtime.kafka import (
     DeliveryTracker,
+    RenewableProducer,
     flush_or_raise,
     position,
-    producer,
 )
 from driftline.services.runtime.metrics import Health
 
@@ -144,13 +144,13 @@ class AlertsHandler:
         self.replay_until: dict[tuple[str, int], int] = {}
         self.tracker = DeliveryTracker()
         self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
+        self._producer: RenewableProducer | None = None
 
     # The loop's side of the handler; rebalances come between batches: none is half done.
 
     def start(self, consumer: Consumer) -> None:
         self._consumer = consumer
-        self._producer = producer(self.settings.kafka)
+        self._producer = RenewableProducer(self.settings.kafka)
 
     def assigned(
         self, consumer: Consumer, parts: list[TopicPartition]
@@ -209,13 +209,14 @@ class AlertsHandler:
 
     def close(self) -> None:
         if self._producer is not None:
-            self._producer.flush(BROKER_TIMEOUT_S)
+            self._producer.producer.flush(BROKER_TIMEOUT_S)
 
     def handle(self, msgs: list[Message]) -> BatchStats:
         """Apply the rule to one batch, deliver its alerts, then commit its offsets."""
         if self._consumer is None or self._producer is None:
             raise RuntimeError("the handler delivers only once started")
-        consumer, prod, tracker = self._consumer, self._producer, self.tracker
+        consumer, renewable, tracker = self._consumer, self._producer, self.tracker
+        prod = renewable.producer
         good: list[Message] = []
         for m in msgs:
             if m.error() is None:
@@ -244,9 +245,11 @@ class AlertsHandler:
             failed = [tp for tp in committed or [] if tp.error is not None]
             if failed:
                 raise KafkaException(KafkaError(KafkaError._FAIL, f"commit failed: {failed[0]}"))
-        except BaseException:
+        except BaseException as exc:
             # Undo the batch's state changes: the rewind replays it from the same state.
             self.engine.rollback()
+            renewable.note(tracker.fatal)
+            renewable.renew_if_fatal(exc)  # a fatal producer would fail every later batch
             raise
         self.engine.commit()
         self._count(stats)

@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from driftline.schemas import headers as h
 from driftline.services.inference.settings import InferenceSettings
 from driftline.services.runtime.batchloop import Offsets, RewindBatch
-from driftline.services.runtime.kafka import producer
+from driftline.services.runtime.kafka import RenewableProducer, producer
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,16 @@ class _InFlight:
     produced: int = 0
     acked: int = 0
     error: str | None = None
+    fatal: KafkaError | None = None
 
     def on_delivery(self, err: KafkaError | None, _msg: object) -> None:
         if err is None:
             self.acked += 1
-        elif self.error is None:
+            return
+        if self.error is None:
             self.error = str(err)
+        if err.fatal():
+            self.fatal = err
 
     @property
     def done(self) -> bool:
@@ -82,7 +86,7 @@ class AtLeastOnce:
 
     def __init__(self, settings: InferenceSettings, consumer: Consumer) -> None:
         self.consumer = consumer
-        self.producer: Producer = producer(settings.kafka)
+        self.renewable = RenewableProducer(settings.kafka)
         self.in_flight: deque[_InFlight] = deque()
         self.current = _InFlight()
 
@@ -116,7 +120,14 @@ class AtLeastOnce:
             self.consumer.commit(offsets=batch.offsets, asynchronous=True)
             self.in_flight.popleft()
 
+    @property
+    def producer(self) -> Producer:
+        return self.renewable.producer
+
     def _give_up(self, why: str) -> None:
+        for batch in self.in_flight:
+            self.renewable.note(batch.fatal)
+        self.renewable.renew_if_fatal()
         rewind: Offsets = {}
         for batch in self.in_flight:
             for key, offset in batch.starts.items():
@@ -144,8 +155,10 @@ class AtLeastOnce:
             self._settle()
 
     def abandon(self) -> None:
-        # Outputs already produced stay produced; the replay may duplicate them.
+        # Outputs already produced stay produced; the replay may duplicate them. A producer
+        # that went fatal is replaced, or every later batch would fail the same way.
         self.current = _InFlight()
+        self.renewable.renew_if_fatal()
 
     def close(self) -> None:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -106,16 +106,75 @@ class DeliveryTracker:
     def __init__(self) -> None:
         self.delivered = 0
         self.errors: list[str] = []
+        self.fatal: KafkaError | None = None
 
     def __call__(self, err: KafkaError | None, _msg: Any) -> None:
         if err is None:
             self.delivered += 1
         else:
             self.errors.append(str(err))
+            if err.fatal():
+                self.fatal = err
 
     def reset(self) -> None:
         self.delivered = 0
         self.errors.clear()
+        self.fatal = None
+
+
+class RenewableProducer:
+    """A long-lived producer that is replaced once librdkafka declares it fatal.
+
+    An idempotent producer that goes fatal (a fenced epoch, a sequence the broker refuses, a
+    producer id refused before a principal's ACLs arrived) never produces again, so a service
+    that kept it would fail every batch from then on. Services hold this instead and call
+    `renew_if_fatal` when a batch failed: the dead producer's queue is purged (those records
+    belong to the failed batch, which is read again from its offsets) and a fresh one takes
+    its place.
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        factory: Callable[..., Producer] | None = None,
+        **overrides: Any,
+    ) -> None:
+        self._kafka = kafka
+        self._factory = factory or producer
+        self._overrides = overrides
+        self.fatal: KafkaError | None = None
+        self.renewals = 0
+        self.producer: Producer = self._new()
+
+    def _new(self) -> Producer:
+        return self._factory(self._kafka, error_cb=self._on_error, **self._overrides)
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self.fatal = err
+
+    def note(self, err: KafkaError | None) -> None:
+        """A delivery report's error: a fatal one marks the producer for renewal."""
+        if err is not None and err.fatal():
+            self.fatal = err
+
+    def renew_if_fatal(self, exc: BaseException | None = None) -> bool:
+        """Replace the producer if it (or the exception a batch failed with) is fatal."""
+        err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+        if isinstance(err, KafkaError) and (err.fatal() or err.code() == KafkaError._FATAL):
+            self.fatal = self.fatal or err
+        if self.fatal is None:
+            with contextlib.suppress(KafkaException, RuntimeError):
+                self.producer.poll(0)  # serves error_cb: a fatal error may be waiting there
+        if self.fatal is None:
+            return False
+        log.error("producer went fatal (%s); replacing it with a new one", self.fatal)
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self.producer.purge(in_queue=True, in_flight=True)
+        self.fatal = None
+        self.renewals += 1
+        self.producer = self._new()
+        return True
 
 
 def flush_or_raise(prod: Producer, tracker: DeliveryTracker, timeout_s: float = 30.0) -> None:
