@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
-from driftline.services.alerts.consumer import AlertsConsumer, BatchStats
+from driftline.services.alerts.consumer import AlertsConsumer
+from driftline.services.alerts.handler import BatchStats
 from driftline.services.alerts.metrics import AlertsMetrics
 from driftline.services.alerts.settings import AlertsSettings
 from driftline.services.alerts.webhook import HttpPost, WebhookSender

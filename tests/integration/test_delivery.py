@@ -16,6 +16,7 @@ from confluent_kafka import Consumer
 
 from driftline.schemas import codec
 from driftline.schemas.messages import InferenceResult
+from driftline.services.inference.settings import InferenceSettings
 from driftline.services.runtime.settings import KafkaSettings
 from driftline.services.simulator import sensors
 from driftline.services.simulator.settings import SimulatorSettings
@@ -139,7 +140,8 @@ def test_at_least_once_commits_the_last_batch_soon_after_the_stream_goes_idle(
     }
     log = tmp_path / "infer.log"
     proc = _start(env, log)
-    reader = Consumer(kafka.client_config(**{"group.id": "driftline-inference-sensor"}))
+    group = InferenceSettings(kafka=kafka, modality="sensor").effective_group_id
+    reader = Consumer(kafka.client_config(**{"group.id": group}))
     try:
         drain(kafka, kafka.topics.inference_results, expect=n, timeout_s=90, settle_s=0.5)
         source = kafka.topics.name("sensor.windows")

@@ -14,7 +14,7 @@ from driftline.schemas import deadletter as dl
 from driftline.schemas import headers as h
 from driftline.schemas.messages import Alert
 from driftline.schemas.topics import all_specs
-from driftline.services.alerts.consumer import AlertsHandler, BatchStats
+from driftline.services.alerts.handler import AlertsHandler, BatchStats
 from driftline.services.alerts.metrics import AlertsMetrics
 from driftline.services.alerts.settings import AlertsSettings
 from driftline.services.alerts.webhook import DELIVERED, FAILED, REJECTED, SKIPPED, Response
