@@ -133,3 +133,52 @@ def test_two_exactly_once_instances_on_one_host_do_not_fence_each_other(
         if "fenc" in r.getMessage().lower() or "rebuilding the transactional" in r.getMessage()
     ]
     assert fenced == []
+
+
+def _wait_serving(s: Serving) -> None:
+    s.wait_for(lambda: s.swaps("ok") == 1)
+
+
+def test_two_prefixed_deployments_on_one_broker_do_not_fence_each_other(
+    kafka: KafkaSettings, sensor_champion: ModelVersion, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    # A second deployment on the same cluster: its own prefix, topics and registry, the same
+    # host name and the same (default) instance settings.
+    other = kafka.model_copy(update={"topic_prefix": f"{kafka.topic_prefix}other."})
+    create_topics(other)
+    registry.publish(other, other.topics.models_registry, sensor_champion)
+    n = 1500
+    deployments = [
+        Serving(InferenceSettings(kafka=k, exactly_once=True, max_batch=50, max_wait_ms=5))
+        for k in (kafka, other)
+    ]
+    try:
+        for s in deployments:
+            _wait_serving(s)
+        reports = [
+            sensors.run(
+                SimulatorSettings(kafka=k, count=n, rate=2000, assets=20, seed=6),
+                progress=False,
+                keep_truth=True,
+            )
+            for k in (kafka, other)
+        ]
+        for k, report in zip((kafka, other), reports, strict=True):
+            records = drain(k, k.topics.inference_results, expect=n, timeout_s=120)
+            ids = Counter(codec.decode(InferenceResult, m.value()).event_id for m in records)
+            assert set(ids) == {t.event_id for t in report.truth}, "lost events"
+            assert max(ids.values()) == 1, "duplicated results"
+    finally:
+        for s in deployments:
+            s.close()
+    groups = {
+        InferenceSettings(kafka=k, exactly_once=True).effective_group_id for k in (kafka, other)
+    }
+    assert len(groups) == 2
+    fenced = [
+        r.getMessage()
+        for r in caplog.records
+        if "fenc" in r.getMessage().lower() or "rebuilding the transactional" in r.getMessage()
+    ]
+    assert fenced == []
