@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer
 
 from driftline.schemas import codec
+from driftline.schemas.deadletter import CodecError
 from driftline.schemas.messages import InferenceResult, ModelVersion
 from driftline.services.core.ledger import Ledger
 from driftline.services.demo.report import Mark
@@ -65,11 +66,13 @@ class Watch:
                 for m in consumer.consume(100, timeout=0.5):
                     if m.error() is not None:
                         continue
-                    raw_key = m.key()
-                    key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
-                    if key is None or "/v" not in key or not m.value():
+                    key = m.key()
+                    if not key or b"/v" not in key or not m.value():
                         continue
-                    mv = codec.decode(ModelVersion, m.value())
+                    try:
+                        mv = codec.decode(ModelVersion, m.value())
+                    except CodecError:  # not a model version: the consumers skip it too
+                        continue
                     snapshot.apply(key, m.value())
                     with self.lock:
                         known = self.versions.setdefault(mv.modality, [])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -209,7 +209,6 @@ class InferenceHandler:
             "scored_time_ms": now_ms,
         }
         rows = probs.astype("<f4", copy=False)
-        produce: Callable[[str, bytes | str | None, bytes | None, h.HeaderList], None]
         produce = delivery.produce
         topic = self.results_topic
         event_times = batch.event_time_ms.tolist()

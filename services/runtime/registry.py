@@ -38,9 +38,21 @@ class RegistrySnapshot:
     champions: dict[str, ModelVersion] = field(default_factory=dict)
     invalid: int = 0
 
-    def apply(self, key: str | None, value: bytes | None) -> ModelVersion | None:
-        """Fold one registry record in; returns the new champion when the record names one."""
-        if key is None or value is None:
+    def apply(self, key: str | bytes | None, value: bytes | None) -> ModelVersion | None:
+        """Fold one registry record in; returns the new champion when the record names one.
+
+        A record that is no model version (no key, a key that is not UTF-8, bytes that do not
+        decode) is counted in `invalid` and changes nothing; a tombstone is ignored.
+        """
+        if value is None:
+            return None
+        if isinstance(key, bytes):
+            try:
+                key = key.decode()
+            except UnicodeDecodeError:
+                key = None
+        if key is None:
+            self.invalid += 1
             return None
         try:
             mv = codec.decode(ModelVersion, value)
@@ -126,22 +138,15 @@ def _fold(snapshot: RegistrySnapshot, msgs: list[Message]) -> list[ModelVersion]
     """Fold records into the snapshot; the champion records among them, in order."""
     champions = []
     for msg in msgs:
-        raw = msg.key()
-        try:
-            key = raw.decode() if raw else None
-        except UnicodeDecodeError:
-            key = None
-        before = snapshot.invalid
-        champion = snapshot.apply(key, msg.value()) if key is not None else None
-        if key is None or snapshot.invalid > before:
-            if key is None:
-                snapshot.invalid += 1
+        invalid = snapshot.invalid
+        champion = snapshot.apply(msg.key(), msg.value())
+        if snapshot.invalid > invalid:
             log.warning(
                 "registry record at %s[%s]@%s is not a model version (key %r); skipped",
                 msg.topic(),
                 msg.partition(),
                 msg.offset(),
-                raw[:64] if raw else raw,
+                (msg.key() or b"")[:64],
             )
         if champion is not None:
             champions.append(champion)
