@@ -199,7 +199,7 @@ class AlertsHandler:
     def idle(self) -> None:
         """Nothing waits between batches: each is committed before the next."""
 
-    def recover(self) -> None:
+    def recover(self, waited_s: float) -> None:
         """Nothing to settle before reading again."""
 
     def abandon(self) -> None:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +35,10 @@ from driftline.services.runtime.kafka import RenewableProducer, producer
 
 log = logging.getLogger(__name__)
 
+# Seconds the group's committed offsets may stay unstable while an exactly-once consumer
+# recovers before it clears its own orphaned pending offset commits (ExactlyOnce.recover).
+PENDING_CLEAR_AFTER_S = 6.0
+
 
 class Delivery(Protocol):
     def begin(self) -> None: ...
@@ -42,7 +48,7 @@ class Delivery(Protocol):
     def commit(self, offsets: list[TopicPartition], starts: Offsets) -> None: ...
     def drain(self) -> None: ...
     def idle(self) -> None: ...
-    def recover(self) -> None: ...
+    def recover(self, waited_s: float) -> None: ...
     def abandon(self) -> None: ...
     def close(self) -> None: ...
 
@@ -144,7 +150,7 @@ class AtLeastOnce:
         if self.in_flight:
             self._give_up(f"{len(self.in_flight)} batches unacknowledged after {timeout_s}s")
 
-    def recover(self) -> None:
+    def recover(self, waited_s: float) -> None:
         """Nothing to settle before reading again: offsets are committed by the consumer."""
 
     def idle(self) -> None:
@@ -187,6 +193,8 @@ class ExactlyOnce:
         self.settings = settings
         self.consumer = consumer
         self.timeout_s = settings.transaction_call_timeout_s
+        self.pending_clears = 0
+        self._cleared_at = -math.inf
         self._producer: Producer | None = None
         self._producer = self._new_producer()
 
@@ -205,16 +213,25 @@ class ExactlyOnce:
             },
         )
         deadline = time.monotonic() + self.timeout_s
-        _bounded(prod.init_transactions, deadline, "init_transactions")
+        try:
+            _bounded(prod.init_transactions, deadline, "init_transactions")
+        except KafkaException as exc:
+            # Not kept: a producer left with a pending InitProducerId would fence the next one.
+            _release(exc)
+            del prod
+            raise
         return prod
 
     def _drop(self, why: object) -> None:
         log.error("rebuilding the transactional producer: %s", why)
         old, self._producer = self._producer, None
         if old is not None:
-            # What it still holds is part of a transaction that will not commit.
+            # What it still holds is part of a transaction that will not commit. Released
+            # here, its librdkafka instance is destroyed now: left to the garbage collector it
+            # would go on retrying the failed transaction's requests after the broker returns.
             with contextlib.suppress(KafkaException, RuntimeError):
                 old.purge(in_queue=True, in_flight=True)
+            del old
 
     def begin(self) -> None:
         self.producer.begin_transaction()
@@ -226,24 +243,29 @@ class ExactlyOnce:
 
     def commit(self, offsets: list[TopicPartition], starts: Offsets) -> None:
         del starts  # an aborted transaction rewinds to the current batch's own first offsets
-        prod = self.producer
         deadline = time.monotonic() + self.timeout_s
         try:
             meta = self.consumer.consumer_group_metadata()
-            _bounded(
-                lambda t: prod.send_offsets_to_transaction(offsets, meta, t),
-                deadline,
-                "send_offsets_to_transaction",
-            )
-            _bounded(prod.commit_transaction, deadline, "commit_transaction")
+            self._send_offsets(offsets, meta, deadline)
+            _bounded(self.producer.commit_transaction, deadline, "commit_transaction")
         except KafkaException as exc:
+            _release(exc)
             err = exc.args[0] if exc.args else None
             if isinstance(err, KafkaError) and err.txn_requires_abort() and not err.fatal():
                 if self._abort(deadline):
-                    raise RewindBatch(f"transaction aborted: {err}") from exc
+                    raise RewindBatch(f"transaction aborted: {err}") from None
             else:
                 self._drop(err)
-            raise RewindBatch(f"transaction outcome unknown: {err}", from_committed=True) from exc
+            raise RewindBatch(f"transaction outcome unknown: {err}", from_committed=True) from None
+
+    def _send_offsets(self, offsets: list[TopicPartition], meta: object, deadline: float) -> None:
+        # Through self.producer, not a local: no frame of a failed batch keeps a dropped
+        # producer (and its librdkafka threads, still retrying) alive.
+        _bounded(
+            lambda t: self.producer.send_offsets_to_transaction(offsets, meta, t),
+            deadline,
+            "send_offsets_to_transaction",
+        )
 
     def _abort(self, deadline: float) -> bool:
         """Abort the open transaction; False (and the producer dropped) if that fails."""
@@ -254,6 +276,8 @@ class ExactlyOnce:
             _bounded(prod.abort_transaction, deadline, "abort_transaction")
             return True
         except KafkaException as exc:
+            _release(exc)
+            del prod
             self._drop(f"abort failed: {exc}")
             return False
 
@@ -263,11 +287,47 @@ class ExactlyOnce:
     def idle(self) -> None:
         """Nothing waits between batches."""
 
-    def recover(self) -> None:
+    def recover(self, waited_s: float) -> None:
         """Before reading again from the committed offsets: a dropped producer is replaced now,
         since the new one's init_transactions is what fences the old one and settles its open
-        transaction, and until then the group's committed offsets are not stable."""
+        transaction, and until then the group's committed offsets are not stable.
+
+        If they stay unstable (waited_s past PENDING_CLEAR_AFTER_S), a transactional offset
+        commit of this instance's producer id is pending with no transaction left to settle
+        it: the broker took it after init_transactions had fenced the failed batch's
+        transaction (a request of the dropped producer, retried when the broker came back).
+        Only a transaction marker of that producer id clears it, so one empty transaction
+        that commits offsets for the assigned partitions is begun and aborted. Its abort
+        marker discards every pending offset commit of this producer id, and nothing of this
+        instance was waiting to commit: the batch that failed is read again from the
+        committed offsets. Another instance's pending commits are left as they are.
+        """
         _ = self.producer
+        now = time.monotonic()
+        if waited_s >= PENDING_CLEAR_AFTER_S and now - self._cleared_at >= PENDING_CLEAR_AFTER_S:
+            self._cleared_at = now
+            self._clear_pending()
+
+    def _clear_pending(self) -> None:
+        # The offsets are never committed (the transaction is aborted); any valid one will do.
+        parts = [TopicPartition(tp.topic, tp.partition, 0) for tp in self.consumer.assignment()]
+        if not parts:
+            return
+        log.warning(
+            "the group's committed offsets are still unstable: aborting an empty transaction "
+            "of this instance to clear its orphaned pending offset commits (%d partitions)",
+            len(parts),
+        )
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            self.producer.begin_transaction()
+            self._send_offsets(parts, self.consumer.consumer_group_metadata(), deadline)
+            _bounded(self.producer.abort_transaction, deadline, "abort_transaction")
+        except KafkaException as exc:
+            _release(exc)
+            self._drop(f"clearing pending offset commits failed: {exc}")
+            return
+        self.pending_clears += 1
 
     def abandon(self) -> None:
         """A batch failed before its commit: abort its transaction (or drop the producer)."""
@@ -277,6 +337,13 @@ class ExactlyOnce:
     def close(self) -> None:
         if self._producer is not None:
             self._producer.flush(min(self.timeout_s, 10.0))
+
+
+def _release(exc: BaseException) -> None:
+    """Clear the locals of the frames a failed call left in its traceback, so the producer
+    whose call failed is not kept alive by the exception (which a frame of its own traceback
+    refers back to, a cycle only the garbage collector would break)."""
+    traceback.clear_frames(exc.__traceback__)
 
 
 def _bounded(call: Callable[[float], object], deadline: float, what: str) -> None:
@@ -338,7 +405,7 @@ class InMemoryDelivery:
     def idle(self) -> None:
         """Nothing waits between batches."""
 
-    def recover(self) -> None:
+    def recover(self, waited_s: float) -> None:
         """Nothing to settle before reading again."""
 
     def abandon(self) -> None:

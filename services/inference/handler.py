@@ -124,8 +124,8 @@ class InferenceHandler:
     def idle(self) -> None:
         self._delivery().idle()
 
-    def recover(self) -> None:
-        self._delivery().recover()
+    def recover(self, waited_s: float) -> None:
+        self._delivery().recover(waited_s)
 
     def abandon(self) -> None:
         self._delivery().abandon()

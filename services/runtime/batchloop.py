@@ -80,8 +80,9 @@ class BatchHandler(Protocol[S_co]):
     def idle(self) -> None:
         """No batch was ready this poll (may raise RewindBatch)."""
 
-    def recover(self) -> None:
-        """Before the loop reads again from the group's committed offsets."""
+    def recover(self, waited_s: float) -> None:
+        """Before the loop reads again from the group's committed offsets; waited_s is how
+        long it has waited for them so far (0 at the first try)."""
 
     def abandon(self) -> None:
         """A batch failed with a Kafka error before its commit: drop what it left open."""
@@ -126,6 +127,7 @@ class BatchLoop(Generic[S]):
         self._lag_series: set[tuple[str, str]] = set()
         self._pending_rewind: Offsets | None = None
         self._from_committed = False
+        self._committed_wait_since = 0.0
 
     # Rebalance callbacks: they run inside consume(), between two batches.
 
@@ -243,6 +245,7 @@ class BatchLoop(Generic[S]):
             # Whether it committed is not known: the group's committed offsets will say.
             self._batcher.take()
             self._from_committed = True
+            self._committed_wait_since = time.monotonic()
         else:
             rewind = exc.rewind if isinstance(exc, RewindBatch) else None
             self._rewind(consumer, msgs, rewind)
@@ -253,7 +256,7 @@ class BatchLoop(Generic[S]):
         """Seek every assigned partition to the group's committed offset; False if unknown."""
         parts = [TopicPartition(t, p) for t, p in sorted(self.assigned)]
         try:
-            self.handler.recover()
+            self.handler.recover(time.monotonic() - self._committed_wait_since)
             committed = consumer.committed(parts, timeout=COMMITTED_TIMEOUT_S) if parts else []
         except KafkaException as exc:
             log.warning("committed offsets not available yet: %s", exc)

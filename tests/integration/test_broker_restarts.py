@@ -51,6 +51,23 @@ RESUME_TIMEOUT_S = 150.0
 RATE = 100  # windows per second, streamed through every restart
 
 
+def _excerpt(log: Path, lines: int = 40) -> str:
+    """The consumer log's last lines with repeats folded, so a failure shows what led to it
+    and not only the same warning forty times."""
+    folded: list[tuple[str, str, int]] = []  # (message, first line, times)
+    for line in log.read_text().splitlines():
+        if " DEBUG " in line:
+            continue
+        message = line.split(" ", 2)[-1]  # without the date and time
+        if folded and folded[-1][0] == message:
+            folded[-1] = (message, folded[-1][1], folded[-1][2] + 1)
+        else:
+            folded.append((message, line, 1))
+    return "\n".join(
+        first if n == 1 else f"{first}  [{n} times]" for _, first, n in folded[-lines:]
+    )
+
+
 def test_exactly_once_survives_broker_kills_with_nothing_lost_repeated_or_hung(
     tiny_sensor_model: object, tmp_path: Path
 ) -> None:
@@ -111,7 +128,7 @@ def test_exactly_once_survives_broker_kills_with_nothing_lost_repeated_or_hung(
         streamer = threading.Thread(target=stream, daemon=True)
         streamer.start()
         seen = _count_visible(kafka, kafka.topics.inference_results, 300, timeout_s=90)
-        assert seen >= 300, f"no results before the first kill:\n{log.read_text()[-3000:]}"
+        assert seen >= 300, f"no results before the first kill:\n{_excerpt(log)}"
 
         outages: list[float] = []
         scored = seen
@@ -123,9 +140,7 @@ def test_exactly_once_survives_broker_kills_with_nothing_lost_repeated_or_hung(
             time.sleep(2.0 + (i % 3))  # the consumer meets the outage mid-transaction
             stack.up()
             outages.append(time.monotonic() - down)
-            assert consumer.poll() is None, (
-                f"consumer died after kill {i + 1}:\n{log.read_text()[-3000:]}"
-            )
+            assert consumer.poll() is None, f"consumer died after kill {i + 1}:\n{_excerpt(log)}"
             if GAP_S is None:
                 # The next kill comes once the consumer commits again: each kill tests a
                 # recovery, not a kill landing in the middle of the last one's.
@@ -139,7 +154,7 @@ def test_exactly_once_survives_broker_kills_with_nothing_lost_repeated_or_hung(
                 )
                 assert scored >= target, (
                     f"nothing committed {RESUME_TIMEOUT_S:.0f} s after the broker came back "
-                    f"from kill {i + 1} ({scored} results):\n{log.read_text()[-3000:]}"
+                    f"from kill {i + 1} ({scored} results):\n{_excerpt(log)}"
                 )
             else:
                 time.sleep(GAP_S)
@@ -157,14 +172,14 @@ def test_exactly_once_survives_broker_kills_with_nothing_lost_repeated_or_hung(
             f"{len(truth)} windows sent, {len(records)} results: {len(lost)} lost, "
             f"{duplicated} duplicated"
         )
-        assert not lost, f"{len(lost)} events lost\n{log.read_text()[-3000:]}"
+        assert not lost, f"{len(lost)} events lost\n{_excerpt(log)}"
         assert duplicated == 0, f"{duplicated} results repeated under exactly-once"
 
         stopping = time.monotonic()
         consumer.send_signal(signal.SIGTERM)
         rc = consumer.wait(timeout=30)
         print(f"SIGTERM honoured in {time.monotonic() - stopping:.1f} s")
-        assert rc == 0, log.read_text()[-3000:]
+        assert rc == 0, _excerpt(log)
         consumer = None
     finally:
         if consumer is not None:
