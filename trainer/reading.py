@@ -30,7 +30,6 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     Message,
-    Producer,
     TopicPartition,
 )
 
@@ -40,7 +39,7 @@ from driftline.schemas.messages import DriftSignal
 from driftline.schemas.topics import TRAINING_WINDOWS
 from driftline.services.runtime import registry
 from driftline.services.runtime.deadletters import describe, dlq_record
-from driftline.services.runtime.kafka import DeliveryTracker, flush_or_raise
+from driftline.services.runtime.kafka import Record, send_all
 from driftline.trainer.dataset import Example
 from driftline.trainer.inputs import decode_labelled
 from driftline.trainer.metrics import TrainerMetrics
@@ -151,7 +150,7 @@ class WindowReader:
 
     # -- consuming ---------------------------------------------------------------------------
 
-    def process(self, consumer: Consumer, producer: Producer, msgs: list[Message]) -> None:
+    def process(self, consumer: Consumer, msgs: list[Message]) -> None:
         """Buffer a batch's labelled windows, take its drift signals, dead-letter the rest."""
         letters: list[tuple[Message, dl.CodecError]] = []
         advanced: dict[int, int] = {}
@@ -196,7 +195,7 @@ class WindowReader:
                     state.new_labels += 1
             advanced[partition] = max(advanced.get(partition, -1), offset + 1)
         if letters:
-            self._dead_letter(producer, letters)
+            self._dead_letter(letters)
         # Dead letters of these offsets are acknowledged: record how far dead-lettering got.
         commits = [
             TopicPartition(self.source, p, o)
@@ -211,22 +210,20 @@ class WindowReader:
             self.caught_up.set()
             log.info("caught up: %s", buffer_text(self.states.values()))
 
-    def _dead_letter(
-        self, producer: Producer, letters: list[tuple[Message, dl.CodecError]]
-    ) -> None:
-        tracker = DeliveryTracker()
+    def _dead_letter(self, letters: list[tuple[Message, dl.CodecError]]) -> None:
+        """Write a batch's dead letters, acknowledged, before its offsets are committed.
+
+        Through `send_all`: a producer that goes fatal is replaced and the letters are sent
+        again (a copy may repeat, none is lost); what still fails raises, and the trainer
+        stops with the batch uncommitted, to read it again when it restarts.
+        """
+        records: list[Record] = []
         for msg, exc in letters:
             rec = dlq_record(msg, exc, self.settings.service_name)
-            producer.produce(
-                self.dlq_topic,
-                key=rec.key,
-                value=rec.value,
-                headers=rec.headers,
-                on_delivery=tracker,
-            )
+            records.append((rec.key, rec.value, rec.headers))
             self.metrics.dead_letters.labels(self.source, exc.error_class).inc()
             log.warning(describe(rec.envelope))
-        flush_or_raise(producer, tracker)
+        send_all(self.settings.kafka, self.dlq_topic, records)
 
     def _on_signal(self, msg: Message) -> None:
         try:

@@ -25,7 +25,6 @@ from driftline.services.core.triggers import TRIGGER_MANUAL, decide
 from driftline.services.runtime import metrics as m
 from driftline.services.runtime import registry
 from driftline.services.runtime.artifacts import FsspecArtifactStore
-from driftline.services.runtime.kafka import producer
 from driftline.trainer.dataset import TrainingBuffer
 from driftline.trainer.fit import EpochReport
 from driftline.trainer.metrics import TrainerMetrics
@@ -108,7 +107,6 @@ class TrainerService:
                 }
             )
         )
-        dlq_producer = producer(self.settings.kafka)
         last_status = time.monotonic()
         try:
             snapshot = registry.read_snapshot(
@@ -122,7 +120,7 @@ class TrainerService:
                     self.health.tick()
                 msgs = consumer.consume(BATCH, timeout=self.settings.poll_timeout_s)
                 if msgs:
-                    self.reader.process(consumer, dlq_producer, msgs)
+                    self.reader.process(consumer, msgs)
                 self._collect()
                 self._maybe_train()
                 self._update_gauges()
@@ -139,7 +137,6 @@ class TrainerService:
                     state.worker.join(timeout=60)
             self._collect()
             consumer.close()
-            dlq_producer.flush(10)
         return self.outcomes
 
     def _idle(self) -> bool:

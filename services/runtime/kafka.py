@@ -187,7 +187,7 @@ def flush_or_raise(prod: Producer, tracker: DeliveryTracker, timeout_s: float = 
 
 
 # (key, value, headers) of one record
-Record = tuple[str | bytes | None, bytes, list[tuple[str, str | bytes | None]]]
+Record = tuple[str | bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]
 
 
 class FatalProducerError(KafkaException):
