@@ -31,6 +31,7 @@ class InferenceConsumer:
             topics=[self.handler.source],
             policy=BatchPolicy(settings.batch_size, settings.batch_wait_s),
             statistics_interval_ms=settings.statistics_interval_ms,
+            session_timeout_ms=settings.session_timeout_ms,
         )
         self.loop = BatchLoop(
             config, self.handler, LoopMetrics(metrics.batch_failures, metrics.consumer_lag), health

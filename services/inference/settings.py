@@ -57,6 +57,13 @@ class InferenceSettings(DriftlineSettings):
         description="ed25519 public key (PEM text or a path): refuse unsigned or forged versions",
     )
     statistics_interval_ms: int = Field(default=5000, ge=0, description="librdkafka stats (lag)")
+    session_timeout_ms: int = Field(
+        default=6000,
+        ge=1000,
+        description="A killed instance's partitions go to the others this long after its last "
+        "heartbeat (sent by librdkafka's own thread, not the batch loop); the broker's "
+        "group.min.session.timeout.ms (6 s by default) is the floor",
+    )
     service_name: str = "inference"
 
     @property

@@ -1,4 +1,4 @@
-"""Run a real single-node Kafka (KRaft) and Redis locally, without Docker, for dev and CI."""
+"""Run a real Kafka (KRaft; one node or a cluster) and Redis locally, without Docker."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from driftline.services.localstack.kafka import (
 )
 from driftline.services.localstack.paths import default_data_dir, deploy_dir
 from driftline.services.localstack.ports import HOST, StackPorts, free_port
-from driftline.services.localstack.stack import LocalStack, Service, StackStatus
+from driftline.services.localstack.stack import LocalStack, StackStatus
 
 __all__ = [
     "HOST",
@@ -29,7 +29,6 @@ __all__ = [
     "LocalStack",
     "PortInUseError",
     "PrerequisiteMissing",
-    "Service",
     "StackPorts",
     "StackStartError",
     "StackStatus",

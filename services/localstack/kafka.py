@@ -138,7 +138,7 @@ def ensure_jars(jar_cache: Path, log: Callable[[str], None]) -> Path:
     return jar_cache
 
 
-def _kafka_cluster_id() -> str:
+def new_cluster_id() -> str:
     """A Kafka-style cluster id: a url-safe base64 uuid4 without padding (22 chars)."""
     while True:
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
@@ -159,7 +159,13 @@ def check_scram_users(users: tuple[tuple[str, str], ...]) -> None:
 
 @dataclass(frozen=True)
 class KafkaNode:
-    """The single combined broker+controller Kafka of one stack data dir.
+    """One combined broker+controller Kafka node of a stack data dir.
+
+    A single-node stack (``voters`` empty) runs a dynamic (KIP-853) quorum of one, formatted
+    with ``--standalone``. A cluster gives every node the static quorum ``voters`` ((node id,
+    controller port) of each node), so three nodes elect a controller among themselves and
+    survive the loss of any one; internal topics are then replicated three times with
+    ``min.insync.replicas=2``.
 
     With ``scram_users`` and a ``StackPorts.sasl`` port, a SASL_PLAINTEXT listener with
     SCRAM-SHA-512 runs beside the PLAINTEXT one (which inter-broker and controller traffic keep,
@@ -172,6 +178,12 @@ class KafkaNode:
     log: Callable[[str], None]
     scram_users: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # passwords
     acl_super_users: tuple[str, ...] | None = None
+    node_id: int = 1
+    voters: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def cluster_size(self) -> int:
+        return max(1, len(self.voters))
 
     @property
     def server_properties(self) -> Path:
@@ -191,7 +203,8 @@ class KafkaNode:
 
     @property
     def pid_file(self) -> PidFile:
-        return PidFile("kafka", self.data_dir / "kafka.pid", self.is_ours)
+        name = f"kafka node {self.node_id}" if self.voters else "kafka"
+        return PidFile(name, self.data_dir / "kafka.pid", self.is_ours)
 
     def is_ours(self, pid: int) -> bool:
         """True if pid runs kafka.Kafka with this data dir's server.properties."""
@@ -231,25 +244,34 @@ class KafkaNode:
         }
 
     def write_server_properties(self, ports: StackPorts) -> None:
+        replicas = str(min(3, self.cluster_size))
+        min_isr = "2" if self.cluster_size >= 3 else "1"
+        if self.voters:
+            quorum = {
+                "controller.quorum.voters": ",".join(
+                    f"{node}@{HOST}:{port}" for node, port in self.voters
+                )
+            }
+        else:  # a dynamic (KIP-853) quorum of one, initialised by `format --standalone`
+            quorum = {"controller.quorum.bootstrap.servers": f"{HOST}:{ports.controller}"}
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
+            "node.id": str(self.node_id),
             **self._security_properties(ports),
             "inter.broker.listener.name": "PLAINTEXT",
             "controller.listener.names": "CONTROLLER",
-            # Dynamic (KIP-853) quorum of one, initialised by `format --standalone`.
-            "controller.quorum.bootstrap.servers": f"{HOST}:{ports.controller}",
+            **quorum,
             "log.dirs": str(self.log_dir),
             "num.partitions": "1",
-            "default.replication.factor": "1",
-            "min.insync.replicas": "1",
-            "offsets.topic.replication.factor": "1",
+            "default.replication.factor": replicas,
+            "min.insync.replicas": min_isr,
+            "offsets.topic.replication.factor": replicas,
             "offsets.topic.num.partitions": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
             "transaction.state.log.num.partitions": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_isr,
             "auto.create.topics.enable": "false",
             "group.initial.rebalance.delay.ms": "0",
             "message.max.bytes": str(KAFKA_MESSAGE_MAX_BYTES),
@@ -277,9 +299,11 @@ class KafkaNode:
             f"{libdir}/*",
         ]
 
-    def _format_storage(self, java: str, libdir: Path) -> None:
-        cluster_id = _kafka_cluster_id()
-        self.log(f"localstack: formatting Kafka storage (cluster id {cluster_id})")
+    def _format_storage(self, java: str, libdir: Path, cluster_id: str | None) -> None:
+        cluster_id = cluster_id or new_cluster_id()
+        self.log(
+            f"localstack: formatting Kafka storage of node {self.node_id} (cluster id {cluster_id})"
+        )
         cmd = [
             *self._java_base(java, libdir),
             _STORAGE_TOOL,
@@ -288,8 +312,9 @@ class KafkaNode:
             cluster_id,
             "-c",
             str(self.server_properties),
-            "--standalone",
         ]
+        if not self.voters:
+            cmd.append("--standalone")
         check_scram_users(self.scram_users)
         # Local dev and CI only: the passwords are briefly visible in this tool's command line.
         for name, password in self.scram_users:
@@ -302,18 +327,26 @@ class KafkaNode:
                 + "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
             )
 
-    def start(self, java: str, libdir: Path, ports: StackPorts) -> None:
-        """Write the config, format storage on first start, spawn Kafka and record its pid."""
+    def start(
+        self, java: str, libdir: Path, ports: StackPorts, cluster_id: str | None = None
+    ) -> None:
+        """Write the config, format storage on first start, spawn Kafka and record its pid.
+
+        ``ports`` are this node's own (StackPorts.node); every node of a cluster is formatted
+        with the same ``cluster_id``.
+        """
         self.server_log.parent.mkdir(parents=True, exist_ok=True)
         self.write_server_properties(ports)
         if not (self.log_dir / "meta.properties").is_file():
-            self._format_storage(java, libdir)
+            self._format_storage(java, libdir, cluster_id)
         cmd = [*self._java_base(java, libdir), _KAFKA_MAIN, str(self.server_properties)]
         pid = spawn(cmd, self.stdout, cwd=self.data_dir)
         self.pid_file.write(pid)
         sasl = f", SASL/SCRAM on {HOST}:{ports.sasl}" if ports.sasl is not None else ""
+        node = f" node {self.node_id}" if self.voters else ""
         self.log(
-            f"localstack: started Kafka {KAFKA_VERSION} (pid {pid}) on {HOST}:{ports.kafka}{sasl}"
+            f"localstack: started Kafka {KAFKA_VERSION}{node} (pid {pid}) on "
+            f"{HOST}:{ports.kafka}{sasl}"
         )
 
 
@@ -326,8 +359,9 @@ def make_admin(bootstrap: str) -> AdminClient | None:
     return AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 2000})
 
 
-def broker_ready(admin: AdminClient | None, server_log: Path) -> bool:
-    """Metadata answered with >= 1 broker (or, without confluent_kafka, the broker logged up)."""
+def broker_ready(admin: AdminClient | None, server_log: Path, brokers: int = 1) -> bool:
+    """Metadata answered with every broker (or, without confluent_kafka, the broker logged
+    up)."""
     if admin is None:
         try:
             text = server_log.read_text(encoding="utf-8", errors="replace")
@@ -338,4 +372,4 @@ def broker_ready(admin: AdminClient | None, server_log: Path) -> bool:
         metadata = admin.list_topics(timeout=2)
     except Exception:  # KafkaException while the broker is still starting
         return False
-    return len(metadata.brokers) >= 1
+    return len(metadata.brokers) >= brokers

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from driftline.services.localstack.errors import PortInUseError, StackStartError
 from driftline.services.localstack.kafka import (
@@ -20,6 +20,7 @@ from driftline.services.localstack.kafka import (
     ensure_jars,
     find_java,
     make_admin,
+    new_cluster_id,
 )
 from driftline.services.localstack.ports import (
     ENV_CONTROLLER_PORT,
@@ -42,8 +43,6 @@ from driftline.services.localstack.redis import RedisNode, find_redis_server, re
 if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient
 
-Service = Literal["kafka", "redis"]
-
 _DEFAULT_PORTS = StackPorts()
 
 
@@ -60,6 +59,8 @@ class StackStatus:
     data_dir: Path
     # host:port of the SASL_PLAINTEXT (SCRAM-SHA-512) listener, when the stack has one.
     sasl_bootstrap_servers: str | None = None
+    # Every Kafka node's pid (None: not running), node 1 first; kafka_pid is node 1's.
+    kafka_pids: tuple[int | None, ...] = ()
 
     @property
     def running(self) -> bool:
@@ -67,7 +68,12 @@ class StackStatus:
 
 
 class LocalStack:
-    """A local single-node Kafka (KRaft, combined broker+controller) and Redis server.
+    """A local Kafka (KRaft, combined broker+controller nodes) and Redis server.
+
+    One Kafka node by default; ``StackPorts.with_brokers(3)`` makes a three-node cluster on
+    loopback (static controller quorum of the three, topics replicated three times with
+    ``min.insync.replicas=2``), node 1 in ``data_dir`` and nodes 2 and 3 in
+    ``data_dir/node-2`` and ``data_dir/node-3``.
 
     Everything lives in ``data_dir``: configs, Kafka log dirs, Redis dir, logs, pid files and
     ``stack.json`` (the ports of the last started stack). Processes are started detached, so
@@ -99,9 +105,25 @@ class LocalStack:
         self.ports = ports
         self.jar_cache = (jar_cache if jar_cache is not None else default_jar_cache()).resolve()
         self._log = log
-        supers = tuple(acl_super_users) if acl_super_users is not None else None
-        self._kafka = KafkaNode(self.data_dir, log, users, supers)
+        self._users = users
+        self._supers = tuple(acl_super_users) if acl_super_users is not None else None
+        self._kafka = self._nodes(ports)[0]
         self._redis = RedisNode(self.data_dir, log)
+
+    def _nodes(self, ports: StackPorts) -> list[KafkaNode]:
+        """The Kafka nodes of a stack with these ports, node 1 first."""
+        voters = tuple(enumerate(ports.controller_ports, start=1)) if ports.brokers > 1 else ()
+        return [
+            KafkaNode(
+                self.data_dir if i == 0 else self.data_dir / f"node-{i + 1}",
+                self._log,
+                self._users,
+                self._supers,
+                node_id=i + 1,
+                voters=voters,
+            )
+            for i in range(ports.brokers)
+        ]
 
     # ---- paths
 
@@ -129,9 +151,6 @@ class LocalStack:
     def redis_log(self) -> Path:
         return self._redis.log_file
 
-    def _pid_file(self, service: Service) -> PidFile:
-        return self._kafka.pid_file if service == "kafka" else self._redis.pid_file
-
     @property
     def _stack_json(self) -> Path:
         return self.data_dir / "stack.json"
@@ -139,54 +158,85 @@ class LocalStack:
     # ---- public API
 
     def up(self, timeout_s: float = 120.0) -> StackStatus:
-        """Start whatever part of the stack is not running; return once both answer.
+        """Start whatever part of the stack is not running; return once all of it answers.
 
-        Idempotent: if Kafka and Redis from this data dir already run, only returns their
-        status. ``timeout_s`` bounds the wait for readiness (not the one-off jar download or
-        redis-server install). Raises PrerequisiteMissing, PortInUseError or StackStartError.
+        Idempotent: if every Kafka node and Redis from this data dir already run, only returns
+        their status; a node that was stopped or killed is started again. ``timeout_s`` bounds
+        the wait for readiness (not the one-off jar download or redis-server install). Raises
+        PrerequisiteMissing, PortInUseError or StackStartError.
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self._lock():
-            kafka_pid = self._kafka.pid_file.running_pid()
-            redis_pid = self._redis.pid_file.running_pid()
             recorded = self._recorded_ports()
-            if kafka_pid is not None and redis_pid is not None:
+            self._check_same_cluster(recorded)
+            redis_pid = self._redis.pid_file.running_pid()
+            running = [n.pid_file.running_pid() for n in self._nodes(recorded or self.ports)]
+            if all(running) and redis_pid is not None:
                 return self._status(recorded or self.ports)
             # A half-running stack keeps its recorded ports; a stopped one takes ours.
-            ports = recorded if (recorded and (kafka_pid or redis_pid)) else self.ports
+            half = any(running) or redis_pid is not None
+            ports = recorded if (recorded and half) else self.ports
+            nodes = self._nodes(ports)
+            missing = [i for i, n in enumerate(nodes) if n.pid_file.running_pid() is None]
 
             java: str | None = None
             libdir: Path | None = None
             redis_server: str | None = None
-            if kafka_pid is None:
+            if missing:
                 java = find_java()
                 libdir = ensure_jars(self.jar_cache, self._log)
             if redis_pid is None:
                 redis_server = find_redis_server(self._log)
-            self._check_ports(ports, kafka=kafka_pid is None, redis=redis_pid is None)
+            self._check_ports(ports, nodes=missing, redis=redis_pid is None)
             write_atomic(self._stack_json, json.dumps({"ports": ports.to_json()}, indent=2))
+            cluster_id = self._cluster_id() if ports.brokers > 1 else None
 
-            started: list[Service] = []
+            started: list[PidFile] = []
             try:
                 deadline = time.monotonic() + timeout_s
                 if java is not None and libdir is not None:
-                    self._kafka.start(java, libdir, ports)
-                    started.append("kafka")
+                    for i in missing:
+                        nodes[i].start(java, libdir, ports.node(i), cluster_id)
+                        started.append(nodes[i].pid_file)
                 if redis_server is not None:
                     self._redis.start(redis_server, ports)
-                    started.append("redis")
-                self._wait_ready(ports, deadline)
+                    started.append(self._redis.pid_file)
+                self._wait_ready(ports, nodes, deadline)
             except BaseException:
                 if started:
-                    self._log(f"localstack: stopping {' and '.join(started)} after failed start")
-                    self._stop(started, timeout_s=15.0)
+                    names = ", ".join(f.service for f in started)
+                    self._log(f"localstack: stopping {names} after failed start")
+                    stop(started, 15.0, self._log)
                 raise
             status = self._status(ports)
+            pids = ", ".join(str(pid) for pid in status.kafka_pids)
             self._log(
-                f"localstack: up (kafka {status.bootstrap_servers} pid {status.kafka_pid}, "
+                f"localstack: up (kafka {status.bootstrap_servers} pid {pids}, "
                 f"redis {status.redis_url} pid {status.redis_pid}, data {self.data_dir})"
             )
             return status
+
+    def _check_same_cluster(self, recorded: StackPorts | None) -> None:
+        """Refuse to turn a data dir's stack into one of another size: node 1's storage is
+        formatted for the quorum it was first started with."""
+        if recorded is None or recorded.brokers == self.ports.brokers:
+            return
+        if (self._kafka.log_dir / "meta.properties").is_file():
+            raise StackStartError(
+                f"{self.data_dir} holds a {recorded.brokers}-broker stack, not "
+                f"{self.ports.brokers}: run `driftline stack down`, then remove that folder "
+                "or choose another --data-dir"
+            )
+
+    def _cluster_id(self) -> str:
+        """One cluster id for every node of a cluster, kept beside the nodes' data."""
+        path = self.data_dir / "cluster.id"
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            cid = new_cluster_id()
+            write_atomic(path, cid + "\n")
+            return cid
 
     def prepare(self) -> None:
         """Install what up() needs without starting anything: Java check, jars, redis-server."""
@@ -195,11 +245,26 @@ class LocalStack:
         find_redis_server(self._log)
 
     def down(self, timeout_s: float = 30.0) -> None:
-        """Stop the processes recorded by up(); SIGKILL whatever outlives ``timeout_s``."""
+        """Stop the processes recorded by up(), every Kafka node and Redis; SIGKILL whatever
+        outlives ``timeout_s``."""
         if not self.data_dir.is_dir():
             return
         with self._lock():
-            self._stop(["kafka", "redis"], timeout_s=timeout_s)
+            files = [n.pid_file for n in self._nodes(self._recorded_ports() or self.ports)]
+            known = {f.path for f in files}
+            for extra in sorted(self.data_dir.glob("node-*/kafka.pid")):
+                if extra not in known:  # a node of an earlier, larger stack in this dir
+                    node = KafkaNode(extra.parent, self._log)
+                    files.append(node.pid_file)
+            stop([*files, self._redis.pid_file], timeout_s, self._log)
+
+    def stop_node(self, node_id: int, timeout_s: float = 30.0) -> None:
+        """Stop one Kafka node (SIGTERM, then SIGKILL after ``timeout_s``); up() restarts it."""
+        nodes = self._nodes(self._recorded_ports() or self.ports)
+        if not 1 <= node_id <= len(nodes):
+            raise ValueError(f"node {node_id}: this stack has nodes 1..{len(nodes)}")
+        with self._lock():
+            stop([nodes[node_id - 1].pid_file], timeout_s, self._log)
 
     def status(self) -> StackStatus:
         """Current state, with the ports from stack.json when a stack was started here."""
@@ -219,26 +284,20 @@ class LocalStack:
     def _recorded_ports(self) -> StackPorts | None:
         try:
             data = json.loads(self._stack_json.read_text(encoding="utf-8"))
-            raw = data["ports"]
-            sasl = raw.get("sasl")
-            return StackPorts(
-                kafka=int(raw["kafka"]),
-                controller=int(raw["controller"]),
-                redis=int(raw["redis"]),
-                sasl=int(sasl) if sasl is not None else None,
-            )
+            return StackPorts.from_json(data["ports"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def _status(self, ports: StackPorts) -> StackStatus:
-        kafka_pid = self._kafka.pid_file.running_pid()
+        pids = tuple(n.pid_file.running_pid() for n in self._nodes(ports))
         redis_pid = self._redis.pid_file.running_pid()
         return StackStatus(
-            kafka_pid=kafka_pid,
-            kafka_running=kafka_pid is not None,
+            kafka_pid=pids[0],
+            kafka_running=all(pid is not None for pid in pids),
             redis_pid=redis_pid,
             redis_running=redis_pid is not None,
-            bootstrap_servers=f"{HOST}:{ports.kafka}",
+            bootstrap_servers=",".join(f"{HOST}:{port}" for port in ports.kafka_ports),
+            kafka_pids=pids,
             redis_url=f"redis://{HOST}:{ports.redis}/0",
             data_dir=self.data_dir,
             sasl_bootstrap_servers=f"{HOST}:{ports.sasl}" if ports.sasl is not None else None,
@@ -246,14 +305,20 @@ class LocalStack:
 
     # ---- lifecycle
 
-    def _check_ports(self, ports: StackPorts, *, kafka: bool, redis: bool) -> None:
+    def _check_ports(self, ports: StackPorts, *, nodes: Sequence[int], redis: bool) -> None:
         wanted: list[tuple[str, int, str]] = []
-        if kafka:
+        for i in nodes:
+            node = "" if ports.brokers == 1 else f" node {i + 1}"
+            first = i == 0
             wanted += [
-                ("Kafka", ports.kafka, ENV_KAFKA_PORT),
-                ("Kafka controller", ports.controller, ENV_CONTROLLER_PORT),
+                (f"Kafka{node}", ports.kafka_ports[i], ENV_KAFKA_PORT if first else ""),
+                (
+                    f"Kafka{node} controller",
+                    ports.controller_ports[i],
+                    ENV_CONTROLLER_PORT if first else "",
+                ),
             ]
-            if ports.sasl is not None:
+            if first and ports.sasl is not None:
                 wanted.append(("Kafka SASL", ports.sasl, ""))
         if redis:
             wanted.append(("Redis", ports.redis, ENV_REDIS_PORT))
@@ -266,20 +331,22 @@ class LocalStack:
                     f"LocalStack(ports=StackPorts(...)))"
                 )
 
-    def _wait_ready(self, ports: StackPorts, deadline: float) -> None:
+    def _wait_ready(self, ports: StackPorts, nodes: Sequence[KafkaNode], deadline: float) -> None:
         kafka_ready = redis_ready = False
         admin: AdminClient | None = None
         probe_made = False
+        bootstrap = ",".join(f"{HOST}:{port}" for port in ports.kafka_ports)
         while True:
             if not redis_ready:
-                self._raise_if_dead("redis", self._redis.stdout, self.redis_log)
+                self._raise_if_dead(self._redis.pid_file, self._redis.stdout, self.redis_log)
                 redis_ready = redis_ping(ports.redis)
             if not kafka_ready:
-                self._raise_if_dead("kafka", self.kafka_stdout, self.kafka_server_log)
-                if port_accepts(ports.kafka):
+                for node in nodes:
+                    self._raise_if_dead(node.pid_file, node.stdout, node.server_log)
+                if any(port_accepts(port) for port in ports.kafka_ports):
                     if not probe_made:
-                        admin, probe_made = make_admin(f"{HOST}:{ports.kafka}"), True
-                    kafka_ready = broker_ready(admin, self.kafka_server_log)
+                        admin, probe_made = make_admin(bootstrap), True
+                    kafka_ready = broker_ready(admin, self.kafka_server_log, ports.brokers)
             if kafka_ready and redis_ready:
                 return
             if time.monotonic() > deadline:
@@ -288,19 +355,19 @@ class LocalStack:
                     for name, ready in (("Kafka", kafka_ready), ("Redis", redis_ready))
                     if not ready
                 ]
+                kafka_logs = "\n".join(
+                    f"--- node {node.node_id}:\n{tail(node.server_log)}" for node in nodes
+                )
                 raise StackStartError(
                     f"{' and '.join(pending)} not ready in time; last Kafka log lines:\n"
-                    f"{tail(self.kafka_server_log)}\n"
+                    f"{kafka_logs}\n"
                     f"last Redis log lines:\n{tail(self.redis_log)}"
                 )
             time.sleep(0.25)
 
-    def _raise_if_dead(self, service: Service, *logs: Path) -> None:
-        pid = self._pid_file(service).read()
+    def _raise_if_dead(self, pid_file: PidFile, *logs: Path) -> None:
+        pid = pid_file.read()
         if pid is not None and pid_alive(pid):
             return
         tails = "\n".join(f"--- {path}:\n{tail(path)}" for path in logs)
-        raise StackStartError(f"{service} (pid {pid}) exited during startup:\n{tails}")
-
-    def _stop(self, services: Sequence[Service], timeout_s: float) -> None:
-        stop([self._pid_file(service) for service in services], timeout_s, self._log)
+        raise StackStartError(f"{pid_file.service} (pid {pid}) exited during startup:\n{tails}")

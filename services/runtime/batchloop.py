@@ -106,6 +106,9 @@ class LoopConfig:
     topics: list[str]
     policy: BatchPolicy
     statistics_interval_ms: int = 0
+    # How soon the group gives a silent member's partitions to the others (librdkafka's
+    # background thread heartbeats every quarter of it); None: librdkafka's 45 s.
+    session_timeout_ms: int | None = None
 
 
 class BatchLoop(Generic[S]):
@@ -175,6 +178,9 @@ class BatchLoop(Generic[S]):
                 "statistics.interval.ms": self.config.statistics_interval_ms,
                 "stats_cb": self._on_stats,
             }
+        if self.config.session_timeout_ms is not None:
+            extra["session.timeout.ms"] = self.config.session_timeout_ms
+            extra["heartbeat.interval.ms"] = max(250, self.config.session_timeout_ms // 4)
         return Consumer(consumer_config(self.config.kafka, self.config.group_id, **extra))
 
     def run(self, stop: Callable[[], bool], on_batch: Callable[[S], None] | None = None) -> None:

@@ -69,19 +69,20 @@ def create_topics(
     """Create every topic of the table that is missing; returns (created, already there).
 
     Idempotent: an existing topic is left as it is (its partitions are never changed, since
-    that would move keys between partitions).
+    that would move keys between partitions). Replication follows `replication_plan`.
     """
     topics = Topics(kafka.topic_prefix)
     wanted = list(specs if specs is not None else all_specs(label_retention_ms))
     client = admin(kafka)
     # Fail in seconds, with the address, when no broker answers.
-    client.list_topics(timeout=min(timeout_s, 10.0))
+    brokers = len(client.list_topics(timeout=min(timeout_s, 10.0)).brokers)
+    replicas, min_isr = replication_plan(kafka, brokers)
     new = [
         NewTopic(
             topics.name(spec.base),
             num_partitions=partitions or spec.partitions,
-            replication_factor=-1,
-            config=spec.config(),
+            replication_factor=replicas,
+            config={**spec.config(), "min.insync.replicas": str(min_isr)},
         )
         for spec in wanted
     ]
@@ -98,6 +99,28 @@ def create_topics(
             else:
                 raise
     return created, existing
+
+
+def replication_plan(kafka: KafkaSettings, brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for new topics on a cluster of `brokers`.
+
+    By default 3 replicas and min ISR 2 on three brokers or more: acks=all producers then
+    survive one broker down without losing an acknowledged record. One broker gives 1 and 1:
+    nothing survives that broker's disk. Explicit settings are checked against the cluster.
+    """
+    replicas = kafka.replication_factor or (3 if brokers >= 3 else 1)
+    if replicas > brokers:
+        raise ValueError(
+            f"replication factor {replicas} needs at least {replicas} brokers; the cluster "
+            f"has {brokers}"
+        )
+    min_isr = kafka.min_insync_replicas or (2 if replicas >= 3 else 1)
+    if min_isr > replicas:
+        raise ValueError(
+            f"min.insync.replicas {min_isr} is more than the {replicas} replicas: no write "
+            "could ever be acknowledged"
+        )
+    return replicas, min_isr
 
 
 class DeliveryTracker:

@@ -40,6 +40,10 @@ class KafkaSettings(BaseModel):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_key_password: SecretStr | None = None
+    # Topic creation (`driftline topics create`); None: 3 replicas when the cluster has at
+    # least three brokers, else 1, and min.insync.replicas 2 with three replicas or more.
+    replication_factor: int | None = Field(default=None, ge=1)
+    min_insync_replicas: int | None = Field(default=None, ge=1)
 
     @property
     def topics(self) -> Topics:
