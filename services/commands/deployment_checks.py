@@ -65,6 +65,7 @@ def check_registry(
         fetch_trusted,
     )
     from driftline.services.runtime.reader import TopicMissing
+    from driftline.services.runtime.signing import SignatureError, key_id
 
     topic = kafka.topics.models_registry
     try:
@@ -76,6 +77,20 @@ def check_registry(
     except Exception as exc:  # a broker error or a read that stalls (TimeoutError)
         return [Finding("registry", topic, FAIL, f"not read: {exc}", "check the brokers and ACLs")]
     findings = []
+    if public_key is not None:
+        try:
+            key_id(public_key)
+        except (OSError, ValueError, SignatureError) as exc:
+            findings.append(
+                Finding(
+                    "registry",
+                    "public key",
+                    FAIL,
+                    f"cannot be read ({exc}); signatures were not checked",
+                    "give --public-key or DRIFTLINE_PUBLIC_KEY as PEM text or a PEM file's path",
+                )
+            )
+            public_key = None
     if snapshot.invalid:
         findings.append(
             Finding(
@@ -140,6 +155,8 @@ def _redacted(url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
+    if not netloc:  # unix:///path/to/socket
+        return f"{parts.scheme}://{parts.path}"
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 

@@ -272,3 +272,13 @@ def test_unreachable_redis_services_and_brokers_are_named(
     assert code == 1
     assert failing(lines)[0].startswith(f"FAIL  kafka {nobody}: no broker answered in 2.")
     assert not any(" topic " in line or "champion" in line for line in lines)
+
+
+def test_a_public_key_that_cannot_be_read_is_named(
+    deployment: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, lines = doctor(deployment, capsys, "--public-key", str(deployment.public_key) + ".gone")
+    assert code == 1
+    (bad,) = failing(lines)
+    assert bad.startswith("FAIL  registry public key: cannot be read ([Errno 2]")
+    assert sum("signature not checked" in line for line in lines) == len(MODALITIES)
