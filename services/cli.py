@@ -14,6 +14,7 @@ from driftline.services.commands import (
     bench,
     demo,
     dlq,
+    doctor,
     features,
     infer,
     models,
@@ -41,7 +42,20 @@ every setting also reads from the environment, prefix DRIFTLINE_, e.g.
 """
 
 
-COMMANDS = (stack, topics, simulate, infer, features, alerts, dlq, train, models, demo, bench)
+COMMANDS = (
+    stack,
+    topics,
+    doctor,
+    simulate,
+    infer,
+    features,
+    alerts,
+    dlq,
+    train,
+    models,
+    demo,
+    bench,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
