@@ -33,6 +33,37 @@ def _free_ports() -> StackPorts:
             return ports
 
 
+def cluster_ports() -> StackPorts:
+    """Free ports for a three-node cluster (LocalStack) and its Redis."""
+    while True:
+        kafka = [free_port() for _ in range(3)]
+        controllers = [free_port() for _ in range(3)]
+        redis = free_port()
+        if len({*kafka, *controllers, redis}) == 7:
+            return StackPorts(
+                kafka=kafka[0],
+                controller=controllers[0],
+                redis=redis,
+                more_kafka=tuple(kafka[1:]),
+                more_controllers=tuple(controllers[1:]),
+            )
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """A real three-node Kafka cluster and a Redis, started once for every test that asks
+    (tests/integration/test_cluster*.py); `stack.up()` restarts a node a test killed."""
+    stack = LocalStack(tmp_path_factory.mktemp("cluster"), cluster_ports())
+    stack.up(timeout_s=240)
+    try:
+        yield stack
+    finally:
+        pids = [pid for pid in stack.status().kafka_pids if pid is not None]
+        stack.down()
+        left = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+        assert not left, f"Kafka nodes still running after down: {left}"
+
+
 @pytest.fixture(scope="session")
 def endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
     bootstrap = os.environ.get("DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS")

@@ -1,7 +1,8 @@
 """A real three-node Kafka cluster (LocalStack with --brokers 3 on loopback), and faults on it.
 
-One cluster serves the whole module. Topics get 3 replicas and min.insync.replicas 2. The
-faults, each with results counted by event id through a read_committed reader:
+One cluster (the session fixture `cluster` of conftest.py) serves every cluster test. Topics
+get 3 replicas and min.insync.replicas 2. The faults, each with results counted by event id
+through a read_committed reader:
 - exactly-once: kill -9 the broker that leads a partition of inference.results mid-stream,
   start it again later: 0 lost, 0 duplicated; at-least-once: 0 lost, duplicates printed;
 - exactly-once: kill -9 one of three inference instances mid-stream: its partitions resume
@@ -19,7 +20,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 
 from driftline.schemas import codec
 from driftline.schemas.messages import InferenceResult
-from driftline.services.localstack import LocalStack, StackPorts, free_port
+from driftline.services.localstack import LocalStack
 from driftline.services.runtime.kafka import create_topics
 from driftline.services.runtime.settings import KafkaSettings
 from driftline.services.simulator import sensors
@@ -41,34 +41,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900
 
 PARTITIONS = 3
 RATE = 150  # sensor windows per second
-
-
-def _cluster_ports() -> StackPorts:
-    while True:
-        kafka = [free_port() for _ in range(3)]
-        controllers = [free_port() for _ in range(3)]
-        redis = free_port()
-        if len({*kafka, *controllers, redis}) == 7:
-            return StackPorts(
-                kafka=kafka[0],
-                controller=controllers[0],
-                redis=redis,
-                more_kafka=tuple(kafka[1:]),
-                more_controllers=tuple(controllers[1:]),
-            )
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    stack = LocalStack(tmp_path_factory.mktemp("cluster"), _cluster_ports())
-    stack.up(timeout_s=240)
-    try:
-        yield stack
-    finally:
-        pids = [pid for pid in stack.status().kafka_pids if pid is not None]
-        stack.down()
-        left = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
-        assert not left, f"Kafka nodes still running after down: {left}"
 
 
 def _kafka(stack: LocalStack) -> KafkaSettings:
