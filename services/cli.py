@@ -17,6 +17,7 @@ from driftline.services.commands import (
     features,
     infer,
     models,
+    schemas,
     simulate,
     stack,
     topics,
@@ -41,7 +42,20 @@ every setting also reads from the environment, prefix DRIFTLINE_, e.g.
 """
 
 
-COMMANDS = (stack, topics, simulate, infer, features, alerts, dlq, train, models, demo, bench)
+COMMANDS = (
+    stack,
+    topics,
+    simulate,
+    infer,
+    features,
+    alerts,
+    dlq,
+    train,
+    models,
+    demo,
+    bench,
+    schemas,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
