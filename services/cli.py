@@ -18,6 +18,7 @@ from driftline.services.commands import (
     features,
     infer,
     models,
+    schemas,
     simulate,
     stack,
     topics,
@@ -55,6 +56,7 @@ COMMANDS = (
     models,
     demo,
     bench,
+    schemas,
 )
 
 
