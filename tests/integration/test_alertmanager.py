@@ -175,3 +175,18 @@ def test_an_unhealthy_asset_fires_in_alertmanager_and_resolves_when_healthy_agai
         )
     finally:
         finish()
+
+
+def test_the_example_configuration_is_valid() -> None:
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.skip("amtool (Debian's prometheus-alertmanager) is not installed")
+    example = Path(__file__).parents[2] / "deploy" / "alertmanager" / "alertmanager.yml"
+    done = subprocess.run(
+        [amtool, "check-config", str(example)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -22,6 +22,9 @@ from driftline.services.alerts.alertmanager import (
 from driftline.services.alerts.handler import AlertsHandler
 from driftline.services.alerts.metrics import AlertsMetrics
 from driftline.services.alerts.settings import AlertsSettings
+from driftline.services.cli import build_parser, main
+from driftline.services.commands.alerts import FLAGS
+from driftline.services.commands.args import settings_from
 from driftline.services.core.alerting import RaisedAlert
 from driftline.services.runtime.settings import KafkaSettings
 from tests.unit.test_alert_deadletters import SlowEndpoint
@@ -234,3 +237,40 @@ def test_the_handler_re_sends_the_rules_active_alerts_from_its_idle_hook() -> No
 
 def test_no_alertmanager_url_no_path() -> None:
     assert service.alertmanager_for(AlertsSettings(kafka=KafkaSettings())) is None
+
+
+def test_a_bad_alertmanager_url_is_one_line_and_never_echoed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.setenv("DRIFTLINE_ALERTMANAGER_URL", "am.example:9093?token=hunter2")
+    assert main(["alerts"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("driftline alerts: DRIFTLINE_ALERTMANAGER_URL must be")
+    assert len(err.strip().splitlines()) == 1
+    assert "hunter2" not in err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["alerts", "--alertmanager-resend-s", "0"])
+    assert "must be a number of seconds > 0" in capsys.readouterr().err
+
+
+def test_the_flags_reach_the_settings() -> None:
+    ns = build_parser().parse_args(
+        ["alerts", "--alertmanager-url", "http://am:9093", "--alertmanager-resend-s", "15"]
+    )
+    settings = settings_from(AlertsSettings, ns, FLAGS)
+    assert settings.alertmanager_url is not None
+    assert settings.alertmanager_url.get_secret_value() == "http://am:9093"
+    assert settings.alertmanager_resend_s == 15
+
+
+def test_help_says_where_alerts_go_and_when_they_resolve(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["alerts", "--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--alertmanager-url" in text
+    assert "/api/v2/alerts" in text
+    assert "resolved when its asset's last n windows are healthy again" in text
