@@ -45,6 +45,13 @@ WEBHOOK_SKIPPED = "webhook_skipped"  # not attempted: the batch's webhook budget
 
 WEBHOOK_REASONS = (WEBHOOK_FAILED, WEBHOOK_REJECTED, WEBHOOK_SKIPPED)
 
+# The same three outcomes for Alertmanager (`driftline alerts --alertmanager-url`).
+ALERTMANAGER_FAILED = "alertmanager_failed"
+ALERTMANAGER_REJECTED = "alertmanager_rejected"
+ALERTMANAGER_SKIPPED = "alertmanager_skipped"
+
+ALERTMANAGER_REASONS = (ALERTMANAGER_FAILED, ALERTMANAGER_REJECTED, ALERTMANAGER_SKIPPED)
+
 MAX_MESSAGE_HEADER_CHARS = 1000
 
 
@@ -69,7 +76,8 @@ class CodecError(ValueError):
 
 @dataclass(frozen=True)
 class Undelivered:
-    """An alert the webhook did not take; `error_class` is one of WEBHOOK_REASONS."""
+    """An alert the webhook (or Alertmanager) did not take; `error_class` is one of
+    WEBHOOK_REASONS (ALERTMANAGER_REASONS)."""
 
     error_class: str
     message: str

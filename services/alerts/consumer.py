@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from driftline.services.alerts.alertmanager import AlertmanagerPath
 from driftline.services.alerts.handler import AlertsHandler, BatchStats
 from driftline.services.alerts.metrics import AlertsMetrics
 from driftline.services.alerts.settings import AlertsSettings
@@ -23,8 +24,9 @@ class AlertsConsumer:
         metrics: AlertsMetrics,
         webhook: WebhookSender | None = None,
         health: Health | None = None,
+        alertmanager: AlertmanagerPath | None = None,
     ) -> None:
-        self.handler = AlertsHandler(settings, metrics, webhook)
+        self.handler = AlertsHandler(settings, metrics, webhook, alertmanager)
         config = LoopConfig(
             kafka=settings.kafka,
             group_id=settings.effective_group_id,

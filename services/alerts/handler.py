@@ -2,9 +2,10 @@
 
 Delivery is at-least-once, one batch at a time: the batch's alerts and dead letters are
 produced and every delivery report checked, then each alert goes to the webhook (delivered,
-rejected, or failed after its retries: a webhook that stays down never holds the stream);
-each alert the webhook did not take (rejected, failed, or skipped once the batch's budget was
-spent) is produced to alerts.dlq with the reason and acknowledged, and only then are the input
+rejected, or failed after its retries: a webhook that stays down never holds the stream) and
+the batch's alert changes (raised, resolved) to Alertmanager in one POST; each alert the webhook
+or Alertmanager did not take (rejected, failed, or skipped once the batch's budget was spent)
+is produced to alerts.dlq with the reason and acknowledged, and only then are the input
 offsets committed: a crash before the commit replays the batch, so no alert vanishes. A
 failure before the commit undoes the batch's changes to the rule's state and seeks back, so
 the replay decides exactly as before and the alerts it produces again carry the same ids.
@@ -13,7 +14,7 @@ The rule's state lives in memory. So that a restart (or a partition moving here)
 each newly assigned partition is read from up to `replay_lookback` records before its
 committed offset: those records feed the state and produce nothing, since they were handled
 before. Given enough lookback, alerts after a crash are the ones the uninterrupted run would
-have raised, with the same ids.
+have raised, with the same ids, and the active alerts Alertmanager is re-sent are rebuilt too.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -31,7 +31,9 @@ from driftline.schemas import deadletter as dl
 from driftline.schemas import headers as h
 from driftline.schemas.messages import Alert, InferenceResult
 from driftline.schemas.topics import ALERTS, INFERENCE_RESULTS
+from driftline.services.alerts.alertmanager import AlertmanagerPath
 from driftline.services.alerts.metrics import AlertsMetrics
+from driftline.services.alerts.records import observation, placed, to_alert
 from driftline.services.alerts.settings import AlertsSettings
 from driftline.services.alerts.webhook import (
     DELIVERED,
@@ -40,7 +42,7 @@ from driftline.services.alerts.webhook import (
     SKIPPED,
     WebhookSender,
 )
-from driftline.services.core.alerting import SUPPRESSIONS, AlertEngine, Observation, RaisedAlert
+from driftline.services.core.alerting import RESOLVED, SUPPRESSIONS, AlertEngine, RaisedAlert
 from driftline.services.core.scoring import commit_offsets
 from driftline.services.runtime.batchloop import Offsets
 from driftline.services.runtime.deadletters import alert_dlq_record, describe, dlq_record
@@ -77,47 +79,8 @@ class BatchStats:
     # Where each alert landed on the alerts topic (alert id -> partition, offset).
     positions: dict[str, tuple[int, int]] = field(default_factory=dict)
     undelivered: Counter[str] = field(default_factory=Counter)
-
-
-def to_alert(raised: RaisedAlert) -> Alert:
-    return Alert(
-        alert_id=raised.alert_id,
-        asset_id=raised.asset_id,
-        severity=raised.severity,
-        reason=raised.reason,
-        predicted_class=raised.predicted_class,
-        evidence_event_ids=list(raised.evidence_event_ids),
-        model_name=raised.model_name,
-        model_version=raised.model_version,
-        raised_time_ms=raised.raised_time_ms,
-    )
-
-
-def observation(result: InferenceResult) -> Observation:
-    return Observation(
-        event_id=result.event_id,
-        asset_id=result.asset_id,
-        predicted_class=result.predicted_class,
-        confidence=result.confidence,
-        event_time_ms=result.event_time_ms,
-        model_name=result.model_name,
-        model_version=result.model_version,
-    )
-
-
-def _placed(
-    tracker: DeliveryTracker, positions: dict[str, tuple[int, int]], alert_id: str
-) -> Callable[[KafkaError | None, Message], None]:
-    """A delivery report that also notes where the alert landed (for its dead letter)."""
-
-    def report(err: KafkaError | None, msg: Message) -> None:
-        tracker(err, msg)
-        if err is None:
-            partition, offset = msg.partition(), msg.offset()
-            if partition is not None and offset is not None:
-                positions[alert_id] = (partition, offset)
-
-    return report
+    # The batch's alert changes in order, for Alertmanager: (alert, firing) raised or ended.
+    changes: list[tuple[RaisedAlert, bool]] = field(default_factory=list)
 
 
 class AlertsHandler:
@@ -128,10 +91,12 @@ class AlertsHandler:
         settings: AlertsSettings,
         metrics: AlertsMetrics,
         webhook: WebhookSender | None = None,
+        alertmanager: AlertmanagerPath | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.webhook = webhook
+        self.alertmanager = alertmanager
         topics = settings.kafka.topics
         self.source = topics.inference_results
         self.alerts_topic = topics.alerts
@@ -197,7 +162,20 @@ class AlertsHandler:
         return None
 
     def idle(self) -> None:
-        """Nothing waits between batches: each is committed before the next."""
+        """Nothing waits between batches (each is committed before the next); re-send the
+        active alerts to Alertmanager when that is due."""
+        self._resend_if_due()
+
+    def _resend_if_due(self) -> None:
+        am = self.alertmanager
+        if am is not None and am.resend_due():
+            am.resend(self.engine.active_alerts())
+            self._count_posts(am)
+
+    def _count_posts(self, am: AlertmanagerPath) -> None:
+        for (purpose, outcome), count in am.posts.items():
+            self.metrics.alertmanager_posts.labels(purpose, outcome).inc(count)
+        am.posts.clear()
 
     def recover(self, waited_s: float) -> None:
         """Nothing to settle before reading again."""
@@ -229,12 +207,15 @@ class AlertsHandler:
             stats = self._apply(prod, tracker, good)
             # Alerts and dead letters acknowledged: now the webhook, then the commit.
             flush_or_raise(prod, tracker, self.settings.flush_timeout_s)
+            undelivered = []
             if self.webhook is not None:
-                undelivered = self._call_webhook(self.webhook, stats)
-                if undelivered:
-                    # Acknowledged before the commit: a crash replays these, never loses them.
-                    self._dead_letter_alerts(prod, tracker, stats, undelivered)
-                    flush_or_raise(prod, tracker, self.settings.flush_timeout_s)
+                undelivered += self._call_webhook(self.webhook, stats)
+            if self.alertmanager is not None:
+                undelivered += self.alertmanager.deliver_batch(stats.changes, stats.alerts)
+            if undelivered:
+                # Acknowledged before the commit: a crash replays these, never loses them.
+                self._dead_letter_alerts(prod, tracker, stats, undelivered)
+                flush_or_raise(prod, tracker, self.settings.flush_timeout_s)
             offsets = commit_offsets(position(m) for m in good)
             committed = consumer.commit(
                 offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
@@ -251,6 +232,7 @@ class AlertsHandler:
             raise
         self.engine.commit()
         self._count(stats)
+        self._resend_if_due()
         return stats
 
     def _call_webhook(
@@ -294,7 +276,7 @@ class AlertsHandler:
         stats: BatchStats,
         undelivered: list[tuple[Alert, dl.Undelivered]],
     ) -> None:
-        """Each alert the webhook did not take onto alerts.dlq, with where it is on alerts."""
+        """Each alert not taken onto alerts.dlq, with where it is on the alerts topic."""
         for alert, reason in undelivered:
             partition, offset = stats.positions.get(alert.alert_id, (-1, -1))
             rec = alert_dlq_record(
@@ -329,14 +311,17 @@ class AlertsHandler:
             if replay:
                 continue
             stats.outcomes[decision.outcome] += 1
+            if decision.ended is not None:
+                stats.changes.append((decision.ended, False))
             if decision.alert is not None:
+                stats.changes.append((decision.alert, True))
                 alert = to_alert(decision.alert)
                 prod.produce(
                     self.alerts_topic,
                     key=alert.asset_id,
                     value=codec.encode(alert),
                     headers=h.AVRO,
-                    on_delivery=_placed(tracker, stats.positions, alert.alert_id),
+                    on_delivery=placed(tracker, stats.positions, alert.alert_id),
                 )
                 stats.alerts.append(alert)
                 stats.rules.append(decision.alert.rule)
@@ -372,6 +357,10 @@ class AlertsHandler:
         for outcome in SUPPRESSIONS:
             if stats.outcomes[outcome]:
                 m.suppressed.labels(outcome).inc(stats.outcomes[outcome])
+        if stats.outcomes[RESOLVED]:
+            m.resolved.inc(stats.outcomes[RESOLVED])
+        if self.alertmanager is not None:
+            self._count_posts(self.alertmanager)
         for outcome, count in stats.webhook.items():
             m.webhook_deliveries.labels(outcome).inc(count)
         for reason, count in stats.undelivered.items():

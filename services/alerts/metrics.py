@@ -10,8 +10,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from driftline.services.runtime.metrics import (
     ALERT_ASSETS_TRACKED,
+    ALERTMANAGER_POSTS,
     ALERTS_DEAD_LETTERED,
     ALERTS_RAISED,
+    ALERTS_RESOLVED,
     ALERTS_SUPPRESSED,
     BATCH_FAILURES,
     DEAD_LETTERS,
@@ -49,6 +51,11 @@ class AlertsMetrics:
             ["reason"],
             registry=registry,
         )
+        self.resolved = Counter(
+            ALERTS_RESOLVED,
+            "Active alerts resolved: their asset's last n windows all healthy again",
+            registry=registry,
+        )
         self.assets_tracked = Gauge(
             ALERT_ASSETS_TRACKED,
             "Assets whose recent windows the alert rule holds",
@@ -62,9 +69,16 @@ class AlertsMetrics:
         )
         self.dead_lettered = Counter(
             ALERTS_DEAD_LETTERED,
-            "Alerts the webhook did not take, put on alerts.dlq: webhook_failed, "
-            "webhook_rejected, webhook_skipped",
+            "Alerts the webhook or Alertmanager did not take, put on alerts.dlq: "
+            "webhook_failed, webhook_rejected, webhook_skipped, alertmanager_failed, ...",
             ["reason"],
+            registry=registry,
+        )
+        self.alertmanager_posts = Counter(
+            ALERTMANAGER_POSTS,
+            "POSTs to Alertmanager by purpose (batch: new and resolved alerts; resend: the "
+            "active ones) and outcome (delivered, rejected, failed, skipped)",
+            ["purpose", "outcome"],
             registry=registry,
         )
         self.webhook_retries = Counter(

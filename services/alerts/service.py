@@ -1,4 +1,5 @@
-"""`driftline alerts`: build the rule, the webhook and the metrics server, then run the loop."""
+"""`driftline alerts`: build the rule, the webhook, Alertmanager and the metrics server, then
+run the loop."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
+from driftline.services.alerts.alertmanager import AlertmanagerPath, AlertmanagerSender, api_url
 from driftline.services.alerts.consumer import AlertsConsumer
 from driftline.services.alerts.handler import BatchStats
 from driftline.services.alerts.metrics import AlertsMetrics
@@ -34,6 +36,28 @@ def webhook_for(
     )
 
 
+def alertmanager_for(
+    settings: AlertsSettings, post: HttpPost | None = None
+) -> AlertmanagerPath | None:
+    """The Alertmanager path of the settings, or None when no URL is configured."""
+    if settings.alertmanager_url is None:
+        return None
+    sender = AlertmanagerSender(
+        api_url(settings.alertmanager_url.get_secret_value()),
+        timeout_s=settings.alertmanager_timeout_s,
+        retries=settings.alertmanager_retries,
+        backoff_base_s=settings.webhook_backoff_base_s,
+        backoff_max_s=settings.webhook_backoff_max_s,
+        post=post,
+    )
+    return AlertmanagerPath(
+        sender,
+        resend_s=settings.alertmanager_resend_s,
+        budget_s=settings.alertmanager_batch_budget_s,
+        generator_url=settings.alertmanager_generator_url,
+    )
+
+
 def run(
     settings: AlertsSettings,
     stop: Callable[[], bool],
@@ -44,15 +68,17 @@ def run(
     reg = metrics_registry or CollectorRegistry()
     metrics = AlertsMetrics(reg)
     webhook = webhook_for(settings, metrics)
+    alertmanager = alertmanager_for(settings)
     health = m.Health(ready=lambda: bool(consumer.assigned))
-    consumer = AlertsConsumer(settings, metrics, webhook, health)
+    consumer = AlertsConsumer(settings, metrics, webhook, health, alertmanager)
     log.info(
-        "alerting on %s: %d of the last %d windows, cooldown %.0fs, webhook %s",
+        "alerting on %s: %d of the last %d windows, cooldown %.0fs, webhook %s, alertmanager %s",
         consumer.handler.source,
         settings.k,
         settings.n,
         settings.cooldown_s,
         webhook.target if webhook is not None else "off",
+        alertmanager.sender.target if alertmanager is not None else "off",
     )
     with m.metrics_server(reg, health, settings.metrics_port):
         consumer.run(stop, on_batch)

@@ -13,7 +13,8 @@ from driftline.services.runtime.settings import DriftlineSettings
 
 
 class AlertsSettings(DriftlineSettings):
-    """`driftline alerts`: env DRIFTLINE_K, DRIFTLINE_COOLDOWN_S, DRIFTLINE_WEBHOOK_URL, ..."""
+    """`driftline alerts`: env DRIFTLINE_K, DRIFTLINE_COOLDOWN_S, DRIFTLINE_WEBHOOK_URL,
+    DRIFTLINE_ALERTMANAGER_URL, ..."""
 
     # The rule (services.core.alerting).
     k: int = Field(default=3, ge=1, description="Faulty windows among the last n that raise")
@@ -44,6 +45,28 @@ class AlertsSettings(DriftlineSettings):
         "consumer past max.poll.interval.ms",
     )
 
+    # Alertmanager: API v2 alerts, fired, resolved and re-sent. The URL may hold credentials.
+    alertmanager_url: SecretStr | None = Field(
+        default=None, description="Alertmanager base URL, e.g. http://alertmanager:9093"
+    )
+    alertmanager_resend_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Re-send the active alerts this often (endsAt is 4 intervals ahead), so "
+        "Alertmanager keeps them firing",
+    )
+    alertmanager_generator_url: str | None = Field(
+        default=None, description="generatorURL of every alert (a dashboard, say)"
+    )
+    alertmanager_timeout_s: float = Field(default=5.0, gt=0)
+    alertmanager_retries: int = Field(default=3, ge=0)
+    alertmanager_batch_budget_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Alertmanager time per batch (and per re-send); a batch's alerts it did "
+        "not take by then are on alerts.dlq",
+    )
+
     # The consumer.
     group_id: str | None = Field(
         default=None, description="Consumer group (default <topic prefix>driftline-alerts)"
@@ -59,7 +82,7 @@ class AlertsSettings(DriftlineSettings):
     flush_timeout_s: float = Field(default=30.0, gt=0)
     service_name: str = "alerts"
 
-    @field_validator("webhook_url")
+    @field_validator("webhook_url", "alertmanager_url")
     @classmethod
     def _webhook_http(cls, url: SecretStr | None) -> SecretStr | None:
         # The sender refuses it too, but only once the consumer starts; never echo a token.
@@ -67,6 +90,13 @@ class AlertsSettings(DriftlineSettings):
             parts = urlsplit(url.get_secret_value())
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError("must be an http(s)://host/... URL")
+        return url
+
+    @field_validator("alertmanager_generator_url")
+    @classmethod
+    def _generator_absolute(cls, url: str | None) -> str | None:
+        if url is not None and not (urlsplit(url).scheme and urlsplit(url).netloc):
+            raise ValueError("must be an absolute URL such as https://grafana/d/driftline")
         return url
 
     @model_validator(mode="after")

@@ -111,8 +111,13 @@ def retryable(status: int) -> bool:
     return status == 429 or status >= 500
 
 
-class WebhookSender:
-    """Delivers alerts to one URL; returns an outcome per alert and never raises."""
+class RetryingPost:
+    """POSTs bodies to one URL with the retry policy above; returns an outcome, never raises.
+
+    `kind` names the endpoint in log lines ("webhook", "alertmanager").
+    """
+
+    kind = "webhook"
 
     def __init__(
         self,
@@ -129,7 +134,7 @@ class WebhookSender:
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"webhook URL must be http(s)://host/...: {redact(url)}")
+            raise ValueError(f"{self.kind} URL must be http(s)://host/...: {redact(url)}")
         self._headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         if parts.username is not None or parts.password is not None:
             # urllib ignores user info in a URL: send it as basic auth, and strip it.
@@ -149,7 +154,7 @@ class WebhookSender:
         self._rng = rng or random.Random()
         self._on_retry = on_retry
         self.down = False
-        # Why the last alert was not delivered ("" once one was): for its dead letter.
+        # Why the last body was not delivered ("" once one was): for its dead letter.
         self.last_error = ""
 
     def _scrub(self, text: str) -> str:
@@ -157,19 +162,29 @@ class WebhookSender:
             text = text.replace(secret, self.target)
         return text
 
-    def deliver(self, alert: Alert) -> str:
-        """POST one alert (its id as Idempotency-Key, so a replayed alert can be deduplicated)."""
-        body = msgspec.json.encode(alert)
-        headers = {**self._headers, "Idempotency-Key": alert.alert_id}
+    def send(
+        self,
+        body: bytes,
+        what: str,
+        headers: dict[str, str] | None = None,
+        deadline: float | None = None,
+    ) -> str:
+        """POST `body` (`what` it holds, for the logs), retrying; no retry waits past `deadline`
+        (a time.monotonic() value)."""
+        headers = {**self._headers, **(headers or {})}
         attempts = 1 if self.down else 1 + self.retries
         why, wait = "", 0.0
         for attempt in range(attempts):
             if attempt:
+                if deadline is not None and time.monotonic() + wait > deadline:
+                    attempts = attempt  # the budget does not allow another try
+                    break
                 log.warning(
-                    "webhook %s: %s for alert %s, retry %d/%d in %.2fs",
+                    "%s %s: %s for %s, retry %d/%d in %.2fs",
+                    self.kind,
                     self.target,
                     why,
-                    alert.alert_id,
+                    what,
                     attempt,
                     attempts - 1,
                     wait,
@@ -191,9 +206,10 @@ class WebhookSender:
                 self.down = False
                 self.last_error = f"HTTP {response.status}"
                 log.warning(
-                    "webhook %s rejected alert %s with HTTP %d; not retried",
+                    "%s %s rejected %s with HTTP %d; not retried",
+                    self.kind,
                     self.target,
-                    alert.alert_id,
+                    what,
                     response.status,
                 )
                 return REJECTED
@@ -204,11 +220,21 @@ class WebhookSender:
         self.down = True
         self.last_error = f"{why} after {attempts} attempts"
         log.error(
-            "webhook %s: alert %s not delivered after %d attempts (%s); moving on, later "
-            "alerts get one attempt each until the webhook answers",
+            "%s %s: %s not delivered after %d attempts (%s); moving on, later "
+            "posts get one attempt each until it answers",
+            self.kind,
             self.target,
-            alert.alert_id,
+            what,
             attempts,
             why,
         )
         return FAILED
+
+
+class WebhookSender(RetryingPost):
+    """Delivers alerts to one URL; returns an outcome per alert and never raises."""
+
+    def deliver(self, alert: Alert) -> str:
+        """POST one alert (its id as Idempotency-Key, so a replayed alert can be deduplicated)."""
+        body = msgspec.json.encode(alert)
+        return self.send(body, f"alert {alert.alert_id}", {"Idempotency-Key": alert.alert_id})

@@ -25,12 +25,21 @@ FLAGS = [
     "webhook_url",
     "webhook_timeout_s",
     "webhook_retries",
+    "alertmanager_url",
+    "alertmanager_resend_s",
     "group_id",
     "max_batch",
     "max_wait_ms",
     "replay_lookback",
     "metrics_port",
 ]
+
+
+def _positive_seconds(text: str) -> float:
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be a number of seconds > 0 (got 0)")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,7 +61,8 @@ def register(sub: Any) -> None:
         help="raise alerts for assets that keep being scored faulty",
         description="Read inference.results and raise an Alert on `alerts` when k of an "
         "asset's last n windows are predicted faulty, at most once per cooldown (an escalation "
-        "to a higher severity passes it); optionally POST each alert to a webhook. Offsets are "
+        "to a higher severity passes it); optionally POST each alert to a webhook and/or to a "
+        "Prometheus Alertmanager (resolved there once the asset is healthy again). Offsets are "
         "committed after the alerts are acknowledged and the webhook answered or gave up "
         "(at-least-once; alert ids are deterministic, so duplicates can be dropped).",
     )
@@ -72,6 +82,19 @@ def register(sub: Any) -> None:
     p.add_argument("--webhook-timeout-s", type=float, help="per attempt (5)")
     p.add_argument(
         "--webhook-retries", type=non_negative_int, help="retries after the first attempt (3)"
+    )
+    p.add_argument(
+        "--alertmanager-url",
+        type=http_url,
+        help="Prometheus Alertmanager base URL, e.g. http://alertmanager:9093: each alert is "
+        "POSTed to /api/v2/alerts (labels alertname, asset, severity, modality, model_version) "
+        "and resolved when its asset's last n windows are healthy again (prefer "
+        "DRIFTLINE_ALERTMANAGER_URL when it holds credentials); may be set with --webhook-url",
+    )
+    p.add_argument(
+        "--alertmanager-resend-s",
+        type=_positive_seconds,
+        help="re-send the active alerts this often, so Alertmanager keeps them firing (60)",
     )
     p.add_argument("--group-id", help="consumer group (driftline-alerts)")
     p.add_argument("--max-batch", type=positive_int, help="largest batch (500)")

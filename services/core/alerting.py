@@ -14,6 +14,10 @@ Rules (see docs/alerts.md):
   warnings.
 - Cooldown per asset: after an alert, no other alert for `cooldown_ms` of event time, except an
   escalation to a higher severity, which is raised at once and restarts the cooldown.
+- An asset's newest alert stays active until the asset returns to healthy: a healthy window that
+  leaves none of its last n windows faulty resolves it (n healthy windows in a row, so a flapping
+  asset does not resolve and re-raise at every window), and ends its cooldown: a fault after that
+  is a new incident and alerts at once.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ RULE_ESCALATION = "escalation"
 # What became of one observation. Only RAISED produces an alert; the suppressions are the
 # faulty windows that did not raise one.
 RAISED = "raised"
+RESOLVED = "resolved"
 HEALTHY = "healthy"
 BELOW_K = "below_k"
 COOLDOWN = "cooldown"
@@ -94,6 +99,7 @@ class Observation:
     event_time_ms: int
     model_name: str = ""
     model_version: int = 0
+    modality: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,14 +116,20 @@ class RaisedAlert:
     model_name: str
     model_version: int
     raised_time_ms: int
+    modality: str = ""
 
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome of one observation, and the alert when the outcome is RAISED."""
+    """The outcome of one observation, and the alert when the outcome is RAISED.
+
+    `ended` is the asset's active alert that this observation ends: resolved (RESOLVED) or
+    superseded by the new `alert` (RAISED).
+    """
 
     outcome: str
     alert: RaisedAlert | None = None
+    ended: RaisedAlert | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,7 @@ class _AssetState:
     windows: list[_Window] = field(default_factory=list)  # sorted by (event time, event id)
     last_alert_ms: int | None = None
     last_severity: str | None = None
+    active: RaisedAlert | None = None  # the newest alert, until the asset is healthy again
 
     def copy(self) -> _AssetState:
         return replace(self, windows=list(self.windows))
@@ -192,6 +205,10 @@ class AlertEngine:
             state = self._assets.get(asset_id)
             self._journal[asset_id] = None if state is None else state.copy()
 
+    def active_alerts(self) -> list[RaisedAlert]:
+        """Every tracked asset's active alert (raised, not yet resolved)."""
+        return [s.active for s in self._assets.values() if s.active is not None]
+
     def forget_shards(self, shards: Iterable[int]) -> int:
         """Forget the assets read from these shards (revoked partitions); returns how many."""
         drop = set(shards)
@@ -236,7 +253,11 @@ class AlertEngine:
         if len(windows) > rules.n:
             del windows[0]
         if not faulty:
-            return Decision(HEALTHY)
+            if state.active is None or any(w.faulty for w in windows):
+                return Decision(HEALTHY)
+            resolved, state.active = state.active, None
+            state.last_alert_ms = state.last_severity = None
+            return Decision(RESOLVED, ended=resolved)
         evidence = [w for w in windows if w.faulty]
         if len(evidence) < rules.k:
             return Decision(BELOW_K)
@@ -258,18 +279,18 @@ class AlertEngine:
         )
         if rule == RULE_ESCALATION:
             reason = f"escalated to {severity}: {reason}"
-        return Decision(
-            RAISED,
-            RaisedAlert(
-                alert_id=alert_id(obs.asset_id, obs.event_id),
-                asset_id=obs.asset_id,
-                severity=severity,
-                rule=rule,
-                reason=reason,
-                predicted_class=fault_class,
-                evidence_event_ids=tuple(w.event_id for w in evidence),
-                model_name=obs.model_name,
-                model_version=obs.model_version,
-                raised_time_ms=newest_ms,
-            ),
+        raised = RaisedAlert(
+            alert_id=alert_id(obs.asset_id, obs.event_id),
+            asset_id=obs.asset_id,
+            severity=severity,
+            rule=rule,
+            reason=reason,
+            predicted_class=fault_class,
+            evidence_event_ids=tuple(w.event_id for w in evidence),
+            model_name=obs.model_name,
+            model_version=obs.model_version,
+            raised_time_ms=newest_ms,
+            modality=obs.modality,
         )
+        superseded, state.active = state.active, raised
+        return Decision(RAISED, raised, superseded)

@@ -191,6 +191,8 @@ ALERT_ASSETS_TRACKED = "driftline_alert_assets_tracked"
 WEBHOOK_DELIVERIES = "driftline_webhook_deliveries_total"
 WEBHOOK_RETRIES = "driftline_webhook_retries_total"
 ALERTS_DEAD_LETTERED = "driftline_alerts_dead_lettered_total"
+ALERTS_RESOLVED = "driftline_alerts_resolved_total"
+ALERTMANAGER_POSTS = "driftline_alertmanager_posts_total"
 
 
 @contextlib.contextmanager
