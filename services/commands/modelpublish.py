@@ -128,6 +128,8 @@ def _publish(args: argparse.Namespace) -> ModelVersion:
 
     if args.version is None:
         raise Refused("give the PATH of an .onnx file: `driftline models publish model.onnx`")
+    if args.extra is not None:
+        raise Refused(f"give one PATH, not {args.version!r} and {args.extra!r}")
     if args.modality is None:
         raise Refused("give --modality sensor or --modality image (the contract it is fed)")
     path = Path(args.version).expanduser()

@@ -157,10 +157,10 @@ def register(sub: Any) -> None:
         "  driftline models promote insulator-sensor/v4\n"
         "  driftline models publish cam.onnx --modality image --champion --sign-key key.pem\n"
         "contracts (float32, dynamic batch axis, one output of class probabilities):\n"
-        "  sensor  input [batch, 4, 64]: leakage_current_ma, partial_discharge_pc, "
-        "temperature_c, relative_humidity_pct x 64 samples\n"
-        "  image   input [batch, 3, H, W]: RGB scaled to 0..1, fixed H and W of 32 to 1024 "
-        "(photos are resized to them)",
+        "  sensor  input [batch, 4, 64]: 64 samples each of leakage_current_ma,\n"
+        "          partial_discharge_pc, temperature_c, relative_humidity_pct\n"
+        "  image   input [batch, 3, H, W]: RGB in 0..1, H and W fixed, 32 to 1024;\n"
+        "          photos are resized to them (docs/models.md)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("action", choices=["list", "show", "publish", "promote", "rollback"])
