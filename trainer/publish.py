@@ -1,181 +1,52 @@
-"""Publish a model version: write and verify the artifacts, sign, then the registry record.
+"""Publish a trained model version: its ONNX graph and its torch weights, signed, then the record.
 
-The order is what keeps the registry safe: the ONNX file and the weights are written and read
-back first, the signature is checked against its own public key, and only then is the
-ModelVersion record committed. A crash before the record leaves orphaned files (in a folder of
-their own, never reused) and the registry on its last good version.
+Everything but the weights is torch-free and lives in `services/runtime/publishing.py`, shared
+with `driftline models publish`: the registry writers and their publish lease, the signing key,
+and the order that keeps the registry safe (artifacts written and read back, the signature
+checked against its own public key, only then the record).
 """
 
 from __future__ import annotations
 
-import contextlib
-import time
-import uuid
 from pathlib import Path
-from typing import Protocol
 
-import msgspec
-from confluent_kafka import KafkaError, KafkaException, Producer
-from cryptography.hazmat.primitives import serialization
 from pydantic import SecretStr
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from driftline.schemas import codec
-from driftline.schemas import headers as h
-from driftline.schemas.messages import (
-    STATUS_CHAMPION,
-    Lineage,
-    ModelVersion,
-    ReferenceProfile,
+from driftline.schemas.messages import Lineage, ModelVersion, ReferenceProfile
+from driftline.services.runtime.artifacts import ArtifactStore, FsspecArtifactStore
+from driftline.services.runtime.publishing import (
+    FENCED,
+    NOT_AUTHORIZED,
+    TOPIC_WAIT_S,
+    KafkaRegistryWriter,
+    LeaseRefused,
+    MemoryRegistryWriter,
+    RegistryConflict,
+    RegistryWriter,
+    build_record,
+    lease_id,
+    public_pem_of,
 )
-from driftline.services.runtime import registry
-from driftline.services.runtime.artifacts import ArtifactStore, FsspecArtifactStore, sha256_hex
-from driftline.services.runtime.kafka import producer
 from driftline.services.runtime.settings import KafkaSettings
-from driftline.services.runtime.signing import key_id, sign, verify
 from driftline.trainer.export import ExportedModel
 
-TOPIC_WAIT_S = 10.0
-
-
-class RegistryWriter(Protocol):
-    """Where version records go: the models.registry topic, or an in-memory twin in tests."""
-
-    def champion(self, name: str) -> ModelVersion | None: ...
-    def next_version(self, name: str) -> int: ...
-    def publish(self, mv: ModelVersion) -> None: ...
-
-
-class RegistryConflict(RuntimeError):
-    """Another publisher of the same model took the publish lease: read the registry again."""
-
-
-class LeaseRefused(RegistryConflict):
-    """The broker refused this principal the publish lease (ACLs, or ACLs not yet in force)."""
-
-
-def lease_id(kafka: KafkaSettings, name: str) -> str:
-    """The transactional id every publisher of `name` in this deployment shares."""
-    return f"{kafka.topic_prefix}driftline-registry-{name}"
-
-
-class KafkaRegistryWriter:
-    """Records on models.registry; a champion also moves the pointer and retires the old one.
-
-    One publisher per model at a time, however many trainers and `train --now` runs there
-    are: every publisher of a model shares one transactional id (`lease_id`), and taking it
-    (init_transactions) fences whoever held it and settles their open transaction. The next
-    version number is read after taking it, and the records are written in one transaction
-    with it, so a publisher that lost the lease in between cannot commit: its publish raises
-    RegistryConflict and the caller reads the registry again (TrainingRun retries). Version
-    numbers never collide, and artifact paths carry a unique suffix, so no two publishers
-    ever write the same file.
-    """
-
-    def __init__(self, kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
-        self.kafka = kafka
-        self.topic = kafka.topics.models_registry
-        self.timeout_s = timeout_s
-        self._leases: dict[str, Producer] = {}
-
-    def _snapshot(self) -> registry.RegistrySnapshot:
-        # A topic created a moment ago may not be in every broker's metadata yet: retry briefly.
-        deadline = time.monotonic() + TOPIC_WAIT_S
-        while True:
-            try:
-                return registry.read_snapshot(self.kafka, self.topic, timeout_s=self.timeout_s)
-            except RuntimeError as exc:
-                if "not found" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-
-    def _lease(self, name: str) -> Producer:
-        prod = self._leases.get(name)
-        if prod is None:
-            prod = producer(
-                self.kafka,
-                **{
-                    "transactional.id": lease_id(self.kafka, name),
-                    "transaction.timeout.ms": int(max(self.timeout_s * 2, 60) * 1000),
-                },
-            )
-            try:
-                prod.init_transactions(self.timeout_s)
-            except KafkaException as exc:
-                err = exc.args[0] if exc.args else None
-                if isinstance(err, KafkaError) and err.code() in NOT_AUTHORIZED:
-                    raise LeaseRefused(
-                        f"may not take the publish lease of {name}: grant this principal "
-                        f"Write and Describe on transactional ids prefixed "
-                        f"{lease_id(self.kafka, '')!r} (docs/operations.md): {err}"
-                    ) from exc
-                raise
-            self._leases[name] = prod
-        return prod
-
-    def champion(self, name: str) -> ModelVersion | None:
-        return self._snapshot().champions.get(name)
-
-    def next_version(self, name: str) -> int:
-        self._lease(name)  # first the lease, then the read: no one else commits after it
-        return self._snapshot().latest_version(name) + 1
-
-    def publish(self, mv: ModelVersion) -> None:
-        prod = self._lease(mv.name)
-        previous = self._snapshot().champions.get(mv.name)
-        records = (
-            registry.records_for(mv, previous)
-            if mv.status == STATUS_CHAMPION
-            else [(registry.version_key(mv.name, mv.version), mv)]
-        )
-        try:
-            prod.begin_transaction()
-            for key, record in records:
-                prod.produce(self.topic, key=key, value=codec.encode(record), headers=h.AVRO)
-            prod.commit_transaction(self.timeout_s)
-        except KafkaException as exc:
-            self._leases.pop(mv.name, None)
-            err = exc.args[0] if exc.args else None
-            with contextlib.suppress(KafkaException):
-                prod.abort_transaction(5.0)
-            if isinstance(err, KafkaError) and err.code() in FENCED:
-                raise RegistryConflict(
-                    f"{mv.name} v{mv.version}: another publisher took the lease ({err})"
-                ) from exc
-            raise
-
-    def close(self) -> None:
-        for prod in self._leases.values():
-            prod.flush(5.0)
-        self._leases.clear()
-
-
-FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
-NOT_AUTHORIZED = (
-    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
-)
-
-
-class MemoryRegistryWriter:
-    """The in-memory twin: the same records, folded into a RegistrySnapshot by the same code."""
-
-    def __init__(self) -> None:
-        self.snapshot = registry.RegistrySnapshot()
-        self.records: list[tuple[str, ModelVersion]] = []
-
-    def champion(self, name: str) -> ModelVersion | None:
-        return self.snapshot.champions.get(name)
-
-    def next_version(self, name: str) -> int:
-        return self.snapshot.latest_version(name) + 1
-
-    def publish(self, mv: ModelVersion) -> None:
-        previous = self.snapshot.champions.get(mv.name)
-        for key, record in registry.records_for(mv, previous):
-            self.records.append((key, record))
-            self.snapshot.apply(key, codec.encode(record))
+__all__ = [
+    "FENCED",
+    "NOT_AUTHORIZED",
+    "TOPIC_WAIT_S",
+    "KafkaRegistryWriter",
+    "LeaseRefused",
+    "MemoryRegistryWriter",
+    "RegistryConflict",
+    "RegistryWriter",
+    "build_version",
+    "lease_id",
+    "public_pem_of",
+    "publish_version",
+    "weights_bytes",
+]
 
 
 def weights_bytes(model: nn.Module) -> bytes:
@@ -183,22 +54,6 @@ def weights_bytes(model: nn.Module) -> bytes:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     data: bytes = save_safetensors(state)
     return data
-
-
-def _private_pem(signing_key: SecretStr | str | Path) -> bytes:
-    text = (
-        signing_key.get_secret_value() if isinstance(signing_key, SecretStr) else str(signing_key)
-    )
-    if text.lstrip().startswith("-----BEGIN"):
-        return text.encode()
-    return Path(text).expanduser().read_bytes()
-
-
-def public_pem_of(private_pem: bytes) -> bytes:
-    key = serialization.load_pem_private_key(private_pem, password=None)
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def build_version(
@@ -218,47 +73,25 @@ def build_version(
 ) -> ModelVersion:
     """Write and verify <name>/v<version>-<unique>/{model.onnx, weights.safetensors}; sign.
 
-    Nothing is published here: the caller publishes the returned record only after this
-    returns, so every record on the registry points at artifacts that were read back intact.
-    The signature covers the record's name, version, modality, classes, sha256 and I/O
-    signature (`signing.signed_payload`), not its status, so a promote or rollback that only
-    re-publishes it with another status keeps it valid.
+    Nothing is published here (see `publishing.build_record`): the caller publishes the
+    returned record only after this returns.
     """
-    digest = sha256_hex(exported.onnx_bytes)
-    # The key is read (and must be ed25519) before anything is written: a bad key fails the
-    # run with no files.
-    keys: tuple[bytes, bytes, str] | None = None
-    if signing_key is not None:
-        private = _private_pem(signing_key)
-        public = public_pem_of(private)
-        keys = (private, public, key_id(public))
-    # A unique folder per build: two publishers racing for one version number never write
-    # the same file (the loser's files are orphans, its record is never committed).
-    folder = f"{name}/v{version}-{uuid.uuid4().hex[:12]}"
-    onnx_uri = store.put(f"{folder}/model.onnx", exported.onnx_bytes)
-    weights_uri = store.put(f"{folder}/weights.safetensors", weights_bytes(model))
-    mv = ModelVersion(
+    return build_record(
+        store=store,
         name=name,
         version=version,
         modality=modality,
-        artifact_uri=onnx_uri,
-        sha256=digest,
-        weights_uri=weights_uri,
+        onnx_bytes=exported.onnx_bytes,
         inputs=exported.inputs,
         outputs=exported.outputs,
         classes=classes,
         metrics=metrics,
         lineage=lineage,
         status=status,
-        created_time_ms=int(time.time() * 1000),
+        weights=weights_bytes(model),
+        signing_key=signing_key,
         reference=reference,
     )
-    if keys is None:
-        return mv
-    private, public, signer = keys
-    signed = msgspec.structs.replace(mv, signature=sign(private, mv), signing_key_id=signer)
-    verify(public, signed)
-    return signed
 
 
 def publish_version(

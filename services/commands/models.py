@@ -1,4 +1,6 @@
-"""`driftline models`: list and show the registry's versions; promote one; roll back.
+"""`driftline models`: list and show the registry's versions; publish, promote, roll back.
+
+Publish (modelpublish.py) brings an ONNX file trained elsewhere in, checked as consumers check it.
 
 Promote and rollback re-publish existing records with another `status` (and retire the current
 champion the same way). They never re-sign: a version's signature covers its name, version,
@@ -88,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
     from driftline.services.runtime import registry
     from driftline.services.runtime.settings import DriftlineSettings
 
+    if args.action == "publish":
+        from driftline.services.commands.modelpublish import publish
+
+        return publish(args)
     if args.extra is not None:
         print(
             f"driftline models {args.action}: give one VERSION: "
@@ -135,19 +141,72 @@ def run(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "models",
-        help="list, show, promote or roll back model versions",
-        description="Read models.registry. promote makes a version the champion every consumer "
-        "follows; rollback promotes the champion before the current one and retires the "
-        "current one. Consumers verify the artifact (sha256, signature) before they swap.",
+        help="list, show, publish, promote or roll back model versions",
+        description="Read and write models.registry. promote makes a version the champion "
+        "every consumer follows; rollback promotes the champion before the current one and "
+        "retires the current one. publish brings in an ONNX classifier trained elsewhere: it "
+        "is checked as a consumer checks it (ONNX checker, no external data, the modality's "
+        "input contract, one output column per class, a canary batch), copied into the "
+        "artifact store (DRIFTLINE_ARTIFACT_ROOT), signed with --sign-key (or "
+        "DRIFTLINE_SIGNING_KEY) and published as the next version: a candidate for promote, "
+        "or with --champion served at once. Consumers verify the artifact (sha256, "
+        "signature) before they swap.",
+        epilog="examples:\n"
+        "  driftline models list\n"
+        "  driftline models publish net.onnx --modality sensor            # a candidate\n"
+        "  driftline models promote insulator-sensor/v4\n"
+        "  driftline models publish cam.onnx --modality image --champion --sign-key key.pem\n"
+        "contracts (float32, dynamic batch axis, one output of class probabilities):\n"
+        "  sensor  input [batch, 4, 64]: 64 samples each of leakage_current_ma,\n"
+        "          partial_discharge_pc, temperature_c, relative_humidity_pct\n"
+        "  image   input [batch, 3, H, W]: RGB in 0..1, H and W fixed, 32 to 1024;\n"
+        "          photos are resized to them (docs/models.md)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("action", choices=["list", "show", "promote", "rollback"])
-    p.add_argument("version", nargs="?", help='for show/promote: "3" or "insulator-image/v3"')
+    p.add_argument("action", choices=["list", "show", "publish", "promote", "rollback"])
+    p.add_argument(
+        "version",
+        nargs="?",
+        metavar="VERSION|PATH",
+        help='for show/promote: "3" or "insulator-image/v3"; for publish: the .onnx file',
+    )
     # `models show insulator-sensor 3` is a natural slip: caught to say how to write it.
     p.add_argument("extra", nargs="?", help=argparse.SUPPRESS)
     p.add_argument(
         "--model",
         default="sensor",
         help="model name or modality (default sensor = insulator-sensor)",
+    )
+    pub = p.add_argument_group("publish")
+    pub.add_argument(
+        "--modality", choices=["sensor", "image"], help="the input contract the model is fed"
+    )
+    pub.add_argument(
+        "--name",
+        help="registry name (default insulator-sensor or insulator-image, the names consumers "
+        "serve unless DRIFTLINE_MODEL_NAME says otherwise)",
+    )
+    pub.add_argument(
+        "--classes",
+        help="class names in output-column order, comma-separated "
+        "(default healthy,contaminated,cracked,flashover_damaged)",
+    )
+    pub.add_argument(
+        "--sign-key",
+        dest="signing_key",
+        metavar="KEY",
+        help="ed25519 private key (a PEM file) to sign the record with (default "
+        "DRIFTLINE_SIGNING_KEY); needed where consumers are given a public key",
+    )
+    pub.add_argument(
+        "--champion",
+        action="store_true",
+        help="serve it at once (default: publish a candidate for `models promote`)",
+    )
+    pub.add_argument(
+        "--artifact-root",
+        help="fsspec URI the file is copied under (default DRIFTLINE_ARTIFACT_ROOT, else "
+        "file://.driftline/artifacts)",
     )
     add_kafka_flags(p)
     p.set_defaults(func=run)

@@ -40,7 +40,11 @@ class Decoder(Protocol):
     """Turns a batch of record values into model inputs plus failures by position."""
 
     def __call__(
-        self, values: Sequence[bytes | None], content_types: Sequence[str | None]
+        self,
+        values: Sequence[bytes | None],
+        content_types: Sequence[str | None],
+        input_shape: tuple[int, ...],
+        /,
     ) -> DecodedBatch: ...
 
 
@@ -151,8 +155,13 @@ class InferenceHandler:
         if not good:
             return BatchStats(len(msgs), 0, 0, model.version.version, 0.0)
         self.metrics.consumed.labels(self.source).inc(len(good))
+        # Inputs are decoded to the serving version's own per-event shape (its I/O signature,
+        # checked against its graph at load): an image model says the size photos resize to.
+        mv = model.version
         batch = self.decoder(
-            [m.value() for m in good], [codec.content_type_of(m.headers()) for m in good]
+            [m.value() for m in good],
+            [codec.content_type_of(m.headers()) for m in good],
+            tuple(mv.inputs[0].shape[1:]) if mv.inputs else (),
         )
         failures = list(batch.failures)
         inference_s = 0.0

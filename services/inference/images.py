@@ -47,10 +47,17 @@ def _fetch(uri: str, allowed_prefixes: Sequence[str], max_bytes: int) -> bytes:
     return data
 
 
+def _sides(size: int | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of a target size given as one side or as both."""
+    return (size, size) if isinstance(size, int) else size
+
+
 def decode_image(
-    data: bytes, content_type: str, *, size: int = IMAGE_SIZE, max_pixels: int
+    data: bytes, content_type: str, *, size: int | tuple[int, int] = IMAGE_SIZE, max_pixels: int
 ) -> npt.NDArray[np.uint8]:
-    """One photo as uint8 [size, size, 3] RGB; raises CodecError with a dead-letter reason."""
+    """One photo as uint8 [height, width, 3] RGB, resized to `size` (one side, or (height,
+    width): the serving model's own input size); raises CodecError with a dead-letter reason."""
+    height_out, width_out = _sides(size)
     expected = FORMATS.get(content_type.lower())
     if expected is None:
         raise dl.CodecError(dl.BAD_IMAGE, f"content type {content_type!r} is not JPEG or PNG")
@@ -76,9 +83,11 @@ def decode_image(
             if img.mode not in CONVERTIBLE_MODES:
                 raise dl.CodecError(dl.BAD_IMAGE, f"unsupported colour mode {img.mode}")
             if img.format == "JPEG":
-                img.draft("RGB", (size, size))  # decode at reduced scale: faster, less memory
+                img.draft(
+                    "RGB", (width_out, height_out)
+                )  # decode at reduced scale: faster, less memory
             img.load()
-            rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            rgb = img.convert("RGB").resize((width_out, height_out), Image.Resampling.BILINEAR)
     except dl.CodecError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Warning) as exc:
@@ -88,7 +97,7 @@ def decode_image(
             dl.BAD_IMAGE, f"undecodable image: {type(exc).__name__}: {exc}"
         ) from exc
     array = np.asarray(rgb, dtype=np.uint8)
-    if array.shape != (size, size, IMAGE_CHANNELS):
+    if array.shape != (height_out, width_out, IMAGE_CHANNELS):
         raise dl.CodecError(dl.BAD_IMAGE, f"decoded to shape {array.shape}")
     return array
 
@@ -101,9 +110,10 @@ def decode_image_batch(
     max_image_bytes: int,
     max_pixels: int,
     allowed_uri_prefixes: Sequence[str] = (),
-    size: int = IMAGE_SIZE,
+    size: int | tuple[int, int] = IMAGE_SIZE,
 ) -> DecodedBatch:
-    """Decode CameraImage records into float32 [N, 3, size, size] in 0..1, plus failures."""
+    """Decode CameraImage records into float32 [N, 3, height, width] in 0..1, plus failures."""
+    height, width = _sides(size)
     positions: list[int] = []
     event_ids: list[str] = []
     asset_ids: list[str] = []
@@ -137,7 +147,7 @@ def decode_image_batch(
         asset_ids.append(msg.asset_id)
         times.append(msg.event_time_ms)
     stacked = (
-        np.stack(pixels) if pixels else np.zeros((0, size, size, IMAGE_CHANNELS), dtype=np.uint8)
+        np.stack(pixels) if pixels else np.zeros((0, height, width, IMAGE_CHANNELS), dtype=np.uint8)
     )
     # One vectorised conversion for the whole batch: NHWC uint8 -> NCHW float32 in 0..1.
     inputs = np.ascontiguousarray(stacked.transpose(0, 3, 1, 2), dtype=np.float32)

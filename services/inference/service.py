@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry
 
-from driftline.schemas.contracts import SENSOR_CHANNELS, SENSOR_SAMPLES
+from driftline.schemas.batch import DecodedBatch
+from driftline.schemas.contracts import IMAGE_SIZE, SENSOR_CHANNELS, SENSOR_SAMPLES
 from driftline.schemas.messages import MODALITY_SENSOR
 from driftline.schemas.sensor_batch import decode_sensor_batch
 from driftline.schemas.topics import CAMERA_IMAGES, SENSOR_WINDOWS
@@ -31,21 +31,45 @@ class NoModelError(RuntimeError):
 
 
 def decoder_for(settings: InferenceSettings) -> tuple[str, Decoder]:
-    """The source topic (base name) and the batch decoder of the settings' modality."""
+    """The source topic (base name) and the batch decoder of the settings' modality.
+
+    A sensor window has one contract shape; a photo is resized to the serving version's own
+    input size, [3, height, width] in its I/O signature (the built-in IMAGE_SIZE without one).
+    """
     if settings.modality == MODALITY_SENSOR:
-        return SENSOR_WINDOWS, functools.partial(
-            decode_sensor_batch,
-            channels=len(SENSOR_CHANNELS),
-            n_samples=SENSOR_SAMPLES,
+
+        def sensors(
+            values: Sequence[bytes | None],
+            content_types: Sequence[str | None],
+            _input_shape: tuple[int, ...],  # one contract shape: nothing to adapt
+        ) -> DecodedBatch:
+            return decode_sensor_batch(
+                values,
+                content_types,
+                channels=len(SENSOR_CHANNELS),
+                n_samples=SENSOR_SAMPLES,
+                max_value_bytes=settings.max_value_bytes,
+            )
+
+        return SENSOR_WINDOWS, sensors
+
+    def images(
+        values: Sequence[bytes | None],
+        content_types: Sequence[str | None],
+        input_shape: tuple[int, ...],
+    ) -> DecodedBatch:
+        size = (input_shape[1], input_shape[2]) if len(input_shape) == 3 else IMAGE_SIZE
+        return decode_image_batch(
+            values,
+            content_types,
             max_value_bytes=settings.max_value_bytes,
+            max_image_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            allowed_uri_prefixes=tuple(settings.image_uri_prefixes),
+            size=size,
         )
-    return CAMERA_IMAGES, functools.partial(
-        decode_image_batch,
-        max_value_bytes=settings.max_value_bytes,
-        max_image_bytes=settings.max_image_bytes,
-        max_pixels=settings.max_image_pixels,
-        allowed_uri_prefixes=tuple(settings.image_uri_prefixes),
-    )
+
+    return CAMERA_IMAGES, images
 
 
 def _wait_for_model(
