@@ -49,6 +49,7 @@ def decoder_for(settings: InferenceSettings) -> tuple[str, Decoder]:
                 channels=len(SENSOR_CHANNELS),
                 n_samples=SENSOR_SAMPLES,
                 max_value_bytes=settings.max_value_bytes,
+                channel_names=SENSOR_CHANNELS,
             )
 
         return SENSOR_WINDOWS, sensors

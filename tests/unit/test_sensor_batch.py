@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from driftline.schemas import codec
 from driftline.schemas import deadletter as dl
@@ -98,3 +100,51 @@ def test_empty_batch() -> None:
     batch = decode_sensor_batch([], [], channels=C, n_samples=S)
     assert len(batch) == 0
     assert batch.inputs.shape == (0, C, S)
+
+
+def _window(event_id: str, asset_id: str, sensor_id: str, t_ms: int, rate: float) -> bytes:
+    record = codec.to_record(sensor_window(event_id))
+    record.update(asset_id=asset_id, sensor_id=sensor_id, event_time_ms=t_ms, sample_rate_hz=rate)
+    record["samples"] = np.arange(C * S, dtype="<f4").tobytes()
+    return encode_record("SensorWindow", record)
+
+
+NAMES = tuple(codec.to_record(sensor_window("x"))["channels"])
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.text(max_size=70),
+            st.text(max_size=70),
+            st.text(max_size=70),
+            st.integers(min_value=-(2**63), max_value=2**63 - 1),
+            st.floats(width=32, allow_nan=True),
+        ),
+        max_size=8,
+    )
+)
+def test_the_fast_path_reads_what_fastavro_reads(
+    rows: list[tuple[str, str, str, int, float]],
+) -> None:
+    values: list[bytes | None] = [_window(*row) for row in rows]
+    ctypes: list[str | None] = [None] * len(values)
+    fast = decode_sensor_batch(values, ctypes, channels=C, n_samples=S, channel_names=NAMES)
+    slow = decode_sensor_batch(values, ctypes, channels=C, n_samples=S)
+    assert fast.positions == slow.positions
+    assert (fast.event_ids, fast.asset_ids) == (slow.event_ids, slow.asset_ids)
+    assert fast.event_time_ms.tolist() == slow.event_time_ms.tolist()
+    assert np.array_equal(fast.inputs, slow.inputs)
+    assert [(p, e.error_class) for p, e in fast.failures] == [
+        (p, e.error_class) for p, e in slow.failures
+    ]
+
+
+def test_other_channels_or_framing_take_the_general_path() -> None:
+    value = _window("e-1", "a", "s", 5, 1.0)
+    framed = b"\x00\x00\x00\x00\x07" + value  # Confluent framing, schema id 7
+    other = decode_sensor_batch(
+        [value, framed], [None, None], channels=C, n_samples=S, channel_names=("a", "b", "c", "d")
+    )
+    assert other.event_ids == ["e-1", "e-1"]
