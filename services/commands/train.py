@@ -7,7 +7,13 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from driftline.services.commands.args import add_kafka_flags, port, positive_int, settings_from
+from driftline.services.commands.args import (
+    add_kafka_flags,
+    add_log_flags,
+    port,
+    positive_int,
+    settings_from,
+)
 from driftline.services.commands.preflight import check_kafka
 
 if TYPE_CHECKING:
@@ -66,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from driftline.trainer.settings import TrainerSettings
 
     settings = settings_from(TrainerSettings, args, SETTING_FLAGS)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format, settings.service_name)
     check_kafka(settings.kafka)
     outcomes = service.run(
         settings, StopFlag().install(), now=args.now, modality=args.modality, once=args.now
@@ -144,5 +150,6 @@ def register(sub: Any) -> None:
     p.add_argument("--gate-metric", choices=["macro_f1", "accuracy"], help="gate metric")
     p.add_argument("--holdout-fraction", type=float, help="most recent share held out (0.2)")
     p.add_argument("--metrics-port", type=port, help="serve /metrics, /healthz, /readyz here")
+    add_log_flags(p)
     add_kafka_flags(p)
     p.set_defaults(func=run)
