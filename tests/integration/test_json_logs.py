@@ -165,3 +165,24 @@ def test_a_failing_service_command_says_so_in_json() -> None:
     last = records[-1]
     assert (last["level"], last["service"], last["command"]) == ("ERROR", "alerts", "alerts")
     assert "driftline stack up" in last["message"]
+
+
+def test_train_now_with_nothing_to_train_logs_and_reports_in_json(
+    kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    env = _env(kafka, DRIFTLINE_ARTIFACT_ROOT=(tmp_path / "artifacts").as_uri())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "driftline.services.cli", "train", "--now", "--log-format", "json"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stderr = StderrRecords(proc)
+    assert proc.wait(timeout=120) == 1
+    records = stderr.records()
+    assert {r["service"] for r in records} == {"trainer"}
+    failures = [r for r in records if r.get("command") == "train"]
+    assert [r["level"] for r in failures] == ["ERROR"] * len(failures)
+    assert any("not trained" in r["message"] for r in failures)
+    assert failures[-1]["message"].startswith("nothing was trained.")
