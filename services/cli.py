@@ -86,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("driftline.librdkafka").setLevel(
         logging.DEBUG if args.verbose else logging.CRITICAL
     )
+    # Plain lines, or JSON records once a service set up --log-format json.
+    from driftline.services.runtime.logs import report_failure
+
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:
@@ -93,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         # A setting out of bounds, from a flag or the environment: a usage error, as argparse's.
         for line in settings_error_lines(exc, args, flag_names(parser)):
-            print(f"driftline {args.command}: {line}", file=sys.stderr)
+            report_failure(args.command, line)
         return 2
     except Exception as exc:
         from confluent_kafka import KafkaException
@@ -102,10 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if isinstance(exc, TopicMissing):
             # The broker answered; the message says which topic and what to run.
-            print(f"driftline {args.command}: {exc}", file=sys.stderr)
+            report_failure(args.command, str(exc))
             return 1
         if isinstance(exc, (KafkaException, TimeoutError)) or "not found" in str(exc):
-            print(f"driftline {args.command}: {exc}\n{KAFKA_HINT}", file=sys.stderr)
+            report_failure(args.command, f"{exc}\n{KAFKA_HINT}")
             return 1
         raise
     return code

@@ -228,7 +228,19 @@ class TrainingRun:
         result = RunOutcome(
             name, modality, trigger, outcome, time.monotonic() - started, mv, challenger
         )
-        log.info("%s; gate: %s", result.summary(), challenger.decision.reason)
+        log.info(
+            "%s; gate: %s",
+            result.summary(),
+            challenger.decision.reason,
+            extra={
+                "model": name,
+                "model_version": mv.version,
+                "outcome": outcome,
+                "trigger": trigger,
+                "train_examples": int(mv.metrics["train_examples"]),
+                "seconds": round(result.seconds, 1),
+            },
+        )
         return result
 
     def _publish(self, name: str, challenger: Challenger, lineage: Lineage) -> ModelVersion:

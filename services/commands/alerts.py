@@ -7,6 +7,7 @@ from typing import Any
 
 from driftline.services.commands.args import (
     add_kafka_flags,
+    add_log_flags,
     fraction,
     http_url,
     non_negative_float,
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from driftline.services.runtime.shutdown import StopFlag
 
     settings = settings_from(AlertsSettings, args, FLAGS)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format, settings.service_name)
     check_kafka(settings.kafka)
     service.run(settings, StopFlag().install())
     return 0
@@ -109,5 +110,6 @@ def register(sub: Any) -> None:
         help="records per partition re-read on assignment to rebuild state (5000)",
     )
     p.add_argument("--metrics-port", type=port, help="serve /metrics, /healthz, /readyz here")
+    add_log_flags(p)
     add_kafka_flags(p)
     p.set_defaults(func=run)

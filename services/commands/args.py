@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic_settings import BaseSettings
 
 S = TypeVar("S", bound=BaseSettings)
+LOG_FLAGS = ["log_level", "log_format"]
 
 
 def given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
@@ -19,7 +20,7 @@ def given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
 
 def settings_from(cls: type[S], args: argparse.Namespace, names: Sequence[str] = ()) -> S:
     """Settings from the environment, then the given flags, including the Kafka flags."""
-    settings = cls(**given(args, names))
+    settings = cls(**given(args, [*names, *LOG_FLAGS]))
     kafka_changes = given(args, ["bootstrap_servers", "topic_prefix"])
     if kafka_changes and hasattr(settings, "kafka"):
         kafka = settings.kafka.model_copy(update=kafka_changes)
@@ -30,6 +31,26 @@ def settings_from(cls: type[S], args: argparse.Namespace, names: Sequence[str] =
 def add_kafka_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default 127.0.0.1:9092)")
     p.add_argument("--topic-prefix", help="prefix of every topic name, to share a cluster")
+
+
+def add_log_flags(p: argparse.ArgumentParser) -> None:
+    """--log-level and --log-format, for the commands that run a service."""
+    from driftline.services.runtime.settings import LOG_FORMATS, LOG_LEVELS
+
+    p.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="least severe level logged (default INFO; env DRIFTLINE_LOG_LEVEL)",
+    )
+    p.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=LOG_FORMATS,
+        help="text (default) for a terminal; json for log pipelines: one object per line with "
+        "time (UTC), level, service, logger, message and the record's fields "
+        "(env DRIFTLINE_LOG_FORMAT)",
+    )
 
 
 def add_redis_flags(p: argparse.ArgumentParser) -> None:

@@ -7,10 +7,15 @@ import json
 import sys
 from typing import Any
 
-from driftline.services.commands.args import add_kafka_flags, add_redis_flags, settings_from
+from driftline.services.commands.args import (
+    add_kafka_flags,
+    add_log_flags,
+    add_redis_flags,
+    settings_from,
+)
 from driftline.services.commands.featuresbench import add_features_bench_flags, run_features_bench
 
-SETTING_FLAGS = ["metrics_port", "role", "redis_key_prefix", "log_level"]
+SETTING_FLAGS = ["metrics_port", "role", "redis_key_prefix"]
 
 
 def features_settings(args: argparse.Namespace) -> Any:
@@ -30,7 +35,7 @@ def run_app(args: argparse.Namespace) -> int:
     from driftline.services.runtime import logs
 
     settings = features_settings(args)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format, settings.service_name)
     service.run(settings)
     return 0
 
@@ -114,7 +119,7 @@ def register(sub: Any) -> None:
     _common(p)
     p.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz here")
     p.add_argument("--role", choices=["all", "stats", "join"], help="what this worker runs")
-    p.add_argument("--log-level", help="INFO, WARNING, ... (default INFO)")
+    add_log_flags(p)
     p.set_defaults(func=run_app)
     actions = p.add_subparsers(dest="action", metavar="ACTION")
 

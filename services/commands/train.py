@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from driftline.services.commands.args import add_kafka_flags, port, positive_int, settings_from
+from driftline.services.commands.args import (
+    add_kafka_flags,
+    add_log_flags,
+    port,
+    positive_int,
+    settings_from,
+)
 from driftline.services.commands.preflight import check_kafka
 
 if TYPE_CHECKING:
@@ -66,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from driftline.trainer.settings import TrainerSettings
 
     settings = settings_from(TrainerSettings, args, SETTING_FLAGS)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format, settings.service_name)
     check_kafka(settings.kafka)
     outcomes = service.run(
         settings, StopFlag().install(), now=args.now, modality=args.modality, once=args.now
@@ -74,32 +81,45 @@ def run(args: argparse.Namespace) -> int:
     if args.now:
         return _report_now(outcomes, settings.kafka.topics.training_windows)
     for outcome in outcomes:
-        print(outcome.summary(), file=sys.stdout if outcome.ok else sys.stderr)
+        _say(outcome.summary(), outcome.ok)
     return 1 if any(o.outcome in FAILED_OUTCOMES for o in outcomes) else 0
+
+
+def _say(text: str, ok: bool) -> None:
+    """An outcome: on stdout when it went well, else on stderr (a JSON record with JSON logs)."""
+    from driftline.services.runtime import logs
+
+    if ok:
+        print(text)
+    elif logs.json_configured():
+        logging.getLogger("driftline.cli").error(text, extra={"command": "train"})
+    else:
+        print(text, file=sys.stderr)
 
 
 def _report_now(outcomes: Sequence[RunOutcome], topic: str) -> int:
     """`train --now`: what was trained; a model skipped for want of labels is not a success."""
+    from driftline.services.runtime.logs import report_failure
     from driftline.trainer.runs import OUTCOME_SKIPPED
 
     skipped = [o for o in outcomes if o.outcome == OUTCOME_SKIPPED]
     for outcome in outcomes:
         if outcome.outcome != OUTCOME_SKIPPED:
-            print(outcome.summary(), file=sys.stdout if outcome.ok else sys.stderr)
+            _say(outcome.summary(), outcome.ok)
     for outcome in skipped:
-        print(
-            f"driftline train: {outcome.model_name} not trained: {outcome.error} "
+        report_failure(
+            "train",
+            f"{outcome.model_name} not trained: {outcome.error} "
             f"({outcome.modality} labelled windows on {topic})",
-            file=sys.stderr,
         )
     trained = [o for o in outcomes if o.outcome != OUTCOME_SKIPPED]
     if not trained:
-        print(
-            "driftline train: nothing was trained. Labelled windows come from the features app "
+        report_failure(
+            "train",
+            "nothing was trained. Labelled windows come from the features app "
             "joining feedback.labels to the events they label: run `driftline features` and "
             "`driftline infer`, then `driftline simulate fleet --label-fraction 0.3` (or your "
             "inspections); `driftline train --bootstrap` trains first models on simulated data.",
-            file=sys.stderr,
         )
         return 1
     return 1 if any(o.outcome in FAILED_OUTCOMES for o in outcomes) else 0
@@ -144,5 +164,6 @@ def register(sub: Any) -> None:
     p.add_argument("--gate-metric", choices=["macro_f1", "accuracy"], help="gate metric")
     p.add_argument("--holdout-fraction", type=float, help="most recent share held out (0.2)")
     p.add_argument("--metrics-port", type=port, help="serve /metrics, /healthz, /readyz here")
+    add_log_flags(p)
     add_kafka_flags(p)
     p.set_defaults(func=run)

@@ -150,6 +150,7 @@ class RegistryWatcher:
                 exc,
                 serving,
                 exc_info=not isinstance(exc, ModelRejected),
+                extra={"model": mv.name, "model_version": mv.version, "reason": reason},
             )
             return False
         old = self.slot.swap(model)
@@ -163,6 +164,12 @@ class RegistryWatcher:
             mv.version,
             f"v{old.version.version}" if old else "none",
             elapsed,
+            extra={
+                "model": mv.name,
+                "model_version": mv.version,
+                "previous_version": old.version.version if old else None,
+                "load_seconds": round(elapsed, 3),
+            },
         )
         del old  # the previous session is freed once the batch holding it finishes
         return True

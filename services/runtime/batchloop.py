@@ -136,7 +136,7 @@ class BatchLoop(Generic[S]):
 
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         self.assigned.update((p.topic, p.partition) for p in parts)
-        log.info("assigned partitions %s", sorted(p.partition for p in parts))
+        log.info("assigned partitions %s", sorted(p.partition for p in parts), extra=_fields(parts))
         starts = self.handler.assigned(consumer, parts)
         if starts is not None:
             consumer.incremental_assign(starts)
@@ -156,7 +156,7 @@ class BatchLoop(Generic[S]):
             if lag is not None and series in self._lag_series:
                 lag.remove(*series)
                 self._lag_series.discard(series)
-        log.info("revoked partitions %s", sorted(p.partition for p in parts))
+        log.info("revoked partitions %s", sorted(p.partition for p in parts), extra=_fields(parts))
 
     def _on_stats(self, stats_json: str) -> None:
         lag = self.metrics.consumer_lag
@@ -293,3 +293,11 @@ class BatchLoop(Generic[S]):
         for (topic, partition), offset in starts.items():
             if (topic, partition) in self.assigned:
                 consumer.seek(TopicPartition(topic, partition, offset))
+
+
+def _fields(parts: list[TopicPartition]) -> dict[str, object]:
+    """A rebalance's structured log fields (JSON logs): which topics and partitions."""
+    return {
+        "topics": sorted({p.topic for p in parts}),
+        "partitions": sorted(p.partition for p in parts),
+    }
