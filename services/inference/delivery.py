@@ -22,7 +22,7 @@ import math
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,6 +44,9 @@ class Delivery(Protocol):
     def begin(self) -> None: ...
     def produce(
         self, topic: str, key: bytes | str | None, value: bytes | None, headers: h.HeaderList
+    ) -> None: ...
+    def produce_all(
+        self, topic: str, keys: Sequence[str], values: Sequence[bytes], headers: h.HeaderList
     ) -> None: ...
     def commit(self, offsets: list[TopicPartition], starts: Offsets) -> None: ...
     def drain(self) -> None: ...
@@ -106,6 +109,15 @@ class AtLeastOnce:
         self.producer.produce(
             topic, key=key, value=value, headers=headers, on_delivery=self.current.on_delivery
         )
+
+    def produce_all(
+        self, topic: str, keys: Sequence[str], values: Sequence[bytes], headers: h.HeaderList
+    ) -> None:
+        """A batch's results: one produce call each, with nothing else done per record."""
+        produce, report = self.producer.produce, self.current.on_delivery
+        for key, value in zip(keys, values, strict=True):
+            produce(topic, key=key, value=value, headers=headers, on_delivery=report)
+            self.current.produced += 1
 
     def commit(self, offsets: list[TopicPartition], starts: Offsets) -> None:
         self.current.offsets, self.current.starts = offsets, starts
@@ -240,6 +252,13 @@ class ExactlyOnce:
         self, topic: str, key: bytes | str | None, value: bytes | None, headers: h.HeaderList
     ) -> None:
         self.producer.produce(topic, key=key, value=value, headers=headers)
+
+    def produce_all(
+        self, topic: str, keys: Sequence[str], values: Sequence[bytes], headers: h.HeaderList
+    ) -> None:
+        produce = self.producer.produce
+        for key, value in zip(keys, values, strict=True):
+            produce(topic, key=key, value=value, headers=headers)
 
     def commit(self, offsets: list[TopicPartition], starts: Offsets) -> None:
         del starts  # an aborted transaction rewinds to the current batch's own first offsets
@@ -390,6 +409,12 @@ class InMemoryDelivery:
         if self.open_batch is None:
             raise RuntimeError("produce outside a batch")
         self.open_batch.append((topic, key, value, headers))
+
+    def produce_all(
+        self, topic: str, keys: Sequence[str], values: Sequence[bytes], headers: h.HeaderList
+    ) -> None:
+        for key, value in zip(keys, values, strict=True):
+            self.produce(topic, key, value, headers)
 
     def commit(self, offsets: list[TopicPartition], starts: Offsets) -> None:
         batch, self.open_batch = self.open_batch or [], None
