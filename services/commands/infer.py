@@ -78,12 +78,17 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--modality", choices=["sensor", "image"], help="what to score (sensor)")
     p.add_argument(
-        "--max-batch", type=positive_int, help="largest batch (default: sensor 256, image 32)"
+        "--max-batch",
+        type=positive_int,
+        help="largest batch, reached under a backlog (default: sensor 1024, image 64; four "
+        "times that exactly-once)",
     )
     p.add_argument(
         "--max-wait-ms",
         type=non_negative_int,
-        help="longest wait from a batch's first event (sensor 20, image 50)",
+        help="how long a batch waits for more records once it has some (default 0: it "
+        "closes as soon as nothing more is waiting, so latency stays low and batches grow "
+        "only under a backlog)",
     )
     p.add_argument("--group-id", help="consumer group (default driftline-inference-<modality>)")
     p.add_argument("--model-name", help="registry model to serve (default per modality)")

@@ -10,8 +10,10 @@ from driftline.schemas.contracts import MODEL_NAMES
 from driftline.services.runtime.settings import DriftlineSettings, Modality
 
 # Micro-batch defaults per modality: sensor windows are tiny, photos cost ~1 ms each to decode.
-DEFAULT_MAX_BATCH = {"sensor": 256, "image": 32}
-DEFAULT_MAX_WAIT_MS = {"sensor": 20, "image": 50}
+# Batches close as soon as nothing more is waiting (no wait by default) and grow up to
+# these sizes under a backlog.
+DEFAULT_MAX_BATCH = {"sensor": 1024, "image": 64}
+DEFAULT_MAX_WAIT_MS = {"sensor": 0, "image": 0}
 
 
 class InferenceSettings(DriftlineSettings):
@@ -24,7 +26,10 @@ class InferenceSettings(DriftlineSettings):
         default=None, ge=1, description="Largest micro-batch (sensor 256, image 32)"
     )
     max_wait_ms: int | None = Field(
-        default=None, ge=0, description="Longest wait from a batch's first event (20 / 50 ms)"
+        default=None,
+        ge=0,
+        description="How long a batch with records waits for more (0: it closes as soon as "
+        "nothing more is waiting)",
     )
     exactly_once: bool = Field(
         default=False, description="One Kafka transaction per batch (read_committed readers)"

@@ -216,9 +216,7 @@ class BatchLoop(Generic[S]):
                         batcher.take()
                         self._rewind(consumer, [], self._pending_rewind)
                         self._pending_rewind = None
-                    wait = batcher.wait_s(time.monotonic(), IDLE_POLL_S)
-                    got = consumer.consume(num_messages=batcher.room(), timeout=wait)
-                    batcher.add(got, time.monotonic())
+                    batcher.add(self._fetch(consumer), time.monotonic())
                     if not batcher.ready(time.monotonic()):
                         try:
                             handler.idle()
@@ -240,6 +238,24 @@ class BatchLoop(Generic[S]):
         finally:
             handler.close()
             consumer.close()
+
+    def _fetch(self, consumer: Consumer) -> list[Message]:
+        """What the next batch gets: with an empty batch, the first record as soon as one
+        arrives (poll) and then every record already fetched, without waiting (consume with
+        no timeout). A batch therefore closes as soon as nothing more is waiting, and grows
+        to the policy's size under a backlog. With a max_wait, a batch that has records
+        waits up to that long for more (consume blocks until full or out of time)."""
+        batcher = self._batcher
+        room = batcher.room()
+        if len(batcher):
+            wait = batcher.wait_s(time.monotonic(), IDLE_POLL_S)
+            return consumer.consume(num_messages=room, timeout=wait)
+        first = consumer.poll(IDLE_POLL_S)
+        if first is None:
+            return []
+        if room <= 1:
+            return [first]
+        return [first, *consumer.consume(num_messages=room - 1, timeout=0)]
 
     def _failed(
         self, consumer: Consumer, msgs: list[Message], exc: Exception, *, stopping: bool = False
