@@ -34,9 +34,10 @@ from prometheus_client import CollectorRegistry
 from driftline.schemas import codec
 from driftline.schemas import headers as h
 from driftline.schemas.messages import MODALITY_SENSOR, CameraImage, SensorWindow
-from driftline.services.bench import underload
+from driftline.services.bench import reference, underload
 from driftline.services.bench import workload as wl
 from driftline.services.bench.harness import JSON, bench_kafka, preload, write_report
+from driftline.services.bench.plots import plot_report
 from driftline.services.core.scoring import commit_offsets, top1
 from driftline.services.inference.consumer import InferenceConsumer
 from driftline.services.inference.handler import BatchStats
@@ -73,24 +74,43 @@ def _b0(model: LoadedModel, inputs: npt.NDArray[np.float32]) -> tuple[float, int
 
 def _run_consumer_until(
     settings: InferenceSettings, source_base: str, n: int, slot: ModelSlot
-) -> float:
-    """Run the real consumer until n events are committed; events per second."""
+) -> dict[str, float]:
+    """Run the real consumer until n events are committed: events per second, the process's
+    CPU per event (every thread: Python, ONNX Runtime, librdkafka) and the mean batch."""
     _, decoder = decoder_for(settings)
     consumer = InferenceConsumer(
         settings, source_base, decoder, slot, InferenceMetrics(CollectorRegistry())
     )
-    done = 0
+    done = batches = 0
     first: list[float] = []
 
     def on_batch(stats: BatchStats) -> None:
-        nonlocal done
+        nonlocal done, batches
         if not first:
-            first.append(time.perf_counter())
+            first.extend((time.perf_counter(), time.process_time()))
         done += stats.consumed
+        batches += 1
 
-    started = time.perf_counter()
+    started, cpu0 = time.perf_counter(), time.process_time()
     consumer.run(lambda: done >= n, on_batch)
-    return n / (time.perf_counter() - (first[0] if first else started))
+    wall = time.perf_counter() - (first[0] if first else started)
+    cpu = time.process_time() - (first[1] if first else cpu0)
+    return {
+        "events_per_s": n / wall,
+        "cpu_us_per_event": 1e6 * cpu / max(1, done),
+        "mean_batch": done / max(1, batches),
+    }
+
+
+def _ort_cpu_us(model: LoadedModel, inputs: npt.NDArray[np.float32], batch: int) -> float:
+    """ONNX Runtime's own CPU per event at this batch size (the model alone, inputs ready)."""
+    batch = max(1, batch)
+    chunks = [inputs[i : i + batch] for i in range(0, len(inputs), batch)][:200]
+    model.predict(chunks[0])
+    cpu0 = time.process_time()
+    for c in chunks:
+        model.predict(c)
+    return 1e6 * (time.process_time() - cpu0) / sum(len(c) for c in chunks)
 
 
 def _b1(kafka: KafkaSettings, w: wl.Workload, n: int, batch: int) -> float:
@@ -210,15 +230,20 @@ def run(
     report["B1"] = {"events_per_s": b1}
     limit = 1 / (1 / b0 + 1 / b1)
     report["L"] = {"events_per_s": limit}
+    say("hand-written loop (reference)")
+    hand = reference.hand_written_loop(kafka, w, model, events, strict=False)
+    say("hand-written loop, flushing before each commit (strict reference)")
+    strict = reference.hand_written_loop(kafka, w, model, events, strict=True)
+    report["reference"] = {"plain": hand, "strict": strict}
     say("pipeline, at-least-once")
-    alo = _run_consumer_until(
+    alo_run = _run_consumer_until(
         settings.model_copy(update={"group_id": f"alo-{uuid.uuid4().hex[:6]}"}),
         w.source_base,
         events,
         slot,
     )
     say("pipeline, exactly-once")
-    eos = _run_consumer_until(
+    eos_run = _run_consumer_until(
         settings.model_copy(
             update={
                 "group_id": f"eos-{uuid.uuid4().hex[:6]}",
@@ -232,6 +257,18 @@ def run(
     )
     say(f"naive consumer ({naive_events} events)")
     naive = _naive(kafka, w, model, naive_events)
+    alo, eos = alo_run["events_per_s"], eos_run["events_per_s"]
+    ref = hand["events_per_s"]
+    overhead = {}
+    for mode, run_ in (("at_least_once", alo_run), ("exactly_once", eos_run)):
+        ort_us = _ort_cpu_us(model, w.inputs, round(run_["mean_batch"]))
+        overhead[mode] = {
+            "cpu_us_per_event": run_["cpu_us_per_event"],
+            "onnxruntime_cpu_us_per_event": ort_us,
+            "overhead_us_per_event": run_["cpu_us_per_event"] - ort_us,
+            "mean_batch": run_["mean_batch"],
+        }
+    report["overhead"] = overhead
     report["pipeline"] = {
         "at_least_once_per_s": alo,
         "exactly_once_per_s": eos,
@@ -239,6 +276,9 @@ def run(
         "alo_over_L": alo / limit,
         "eos_over_alo": eos / alo,
         "alo_over_naive": alo / naive,
+        "alo_over_reference": alo / ref,
+        "eos_over_reference": eos / ref,
+        "alo_over_strict_reference": alo / strict["events_per_s"],
     }
     report["latency"] = []
     for share in (0.1, 0.5, 0.8):
@@ -251,7 +291,9 @@ def run(
     say("resident memory over 50 swaps")
     report["swap_memory"] = underload.swap_memory(w, root, 50)
     report["seconds"] = time.perf_counter() - t_start
-    report["json"] = str(write_report(report, out, f"inference-{modality}"))
+    path = write_report(report, out, f"inference-{modality}")
+    report["json"] = str(path)
+    report["png"] = plot_report(report, path.with_suffix(".png"))
     return report
 
 
@@ -261,6 +303,8 @@ def print_table(r: dict[str, Any], write: Callable[[str], Any] = sys.stdout.writ
         (f"B0 raw ONNX Runtime (batch {r['B0']['best_batch']})", r["B0"]["events_per_s"]),
         ("B1 Kafka passthrough", r["B1"]["events_per_s"]),
         ("L = 1/(1/B0 + 1/B1)", r["L"]["events_per_s"]),
+        ("hand-written loop (reference)", r["reference"]["plain"]["events_per_s"]),
+        ("hand-written loop, strict", r["reference"]["strict"]["events_per_s"]),
         ("pipeline at-least-once", p["at_least_once_per_s"]),
         ("pipeline exactly-once", p["exactly_once_per_s"]),
         ("naive consumer", p["naive_per_s"]),
@@ -271,14 +315,29 @@ def print_table(r: dict[str, Any], write: Callable[[str], Any] = sys.stdout.writ
     )
     for label, v in rows:
         write(f"  {label:34} {v:12,.0f} events/s\n")
-    write(f"  {'ALO / L':34} {p['alo_over_L']:12.2f}   (goal >= 0.7)\n")
-    write(f"  {'EOS / ALO':34} {p['eos_over_alo']:12.2f}   (goal >= 0.8)\n")
-    write(f"  {'ALO / naive':34} {p['alo_over_naive']:12.1f}x  (goal >= 5x)\n")
+    write(f"  {'ALO / L':34} {p['alo_over_L']:12.2f}   (goal >= 0.9)\n")
+    write(f"  {'ALO / reference':34} {p['alo_over_reference']:12.2f}   (goal >= 1.3)\n")
+    write(f"  {'EOS / reference':34} {p['eos_over_reference']:12.2f}   (goal >= 1.2)\n")
+    write(f"  {'ALO / strict reference':34} {p['alo_over_strict_reference']:12.2f}\n")
+    write(f"  {'ALO / naive':34} {p['alo_over_naive']:12.1f}x\n")
+    for mode, o in r["overhead"].items():
+        write(
+            f"  CPU per event, {mode.replace('_', '-')}: {o['cpu_us_per_event']:.1f} us, of "
+            f"which ONNX Runtime {o['onnxruntime_cpu_us_per_event']:.1f} us at batch "
+            f"{o['mean_batch']:.0f}: overhead {o['overhead_us_per_event']:.1f} us "
+            "(goal <= 10)\n"
+        )
+    ref = r["reference"]["plain"]
+    write(f"  CPU per event, hand-written loop: {ref['cpu_us_per_event']:.1f} us\n")
     for lat in r["latency"]:
         write(
             f"  latency at {lat['load']:.0%} load ({lat['rate_per_s']:,.0f}/s): "
             f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms "
-            f"({lat['received']}/{lat['sent']} received)\n"
+            f"({lat['received']}/{lat['sent']} received); sent->scored p50/p99 "
+            f"{lat['sent_to_scored_p50_ms']:.1f}/{lat['sent_to_scored_p99_ms']:.1f} ms, "
+            f"scored->read {lat['scored_to_read_p50_ms']:.1f}/"
+            f"{lat['scored_to_read_p99_ms']:.1f} ms; load generator "
+            f"{lat['sender_cpu_share']:.0%} of a core\n"
         )
     s = r["swap"]
     write(
@@ -292,4 +351,4 @@ def print_table(r: dict[str, Any], write: Callable[[str], Any] = sys.stdout.writ
         f"{m['rss_after_10_mib']:.0f} after 10, {m['rss_after_last_mib']:.0f} after {m['swaps']} "
         f"(growth after 10: {m['growth_after_10_mib']:+.1f} MiB)\n"
     )
-    write(f"  took {r['seconds']:.0f} s; JSON: {r['json']}\n")
+    write(f"  took {r['seconds']:.0f} s; JSON: {r['json']}; PNG: {r['png'] or 'not written'}\n")

@@ -58,6 +58,7 @@ def _sender(
     conn.send("ready")
     late = 0.0
     i = 0
+    cpu0, wall0 = time.process_time(), time.time()
     while i < n:
         # Every millisecond, send whatever is due: constant rate without a wake-up per event.
         now = time.time()
@@ -69,8 +70,16 @@ def _sender(
         if i < n:
             time.sleep(max(0.0, min(0.001, planned[i] - time.time())))
     prod.flush(30)
+    cpu_share = (time.process_time() - cpu0) / max(1e-9, time.time() - wall0)
     ids = (f"{run_id}-{i}" for i in range(n))
-    conn.send({"sent": n, "max_late_s": late, "planned": dict(zip(ids, planned, strict=True))})
+    conn.send(
+        {
+            "sent": n,
+            "max_late_s": late,
+            "cpu_share": cpu_share,
+            "planned": dict(zip(ids, planned, strict=True)),
+        }
+    )
 
 
 def _reader(bootstrap: str, topic: str, expect: int, timeout_s: float, conn: Connection) -> None:
@@ -98,13 +107,21 @@ def _reader(bootstrap: str, topic: str, expect: int, timeout_s: float, conn: Con
         consumer.poll(0.1)
     conn.send("ready")
     deadline = time.time() + timeout_s
+    scored: dict[str, float] = {}
     while len(arrived) < expect and time.time() < deadline:
-        for m in consumer.consume(1000, timeout=0.05):
+        # The first result as soon as it comes, then what is already fetched: consume(n, t)
+        # alone would wait for n results or t, and time every arrival that much late.
+        first = consumer.poll(0.05)
+        if first is None:
+            continue
+        now = time.time()
+        for m in [first, *consumer.consume(1000, timeout=0)]:
             if m.error() is None and m.value():
-                now = time.time()
-                arrived.setdefault(codec.decode(InferenceResult, m.value() or b"").event_id, now)
+                result = codec.decode(InferenceResult, m.value() or b"")
+                arrived.setdefault(result.event_id, now)
+                scored.setdefault(result.event_id, result.scored_time_ms / 1000.0)
     consumer.close()
-    conn.send(arrived)
+    conn.send((arrived, scored))
 
 
 def latency_run(
@@ -135,18 +152,31 @@ def latency_run(
     sender.start()
     assert s_parent.recv() == "ready"
     sent = s_parent.recv()
-    arrived: dict[str, float] = r_parent.recv()
+    arrived, scored = r_parent.recv()
     sender.join(10)
     reader.join(10)
     planned: dict[str, float] = sent["planned"]
     # In send order, so dropping the first 10% drops the warm-up, not the fastest events.
     in_order = sorted((planned[k], arrived[k] - planned[k]) for k in arrived if k in planned)
-    ordered = sorted(lat for _, lat in in_order[len(in_order) // 10 :]) or [float("nan")]
+    kept = in_order[len(in_order) // 10 :]
+    ordered = sorted(lat for _, lat in kept) or [float("nan")]
+    warm = {k for k in arrived if k in planned and planned[k] >= (kept[0][0] if kept else 0)}
+    # Where the time goes: sent to scored (to the broker, fetch, batch, decode, score) and
+    # scored to read (produce, ack, the reader's fetch); the clocks are one machine's.
+    to_scored = sorted(scored[k] - planned[k] for k in warm) or [float("nan")]
+    to_read = sorted(arrived[k] - scored[k] for k in warm) or [float("nan")]
+
     return {
         "rate_per_s": rate,
         "sent": sent["sent"],
         "received": len(arrived),
         "sender_max_late_ms": 1000 * sent["max_late_s"],
+        "sender_cpu_share": sent["cpu_share"],
         "p50_ms": 1000 * ordered[len(ordered) // 2],
         "p99_ms": 1000 * ordered[max(0, int(len(ordered) * 0.99) - 1)],
+        "sent_to_scored_p50_ms": 1000 * to_scored[len(to_scored) // 2],
+        "sent_to_scored_p99_ms": 1000 * to_scored[max(0, int(len(to_scored) * 0.99) - 1)],
+        "scored_to_read_p50_ms": 1000 * to_read[len(to_read) // 2],
+        "scored_to_read_p99_ms": 1000 * to_read[max(0, int(len(to_read) * 0.99) - 1)],
+        "latencies_ms": [round(1000 * x, 3) for x in ordered],
     }

@@ -80,7 +80,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--max-batch",
         type=positive_int,
-        help="largest batch, reached under a backlog (default: sensor 1024, image 64; four "
+        help="largest batch, reached under a backlog (default: sensor 512, image 64; four "
         "times that exactly-once)",
     )
     p.add_argument(

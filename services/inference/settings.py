@@ -12,7 +12,7 @@ from driftline.services.runtime.settings import DriftlineSettings, Modality
 # Micro-batch defaults per modality: sensor windows are tiny, photos cost ~1 ms each to decode.
 # Batches close as soon as nothing more is waiting (no wait by default) and grow up to
 # these sizes under a backlog.
-DEFAULT_MAX_BATCH = {"sensor": 1024, "image": 64}
+DEFAULT_MAX_BATCH = {"sensor": 512, "image": 64}
 DEFAULT_MAX_WAIT_MS = {"sensor": 0, "image": 0}
 
 
