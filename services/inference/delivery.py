@@ -24,7 +24,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -95,7 +95,8 @@ class AtLeastOnce:
 
     def __init__(self, settings: InferenceSettings, consumer: Consumer) -> None:
         self.consumer = consumer
-        self.renewable = RenewableProducer(settings.kafka)
+        overrides: dict[str, Any] = {"linger.ms": settings.linger_ms}
+        self.renewable = RenewableProducer(settings.kafka, None, **overrides)
         self.in_flight: deque[_InFlight] = deque()
         self.current = _InFlight()
 
@@ -222,6 +223,7 @@ class ExactlyOnce:
             **{
                 "transactional.id": self.settings.transactional_id,
                 "transaction.timeout.ms": self.settings.transaction_timeout_ms,
+                "linger.ms": self.settings.linger_ms,
             },
         )
         deadline = time.monotonic() + self.timeout_s

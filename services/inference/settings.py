@@ -62,6 +62,12 @@ class InferenceSettings(DriftlineSettings):
         description="ed25519 public key (PEM text or a path): refuse unsigned or forged versions",
     )
     statistics_interval_ms: int = Field(default=5000, ge=0, description="librdkafka stats (lag)")
+    linger_ms: int = Field(
+        default=1,
+        ge=0,
+        description="How long results wait in the producer to share a request (under load "
+        "they share one anyway, while the previous request is in flight)",
+    )
     session_timeout_ms: int = Field(
         default=6000,
         ge=1000,
