@@ -331,6 +331,8 @@ def _soak(
         duplicated,
         problems + [str(e) for e in watch.errors[:1]],
     )
+    # The counts of the end, after the stream stopped and results settled (not the last sample).
+    summary.sent, summary.scored = sent, scored
     config = {
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "brokers_seen": brokers,
