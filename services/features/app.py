@@ -43,6 +43,7 @@ from confluent_kafka.admin import AdminClient
 
 from driftline.schemas import headers as h
 from driftline.schemas.messages import ModelVersion
+from driftline.services.features import faustfix
 from driftline.services.features.accuracy import Version
 from driftline.services.features.credentials import faust_credentials
 from driftline.services.features.metrics import FeaturesMetrics
@@ -187,6 +188,7 @@ def build(
     topics = s.kafka.topics
     datadir = data_path(s)
     datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
+    faustfix.install()  # commits past transaction markers, and read_committed (faustfix.py)
     app = faust.App(
         s.faust_app_id,
         broker=broker_urls(s.kafka.bootstrap_servers),
