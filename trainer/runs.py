@@ -9,7 +9,6 @@ written and read back, so the registry stays on its last good version.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,17 +25,17 @@ from driftline.schemas.messages import (
 )
 from driftline.services.core.gate import ChampionGate
 from driftline.services.runtime.artifacts import ArtifactStore
+from driftline.services.runtime.publishing import publish_next
 from driftline.trainer.champion import ChampionModel, ChampionUnavailable, load_champion
 from driftline.trainer.dataset import LabelledSet
 from driftline.trainer.fit import EpochReport, FitConfig, fit
-from driftline.trainer.publish import RegistryConflict, RegistryWriter, build_version
+from driftline.trainer.publish import RegistryWriter, build_version
 from driftline.trainer.retrain import Challenger, FitFn, RetrainConfig, train_challenger
 from driftline.trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 
 # A publish that lost the lease to another publisher of the model is built again this often.
-PUBLISH_ATTEMPTS = 5
 OUTCOME_PROMOTED = "promoted"
 OUTCOME_REJECTED = "rejected"
 OUTCOME_FAILED = "failed"
@@ -245,11 +244,12 @@ class TrainingRun:
 
     def _publish(self, name: str, challenger: Challenger, lineage: Lineage) -> ModelVersion:
         status = STATUS_CHAMPION if challenger.decision.promote else STATUS_REJECTED
-        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
-            mv = build_version(
+
+        def build(version: int) -> ModelVersion:
+            return build_version(
                 store=self.store,
                 name=name,
-                version=self.registry.next_version(name),
+                version=version,
                 modality=challenger.modality,
                 exported=challenger.exported,
                 model=challenger.model,
@@ -260,12 +260,6 @@ class TrainingRun:
                 signing_key=self.settings.signing_key,
                 reference=challenger.reference,
             )
-            try:
-                self.registry.publish(mv)
-                return mv
-            except RegistryConflict as exc:
-                if attempt == PUBLISH_ATTEMPTS:
-                    raise
-                log.warning("%s (attempt %d): reading the registry again", exc, attempt)
-                time.sleep(random.uniform(0.1, 0.5) * attempt)
-        raise AssertionError("unreachable")
+
+        # The next free version, again after each conflict with another publisher.
+        return publish_next(self.registry, name, build)

@@ -39,7 +39,7 @@ from driftline.services.runtime.settings import KafkaSettings
 from driftline.services.runtime.signing import key_id, sign, verify
 
 TOPIC_WAIT_S = 10.0
-PUBLISH_ATTEMPTS = 5
+PUBLISH_ATTEMPTS = 8
 
 
 class RegistryWriter(Protocol):
@@ -128,12 +128,21 @@ class KafkaRegistryWriter:
         return self._snapshot().champions.get(name)
 
     def next_version(self, name: str) -> int:
-        self._lease(name)  # first the lease, then the read: no one else commits after it
+        # Without the lease: the artifacts are built and written first (seconds), and only
+        # then is the lease taken, for a read and a commit (publish). Holding it through the
+        # build made racing publishers fence each other until they ran out of attempts.
         return self._snapshot().latest_version(name) + 1
 
     def publish(self, mv: ModelVersion) -> None:
         prod = self._lease(mv.name)
-        previous = self._snapshot().champions.get(mv.name)
+        # With the lease held, no one else commits until this commit or until someone fences
+        # it (then the commit fails): the version is checked against this read.
+        snapshot = self._snapshot()
+        if snapshot.latest_version(mv.name) + 1 != mv.version:
+            raise RegistryConflict(
+                f"{mv.name} v{mv.version} was published by another publisher meanwhile"
+            )
+        previous = snapshot.champions.get(mv.name)
         records = (
             registry.records_for(mv, previous)
             if mv.status == STATUS_CHAMPION
@@ -267,6 +276,12 @@ def build_record(
     return signed
 
 
+def conflict_backoff_s(attempt: int) -> float:
+    """The wait before attempt `attempt` + 2 after a conflict: doubling from 0.25 s up to 8 s,
+    with jitter, so racing publishers fall out of step instead of colliding again."""
+    return float(min(8.0, 0.25 * 2.0**attempt) * random.uniform(0.5, 1.5))
+
+
 def publish_next(
     writer: RegistryWriter, name: str, build: Callable[[int], ModelVersion]
 ) -> ModelVersion:
@@ -281,7 +296,7 @@ def publish_next(
         except RegistryConflict:
             if attempt == PUBLISH_ATTEMPTS - 1:
                 raise
-            time.sleep(random.uniform(0.1, 0.5) * (attempt + 1))  # let the other one finish
+            time.sleep(conflict_backoff_s(attempt))  # let the other one finish
             continue
         return mv
     raise AssertionError("unreachable")

@@ -62,7 +62,12 @@ from tests.integration.test_features import (
 from tests.integration.test_features_faults import snapshot
 from tests.integration.test_trainer import DRIFTED, SENSOR, labelled_sensor_windows, produce
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.own_script,  # scripts/cluster-faults: about 7 minutes on a 2-core machine
+    pytest.mark.timeout(300),
+]
 
 
 def _wait(check: Callable[[], bool], timeout_s: float, what: str, tick: float = 0.25) -> float:
@@ -402,11 +407,11 @@ def test_killing_redis_under_the_statistics_the_store_converges_after_its_restar
 PAUSED_PUBLISH = """
 import sys, time
 from pathlib import Path
-from driftline.trainer import publish
+from driftline.services.runtime import publishing
 from driftline.services.cli import main
 
 marker = Path(sys.argv[1])
-real = publish.producer
+real = publishing.producer
 
 class Paused:
     def __init__(self, prod):
@@ -418,7 +423,7 @@ class Paused:
         marker.write_text("records produced, not committed")
         time.sleep(3600)
 
-publish.producer = lambda *a, **kw: Paused(real(*a, **kw))
+publishing.producer = lambda *a, **kw: Paused(real(*a, **kw))
 sys.exit(main(sys.argv[2:]))
 """
 

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from driftline.services.cli import build_parser, main
 from driftline.services.commands.infer import infer_settings
-from driftline.services.inference.settings import InferenceSettings
+from driftline.services.inference.settings import DEFAULT_MAX_BATCH, InferenceSettings
 
 SERVICES = ["infer", "features", "train", "alerts"]
 
@@ -36,7 +36,8 @@ def test_delivery_mode_from_flag_or_environment(
     s = settings(argv)
     assert s.exactly_once is exactly_once
     # What exactly-once changes downstream: larger batches per transaction by default.
-    assert s.batch_size == (1024 if exactly_once else 256)
+    base = DEFAULT_MAX_BATCH["sensor"]
+    assert s.batch_size == (4 * base if exactly_once else base)
 
 
 def test_both_delivery_modes_at_once_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
