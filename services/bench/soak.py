@@ -2,10 +2,10 @@
 
 It starts a Kafka cluster (three KRaft nodes by default) and Redis of its own, on free ports
 in a data dir of its own, creates the topics (replicated 3 times, min ISR 2, on three nodes),
-trains the first models as the demo does, and starts every service as its own process:
-inference for sensors and photos (exactly-once), the features app as a stats worker and a
-join worker, the trainer and the alerting consumer. The simulator then sends sensor windows
-and photos, a share of them labelled after a few seconds, at constant rates. Every interval
+trains the first models as the demo does, and starts every service in its own process
+(exactly-once inference for both modalities, features stats and join, trainer, alerts).
+The simulator then sends sensor windows and photos, a share of them labelled after a few
+seconds, at constant rates. Every interval
 it samples each service's resident memory (VmRSS), each consumer group's lag (committed
 offsets against the last stable offsets, through the AdminClient) and the end-to-end latency
 (event time to scored time) of the results scored in that interval. At the end a

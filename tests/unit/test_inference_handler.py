@@ -20,8 +20,8 @@ from driftline.schemas import headers as h
 from driftline.schemas.contracts import SENSOR_CHANNELS, SENSOR_SAMPLES
 from driftline.schemas.messages import InferenceResult, Lineage, ModelVersion
 from driftline.schemas.topics import SENSOR_WINDOWS
-from driftline.services.inference.delivery import InMemoryDelivery
 from driftline.services.inference.handler import InferenceHandler
+from driftline.services.inference.inmemory import InMemoryDelivery
 from driftline.services.inference.metrics import InferenceMetrics
 from driftline.services.inference.service import decoder_for
 from driftline.services.inference.settings import InferenceSettings
