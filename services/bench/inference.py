@@ -38,6 +38,7 @@ from driftline.services.bench import reference, underload
 from driftline.services.bench import workload as wl
 from driftline.services.bench.harness import JSON, bench_kafka, preload, write_report
 from driftline.services.bench.plots import plot_report
+from driftline.services.bench.stages import describe
 from driftline.services.core.scoring import commit_offsets, top1
 from driftline.services.inference.consumer import InferenceConsumer
 from driftline.services.inference.handler import BatchStats
@@ -297,6 +298,30 @@ def run(
     return report
 
 
+def latency_only(
+    modality: str,
+    events: int,
+    partitions: int,
+    bootstrap: str | None,
+    rates: list[float],
+    seconds: float,
+    out: Path | None,
+    say: wl.Say,
+) -> dict[str, Any]:
+    """Only the latency part, at the given rates (events/s), each on topics of its own."""
+    w = wl.build(modality, events, 7, say)
+    kafka = bench_kafka(bootstrap, partitions)
+    root = Path(tempfile.mkdtemp(prefix="driftline-bench-"))
+    report: dict[str, Any] = {"modality": modality, "partitions": partitions, "latency": []}
+    for rate in rates:
+        say(f"latency at {rate:,.0f}/s for {seconds:.0f} s")
+        lat = underload.latency(kafka.bootstrap_servers, partitions, w, root, rate, seconds)
+        report["latency"].append({"load": None, **lat})
+    path = write_report(report, out, f"latency-{modality}")
+    report["json"] = str(path)
+    return report
+
+
 def print_table(r: dict[str, Any], write: Callable[[str], Any] = sys.stdout.write) -> None:
     p = r["pipeline"]
     rows = [
@@ -329,16 +354,7 @@ def print_table(r: dict[str, Any], write: Callable[[str], Any] = sys.stdout.writ
         )
     ref = r["reference"]["plain"]
     write(f"  CPU per event, hand-written loop: {ref['cpu_us_per_event']:.1f} us\n")
-    for lat in r["latency"]:
-        write(
-            f"  latency at {lat['load']:.0%} load ({lat['rate_per_s']:,.0f}/s): "
-            f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms "
-            f"({lat['received']}/{lat['sent']} received); sent->scored p50/p99 "
-            f"{lat['sent_to_scored_p50_ms']:.1f}/{lat['sent_to_scored_p99_ms']:.1f} ms, "
-            f"scored->read {lat['scored_to_read_p50_ms']:.1f}/"
-            f"{lat['scored_to_read_p99_ms']:.1f} ms; load generator "
-            f"{lat['sender_cpu_share']:.0%} of a core\n"
-        )
+    print_latency(r, write)
     s = r["swap"]
     write(
         f"  hot swap at {s['rate_per_s']:,.0f}/s: new version scoring after "
@@ -352,3 +368,19 @@ def print_table(r: dict[str, Any], write: Callable[[str], Any] = sys.stdout.writ
         f"(growth after 10: {m['growth_after_10_mib']:+.1f} MiB)\n"
     )
     write(f"  took {r['seconds']:.0f} s; JSON: {r['json']}; PNG: {r['png'] or 'not written'}\n")
+
+
+def print_latency(r: dict[str, Any], write: Callable[[str], Any] = sys.stdout.write) -> None:
+    for lat in r["latency"]:
+        load = f"{lat['load']:.0%} load" if lat.get("load") is not None else "a fixed rate"
+        write(
+            f"  latency at {load} ({lat['rate_per_s']:,.0f}/s): "
+            f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms "
+            f"({lat['received']}/{lat['sent']} received); sent->scored p50/p99 "
+            f"{lat['sent_to_scored_p50_ms']:.1f}/{lat['sent_to_scored_p99_ms']:.1f} ms, "
+            f"scored->read {lat['scored_to_read_p50_ms']:.1f}/"
+            f"{lat['scored_to_read_p99_ms']:.1f} ms; load generator "
+            f"{lat['sender_cpu_share']:.0%} of a core\n"
+        )
+        if "stages" in lat:
+            write(f"    {describe(lat['stages'])}\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -17,6 +18,10 @@ from driftline.schemas import codec
 from driftline.schemas.messages import CameraImage, InferenceResult, SensorWindow
 
 CTX = mp.get_context("spawn")
+# (warm event ids, planned send times, arrival times, results' broker timestamps) -> stages
+Breakdown = Callable[
+    [list[str], dict[str, float], dict[str, float], dict[str, float]], dict[str, Any]
+]
 
 
 def _sender(
@@ -108,6 +113,7 @@ def _reader(bootstrap: str, topic: str, expect: int, timeout_s: float, conn: Con
     conn.send("ready")
     deadline = time.time() + timeout_s
     scored: dict[str, float] = {}
+    appended: dict[str, float] = {}
     while len(arrived) < expect and time.time() < deadline:
         # The first result as soon as it comes, then what is already fetched: consume(n, t)
         # alone would wait for n results or t, and time every arrival that much late.
@@ -120,8 +126,9 @@ def _reader(bootstrap: str, topic: str, expect: int, timeout_s: float, conn: Con
                 result = codec.decode(InferenceResult, m.value() or b"")
                 arrived.setdefault(result.event_id, now)
                 scored.setdefault(result.event_id, result.scored_time_ms / 1000.0)
+                appended.setdefault(result.event_id, m.timestamp()[1] / 1000.0)
     consumer.close()
-    conn.send((arrived, scored))
+    conn.send((arrived, scored, appended))
 
 
 def latency_run(
@@ -133,8 +140,11 @@ def latency_run(
     rate: float,
     seconds: float,
     run_id: str,
+    stages: Breakdown | None = None,
 ) -> dict[str, Any]:
-    """Send at `rate` for `seconds` from a separate process and time each result's arrival."""
+    """Send at `rate` for `seconds` from a separate process and time each result's arrival;
+    `stages`, given the warm events, their planned send times, arrivals and results' broker
+    timestamps, says where the time went."""
     n = int(rate * seconds)
     r_parent, r_child = CTX.Pipe()
     reader = CTX.Process(
@@ -152,7 +162,7 @@ def latency_run(
     sender.start()
     assert s_parent.recv() == "ready"
     sent = s_parent.recv()
-    arrived, scored = r_parent.recv()
+    arrived, scored, appended = r_parent.recv()
     sender.join(10)
     reader.join(10)
     planned: dict[str, float] = sent["planned"]
@@ -166,7 +176,7 @@ def latency_run(
     to_scored = sorted(scored[k] - planned[k] for k in warm) or [float("nan")]
     to_read = sorted(arrived[k] - scored[k] for k in warm) or [float("nan")]
 
-    return {
+    out: dict[str, Any] = {
         "rate_per_s": rate,
         "sent": sent["sent"],
         "received": len(arrived),
@@ -180,3 +190,6 @@ def latency_run(
         "scored_to_read_p99_ms": 1000 * to_read[max(0, int(len(to_read) * 0.99) - 1)],
         "latencies_ms": [round(1000 * x, 3) for x in ordered],
     }
+    if stages is not None:
+        out["stages"] = stages(sorted(warm), planned, arrived, appended)
+    return out

@@ -10,8 +10,10 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from prometheus_client import CollectorRegistry
@@ -30,8 +32,10 @@ from driftline.schemas.messages import (
 )
 from driftline.services.bench.harness import Reader, bench_kafka, rss_bytes
 from driftline.services.bench.load import latency_run
+from driftline.services.bench.stages import breakdown, source_appends, stamp_append_time
 from driftline.services.bench.workload import Workload, publish
 from driftline.services.inference.consumer import InferenceConsumer
+from driftline.services.inference.handler import BatchStats, Marks
 from driftline.services.inference.metrics import InferenceMetrics
 from driftline.services.inference.model import load
 from driftline.services.inference.service import decoder_for
@@ -90,7 +94,13 @@ class Live:
     watcher: RegistryWatcher
 
     @classmethod
-    def start(cls, kafka: KafkaSettings, w: Workload, exactly_once: bool = False) -> Live:
+    def start(
+        cls,
+        kafka: KafkaSettings,
+        w: Workload,
+        exactly_once: bool = False,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> Live:
         settings = InferenceSettings(
             kafka=kafka,
             modality=w.modality,
@@ -105,7 +115,7 @@ class Live:
         slot.wait_loaded(60)
         _, decoder = decoder_for(settings)
         consumer = InferenceConsumer(settings, w.source_base, decoder, slot, metrics)
-        t = threading.Thread(target=consumer.run, args=(stop.is_set,), daemon=True)
+        t = threading.Thread(target=consumer.run, args=(stop.is_set, on_batch), daemon=True)
         t.start()
         return cls(kafka, settings, slot, stop, [watcher.follower, t], watcher)
 
@@ -118,20 +128,38 @@ class Live:
 
 def latency(
     bootstrap: str, partitions: int, w: Workload, root: Path, rate: float, seconds: float
-) -> dict[str, float]:
+) -> dict[str, Any]:
     kafka = bench_kafka(bootstrap, partitions)
+    source = kafka.topics.name(w.source_base)
+    stamp_append_time(kafka, [source, kafka.topics.inference_results])
     publish(kafka, w, root, 1)
-    live = Live.start(kafka, w)
+    marks: list[Marks] = []
+
+    def note(stats: BatchStats) -> None:
+        if stats.marks is not None:
+            marks.append(stats.marks)
+
+    def where(
+        warm: list[str],
+        planned: dict[str, float],
+        arrived: dict[str, float],
+        appended: dict[str, float],
+    ) -> dict[str, Any]:
+        sources = source_appends(kafka, source, w.modality)
+        return breakdown(warm, planned, arrived, appended, sources, marks)
+
+    live = Live.start(kafka, w, on_batch=note)
     try:
         return latency_run(
             bootstrap,
-            kafka.topics.name(w.source_base),
+            source,
             kafka.topics.inference_results,
             w.avro[:500],
             w.modality,
             rate,
             seconds,
             uuid.uuid4().hex[:6],
+            stages=where,
         )
     finally:
         live.close()

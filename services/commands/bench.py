@@ -73,6 +73,19 @@ def _inference(args: argparse.Namespace) -> int:
     for modality in modalities:
         events = args.events or (40_000 if modality == "sensor" else 4_000)
         naive = args.naive_events or min(events, 2_000 if modality == "sensor" else 500)
+        if args.latency_at:
+            report = inference.latency_only(
+                modality,
+                min(events, 2_000),
+                args.partitions,
+                args.bootstrap_servers,
+                args.latency_at,
+                args.latency_seconds,
+                Path(args.json) if args.json else None,
+                say=lambda line: print(f"bench: {line}", file=sys.stderr),
+            )
+            inference.print_latency(report)
+            continue
         report = inference.run(
             modality,
             events,
@@ -107,6 +120,17 @@ def _add_inference(targets: Any) -> None:
     p.add_argument("--partitions", type=int, default=3, help="partitions per topic (3)")
     p.add_argument("--bootstrap-servers", help="Kafka to use (default: the local stack)")
     p.add_argument("--json", help="report path (default .driftline/bench/inference-*.json)")
+    p.add_argument(
+        "--latency-at",
+        type=float,
+        action="append",
+        metavar="RATE",
+        help="only the latency part, at RATE events/s (repeat for several rates): p50/p99 "
+        "and where the time goes, stage by stage",
+    )
+    p.add_argument(
+        "--latency-seconds", type=float, default=10.0, help="how long each latency run sends (10)"
+    )
     p.set_defaults(target=_inference)
 
 

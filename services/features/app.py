@@ -265,10 +265,14 @@ def build(
     pipeline = features.pipeline
     take = {"max_": s.batch_max, "within": s.batch_wait_s}
 
-    @app.agent(results_topic, name="results")
-    async def on_results(stream: Any) -> None:
-        async for events in stream.take_events(**take):
-            await pipeline.on_results(records(events), forward=s.runs_join)
+    if s.runs_stats:
+        # Only the statistics read results here: the join's router (router.py) forwards
+        # inputs, results and labels to the join topic, outside faust.
+
+        @app.agent(results_topic, name="results")
+        async def on_results(stream: Any) -> None:
+            async for events in stream.take_events(**take):
+                await pipeline.on_results(records(events), forward=False)
 
     # Timers leave the state alone until the tables are recovered.
     async def flush() -> None:
@@ -291,21 +295,9 @@ def build(
             features.waiting_for.discard("stats")
 
     if s.runs_join:
-        inputs_topic = app.topic(topics.sensor_windows, topics.camera_images, **RAW)
-        labels_topic = outbox.declare(topics.feedback_labels)
         join_topic = outbox.declare(
             pipeline.join_topic, partitions=s.join_partitions, internal=True
         )
-
-        @app.agent(inputs_topic, name="inputs")
-        async def on_inputs(stream: Any) -> None:
-            async for events in stream.take_events(**take):
-                await pipeline.on_inputs(records(events))
-
-        @app.agent(labels_topic, name="labels")
-        async def on_labels(stream: Any) -> None:
-            async for events in stream.take_events(**take):
-                await pipeline.on_labels(records(events))
 
         @app.agent(join_topic, name="join")
         async def on_join(stream: Any) -> None:

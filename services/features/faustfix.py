@@ -42,9 +42,16 @@ def install() -> None:
             offset_from = max(offset_from, committed)  # the next offset to read
         if offset_from < offset_to:
             gaps = self._gap[tp]
-            gaps.addi(offset_from, offset_to)
-            await asyncio.sleep(0)  # as faust does: let other coroutines run
-            gaps.merge_overlaps()
+            # Gaps come in offset order, each after the last: they only overlap when records
+            # are read again (a seek after a rebalance). faust merges the whole tree at every
+            # gap, rebuilding it: with a gap per transaction that was a third of a worker's
+            # time (seen in the soak), so merge only what overlaps.
+            if gaps.overlaps(offset_from, offset_to):
+                gaps.addi(offset_from, offset_to)
+                await asyncio.sleep(0)  # as faust does: let other coroutines run
+                gaps.merge_overlaps()
+            else:
+                gaps.addi(offset_from, offset_to)
 
     base._add_gap = add_gap  # type: ignore[method-assign]
 

@@ -1,7 +1,9 @@
 """The features pipeline's join path: forward inputs and labels, join them, emit windows.
 
 Inputs and labels are forwarded to the join topic keyed by asset id (results are forwarded by
-the statistics path); the join topic's records are joined (services.features.join), and the
+the statistics path). In a worker the router (router.py, on the shared batch loop) does the
+forwarding, with the same `route`; these forwarders serve the pipeline in memory. The join
+topic's records are joined (services.features.join), and the
 inputs of every label it settles are read back from Kafka in one batch to build the labelled
 windows sent to training.windows.
 """
@@ -17,12 +19,13 @@ from driftline.schemas import deadletter as dl
 from driftline.schemas import headers as h
 from driftline.schemas.messages import Label, LabelledWindow
 from driftline.schemas.topics import FEEDBACK_LABELS
-from driftline.services.core.join import Decision, label_problem, labelled_window
+from driftline.services.core.join import Decision, labelled_window
 from driftline.services.features import joinrecords as jr
 from driftline.services.features.join import JoinProcessor
 from driftline.services.features.metrics import FeaturesMetrics
 from driftline.services.features.readback import FetchedRecord, InputReader
 from driftline.services.features.records import Outbox, RawRecord
+from driftline.services.features.router import Note, route
 from driftline.services.features.settings import FeaturesSettings
 
 log = logging.getLogger(__name__)
@@ -58,43 +61,27 @@ class JoinStage:
     async def on_inputs(self, records: Sequence[RawRecord]) -> None:
         """Forward where each input lies (not the input) to the join, keyed by asset id."""
         for rec in records:
-            input_type = "CameraImage" if rec.topic == self.topics.camera_images else "SensorWindow"
-            try:
-                stored = jr.stored_input(input_type, rec.value, rec.content_type)
-            except dl.CodecError:
-                # The inference consumer dead-letters bad inputs; the join just skips them.
+            out = route(rec, self.topics)
+            if isinstance(out, Note):
+                await self.outbox.send(
+                    self.join_topic, out.asset_id.encode(), out.value, out.headers
+                )
+            else:  # the inference consumer dead-letters bad inputs; the join just skips them
                 self.metrics.events.labels("input_skipped").inc()
-                continue
-            note = jr.input_note(stored, rec.topic, rec.partition, rec.offset)
-            await self.forward(stored.asset_id, note, jr.KIND_INPUT)
         if records:
             self.metrics.consumed.labels(records[0].topic).inc(len(records))
 
     async def on_labels(self, records: Sequence[RawRecord]) -> None:
-        """Forward labels to the join by asset id, with their source position.
-
-        Undecodable labels, and labels that cannot be routed (no asset id) or are not well
-        formed (an inspection without lookback), are dead-lettered here.
-        """
+        """Forward labels to the join by asset id, with their source position; dead-letter
+        those that cannot be routed or are not well formed (router.route says which)."""
         for rec in records:
-            try:
-                label = codec.decode(Label, rec.value, rec.content_type)
-                problem = label_problem(label)
-                if problem is not None:
-                    raise dl.CodecError(dl.SCHEMA_INVALID, problem)
-            except dl.CodecError as exc:
-                await self._dead_letter(rec, exc, self.topics.dlq(FEEDBACK_LABELS))
-                continue
-            assert rec.value is not None
-            assert label.asset_id is not None
-            hdrs: h.HeaderList = [
-                (k, v) for k, v in rec.headers if not k.startswith("driftline-join-")
-            ]
-            hdrs += [
-                (jr.JOIN_KIND, jr.KIND_LABEL.encode()),
-                (jr.JOIN_SOURCE, jr.source_header(rec.topic, rec.partition, rec.offset)),
-            ]
-            await self.outbox.send(self.join_topic, label.asset_id.encode(), rec.value, hdrs)
+            out = route(rec, self.topics)
+            if isinstance(out, Note):
+                await self.outbox.send(
+                    self.join_topic, out.asset_id.encode(), out.value, out.headers
+                )
+            else:
+                await self._dead_letter(rec, out.error, self.topics.dlq(FEEDBACK_LABELS))
         if records:
             self.metrics.consumed.labels(records[0].topic).inc(len(records))
 

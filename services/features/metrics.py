@@ -12,6 +12,7 @@ from driftline.services.runtime.metrics import (
     ACCURACY_CONFIDENCE,
     ACCURACY_LABELLED,
     ACCURACY_SCORED,
+    BATCH_FAILURES,
     DEAD_LETTERS,
     DRIFT_DETECTED,
     DRIFT_SAMPLES,
@@ -44,6 +45,12 @@ class FeaturesMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.consumed = Counter(EVENTS_CONSUMED, "Records consumed", ["topic"], registry=registry)
         self.produced = Counter(EVENTS_PRODUCED, "Records produced", ["topic"], registry=registry)
+        self.batch_failures = Counter(  # the join router's batches (features/router.py)
+            BATCH_FAILURES,
+            "Batches rewound and retried, by the stage that failed",
+            ["stage"],
+            registry=registry,
+        )
         self.dead_letters = Counter(
             DEAD_LETTERS, "Records dead-lettered", ["topic", "reason"], registry=registry
         )

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 
 from prometheus_client import CollectorRegistry
 
 from driftline.services.features.app import build, lock_data_dir
 from driftline.services.features.metrics import FeaturesMetrics
+from driftline.services.features.router import RouterThread, RouterTopics
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.startup import (
     Readiness,
@@ -29,10 +32,20 @@ def run(settings: FeaturesSettings, metrics_registry: CollectorRegistry | None =
     settings = deployed_join_partitions(settings)
     # Held until this function returns: the worker's tables in its data dir are its own.
     locks = lock_data_dir(settings) if settings.on_disk else []
-    features = build(settings, FeaturesMetrics(reg))
+    metrics = FeaturesMetrics(reg)
+    features = build(settings, metrics)
     # Every topic exists, with leaders, before the worker joins its group: otherwise the first
     # assignment can leave the join's agents without partitions (see services.features.startup).
-    ensure_topics(settings.kafka, topic_needs(features.app), timeout_s=settings.registry_timeout_s)
+    extra = [RouterTopics.of(settings)] if settings.runs_join else []
+    needs = topic_needs(features.app, extra)
+    ensure_topics(settings.kafka, needs, timeout_s=settings.registry_timeout_s)
+    # The join's router forwards inputs, results and labels to the join topic from a thread
+    # of its own (features/router.py); if it dies, the worker stops rather than join nothing.
+    router = (
+        RouterThread(settings, metrics, on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM))
+        if settings.runs_join
+        else None
+    )
     readiness = Readiness()
     health = m.Health(ready=lambda: readiness.ready)
 
@@ -53,10 +66,14 @@ def run(settings: FeaturesSettings, metrics_registry: CollectorRegistry | None =
     worker = Worker(features.app, loglevel=settings.log_level, quiet=True, override_logging=False)
     try:
         with m.metrics_server(reg, health, settings.metrics_port):
+            if router is not None:
+                router.start()
             worker.execute_from_commandline()
     except SystemExit as exc:
         if exc.code not in (0, None):
             raise
     finally:
+        if router is not None and router.is_alive():
+            router.stop()
         for lock in locks:
             lock.close()

@@ -179,7 +179,7 @@ class Readiness:
     def update(self, app: Any, waiting_tables: set[str]) -> bool:
         """Recompute from the app's state (call in the event loop)."""
         reason = self._why_not(app, waiting_tables)
-        if reason != self.reason:
+        if (reason or "ready") != self.reason:  # log changes only, not every check
             if reason is None:
                 log.info("ready: every agent has partitions and every table is recovered")
             else:

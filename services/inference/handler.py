@@ -25,13 +25,13 @@ from driftline.schemas import headers as h
 from driftline.schemas.batch import DecodedBatch
 from driftline.schemas.messages import ModelVersion
 from driftline.schemas.result_batch import ResultEncoder
-from driftline.services.core.scoring import commit_offsets, rewind_offsets, score_apart, top1
+from driftline.services.core.scoring import score_apart, top1
 from driftline.services.inference.delivery import Delivery, for_settings
 from driftline.services.inference.metrics import InferenceMetrics
 from driftline.services.inference.settings import InferenceSettings
 from driftline.services.runtime.batchloop import Offsets, RewindBatch
 from driftline.services.runtime.deadletters import describe, dlq_record
-from driftline.services.runtime.kafka import position
+from driftline.services.runtime.kafka import spans
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,27 @@ class ModelSource(Protocol):
 
 
 @dataclass(frozen=True)
+class Marks:
+    """When (wall clock, seconds) a batch reached each stage: taken from the loop, decoded
+    and scored, its results encoded and handed to the producer, its commit issued; and where
+    it started and ended in each partition (first offset, next offset). For benches that
+    split latency into stages; a few clock reads per batch."""
+
+    taken_s: float
+    scored_s: float
+    produced_s: float
+    committed_s: float
+    spans: dict[tuple[str, int], tuple[int, int]]
+
+
+@dataclass(frozen=True)
 class BatchStats:
     consumed: int
     scored: int
     dead_lettered: int
     model_version: int
     inference_s: float
+    marks: Marks | None = None
 
 
 class InferenceHandler:
@@ -152,6 +167,7 @@ class InferenceHandler:
 
     def handle(self, msgs: list[Message]) -> BatchStats:
         """Score one batch, dead-letter its bad records, deliver everything, then commit."""
+        taken_s = time.time()
         delivery = self._delivery()
         good = [m for m in msgs if m.error() is None]
         if len(good) != len(msgs):
@@ -174,6 +190,7 @@ class InferenceHandler:
         )
         failures = list(batch.failures)
         inference_s = 0.0
+        scored_s = produced_s = taken_s
         delivery.begin()
         if len(batch):
             t0 = time.perf_counter()
@@ -186,6 +203,7 @@ class InferenceHandler:
                 batch, probs, failed = score_apart(model.predict, batch)
                 failures += failed
             inference_s = time.perf_counter() - t0
+            scored_s = time.time()
             bad = ~np.isfinite(probs).all(axis=1) if len(probs) else np.zeros(0, dtype=bool)
             if bad.any():  # a score that is not a number is no score: dead-letter those events
                 failures += [
@@ -198,15 +216,19 @@ class InferenceHandler:
                 self._produce_results(delivery, batch, probs, model.version)
                 self.metrics.inference_seconds.labels(self.modality).observe(inference_s)
                 self.metrics.batch_size.labels(self.modality).observe(len(batch))
+            produced_s = time.time()
         for pos, error in failures:
             self._dead_letter(delivery, good[pos], error)
-        consumed = [position(m) for m in good]
-        offsets = commit_offsets(consumed)
+        parts = spans(good)
         delivery.commit(
-            [TopicPartition(t, p, o) for (t, p), o in offsets.items()], rewind_offsets(consumed)
+            [TopicPartition(t, p, end) for (t, p), (_, end) in parts.items()],
+            {key: start for key, (start, _) in parts.items()},
         )
+        marks = Marks(taken_s, scored_s, produced_s, time.time(), parts)
         scored = len(good) - len(failures)
-        return BatchStats(len(good), scored, len(failures), model.version.version, inference_s)
+        return BatchStats(
+            len(good), scored, len(failures), model.version.version, inference_s, marks
+        )
 
     def _encoder(self, mv: ModelVersion) -> ResultEncoder:
         """The result encoder of the serving version (built again only after a swap)."""

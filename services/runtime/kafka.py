@@ -54,6 +54,24 @@ def position(msg: Message) -> tuple[str, int, int]:
     return topic, partition, offset
 
 
+def spans(msgs: Iterable[Message]) -> dict[tuple[str, int], tuple[int, int]]:
+    """Per (topic, partition) of a batch of consumed records: its first offset (where to seek
+    to read the batch again) and one past its last (what to commit once it is done), in one
+    pass over the records."""
+    out: dict[tuple[str, int], tuple[int, int]] = {}
+    for msg in msgs:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        if topic is None or partition is None or offset is None:
+            raise ValueError("record has no topic, partition or offset")
+        key = (topic, partition)
+        span = out.get(key)
+        if span is None:
+            out[key] = (offset, offset + 1)
+        elif not span[0] <= offset < span[1]:
+            out[key] = (min(span[0], offset), max(span[1], offset + 1))
+    return out
+
+
 def admin(kafka: KafkaSettings) -> AdminClient:
     return AdminClient(kafka.client_config())
 

@@ -122,6 +122,20 @@ def test_a_batch_is_scored_delivered_and_committed_past_its_last_offset() -> Non
     assert [(tp.topic, tp.partition, tp.offset) for tp in mem.commits[-1]] == [(TOPIC, 0, 16)]
 
 
+def test_a_batch_over_partitions_commits_and_rewinds_each_and_marks_its_stages() -> None:
+    mem = InMemoryDelivery()
+    hd, _ = handler(Runner(version(1)), mem)
+    # Partitions interleaved, and one out of order, as a rewind can leave them.
+    layout = [(0, 7), (2, 40), (0, 8), (2, 41), (0, 5), (1, 3)]
+    msgs = [msg(o, window_bytes(f"e-{i}", 1.0), partition=p) for i, (p, o) in enumerate(layout)]
+    stats = hd.handle(msgs)
+    assert sorted((tp.partition, tp.offset) for tp in mem.commits[-1]) == [(0, 9), (1, 4), (2, 42)]
+    assert stats.marks is not None
+    assert stats.marks.spans == {(TOPIC, 0): (5, 9), (TOPIC, 1): (3, 4), (TOPIC, 2): (40, 42)}
+    m = stats.marks
+    assert m.taken_s <= m.scored_s <= m.produced_s <= m.committed_s
+
+
 def test_undecodable_records_are_dead_lettered_and_still_committed() -> None:
     mem = InMemoryDelivery()
     hd, settings = handler(Runner(version()), mem)
