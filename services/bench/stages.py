@@ -19,7 +19,6 @@ into six stages that add up:
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -95,34 +94,22 @@ def source_appends(
 
 @dataclass
 class BatchIndex:
-    """Finds the batch (its marks) that first took a record, by partition and offset."""
+    """Finds the batch (its marks) that first took a record, by partition and offset: a
+    record read again after a rewind belongs to the batch that took it first."""
 
-    starts: dict[int, list[int]]
-    rows: dict[int, list[tuple[int, int, Marks]]]  # (start, end, marks), sorted by start
+    first: dict[tuple[int, int], Marks]
 
     @classmethod
     def of(cls, marks: Sequence[Marks]) -> BatchIndex:
-        found: dict[int, list[tuple[int, int, int, Marks]]] = {}
-        for i, m in enumerate(marks):
+        first: dict[tuple[int, int], Marks] = {}
+        for m in marks:
             for (_topic, partition), (start, end) in m.spans.items():
-                found.setdefault(partition, []).append((start, i, end, m))
-        # A record read again after a rewind belongs to its first batch: sorted by start,
-        # then by batch order, the first batch covering an offset comes first.
-        rows: dict[int, list[tuple[int, int, Marks]]] = {}
-        for partition, items in found.items():
-            items.sort(key=lambda r: (r[0], r[1]))
-            rows[partition] = [(start, end, m) for start, _, end, m in items]
-        return cls({p: [r[0] for r in rs] for p, rs in rows.items()}, rows)
+                for offset in range(start, end):
+                    first.setdefault((partition, offset), m)
+        return cls(first)
 
     def find(self, partition: int, offset: int) -> Marks | None:
-        starts = self.starts.get(partition, [])
-        i = bisect.bisect_right(starts, offset) - 1
-        while i >= 0:
-            start, end, m = self.rows[partition][i]
-            if start <= offset < end:
-                return m
-            i -= 1
-        return None
+        return self.first.get((partition, offset))
 
 
 def breakdown(
