@@ -134,6 +134,40 @@ def _add_inference(targets: Any) -> None:
     p.set_defaults(target=_inference)
 
 
+def _join(args: argparse.Namespace) -> int:
+    from driftline.services.bench import joinload
+    from driftline.services.commands.features import features_settings
+
+    settings = features_settings(args)
+    r = joinload.join_throughput(settings, args.events, args.assets)
+    print(
+        f"  {r['what']}: {r['events_per_s']:,.0f} events/s ({r['records_per_s']:,.0f} "
+        f"records/s routed and joined; {r['events']:,} windows with their results, "
+        f"{r['labels']:,} labels, {r['seconds']:.1f} s; {r['cpu_us_per_record']:.0f} us of "
+        "the worker's CPU per record)"
+    )
+    return 0
+
+
+def _add_join(targets: Any) -> None:
+    from driftline.services.commands.args import add_redis_flags
+
+    p = targets.add_parser(
+        "join",
+        help="the label join's throughput: one join worker over a backlog",
+        description="Preloads sensor windows, their results and labels for one in five, on a "
+        "topic set of its own, starts one `driftline features --role join` worker and times "
+        "it from its first join note to its last (every window and result routed and "
+        "joined, every label's window emitted). Prints events/s, records/s and the worker's "
+        "CPU per record. Uses the Kafka and Redis given (default: the local stack's).",
+    )
+    p.add_argument("--events", type=int, default=20_000, help="sensor windows (20000)")
+    p.add_argument("--assets", type=int, default=500, help="assets they belong to (500)")
+    add_redis_flags(p)
+    add_kafka_flags(p)
+    p.set_defaults(target=_join)
+
+
 def _soak(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -216,6 +250,7 @@ def register(sub: Any) -> None:
     targets = p.add_subparsers(dest="bench_target", required=True, metavar="TARGET")
     _add_features(targets)
     _add_inference(targets)
+    _add_join(targets)
     _add_trainer(targets)
     _add_soak(targets)
     p.set_defaults(func=run)

@@ -299,23 +299,24 @@ class JoinProcessor:
         return out
 
     def restore(self) -> None:
-        """Pick up recovered tables: the watermark is the newest event time indexed.
+        """Pick up recovered tables: index every event and waiting label held, and take the
+        newest event time indexed as the watermark.
 
-        Tables recovered from a version without the index (states but no index entries) are
-        indexed here, once.
+        The index is derived from the events and the waiting labels, and on disk it has no
+        changelog: whatever this worker's databases still hold of it, the partitions just
+        recovered are indexed again here (a put of an entry already there changes nothing;
+        an entry whose event is gone is skipped by every reader).
         """
         self._claimed.clear()
         self._evicted_to = None
-        if first_key(self.index, INDEX_BY_TIME) is None and next(self.states.items(), None):
-            for key, value in self.states.items():
-                if SEP not in key:
-                    continue  # a key of the event-id-keyed join before 0.x: not ours to read
-                state = core.decode_state(value)
-                self._index_event(self.partition(state.asset_id), key, state.event_time_ms)
-        if first_key(self.index, INDEX_DUE) is None and next(self.parked.items(), None):
-            for key, value in self.parked.items():
-                label_time_ms = core.decode_parked(value).label_time_ms
-                self.index.put(self.partition(asset_of(key)), due_key(label_time_ms, key), MARK)
+        for key, value in self.states.items():
+            if SEP not in key:
+                continue  # a key of the event-id-keyed join before 0.x: not ours to read
+            state = core.decode_state(value)
+            self._index_event(self.partition(state.asset_id), key, state.event_time_ms)
+        for key, value in self.parked.items():
+            label_time_ms = core.decode_parked(value).label_time_ms
+            self.index.put(self.partition(asset_of(key)), due_key(label_time_ms, key), MARK)
         newest = first_key(self.index, INDEX_BY_TIME, reverse=True)
         if newest is not None:
             t = decode_time(newest[len(INDEX_BY_TIME) :][:8])

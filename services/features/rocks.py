@@ -17,9 +17,10 @@ resident memory of the tables stays within `table_memory_mb` however many keys a
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -156,6 +157,38 @@ class DiskTable:
         self.partitions = partitions
         self.changelog = changelog
         self.partition_of = partition_of
+        self._holding = 0
+        self._held: dict[tuple[int, bytes], bytes | None] = {}
+
+    @contextlib.contextmanager
+    def holding_changelog(self) -> Iterator[None]:
+        """Within it, changelog records wait and only a key's last value is sent, when the
+        outermost hold ends. A batch writes an event's state on its input, again on its
+        result, and an accuracy bucket at every result: each changelog record costs the
+        worker a faust and aiokafka send (about a hundred microseconds), and only the last
+        value of a key is ever read back. The databases are written at once; a crash before
+        the hold ends loses only what the batch's replay writes again."""
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+            if not self._holding:
+                self.release_changelog()
+
+    def release_changelog(self) -> None:
+        held, self._held = self._held, {}
+        if self.changelog is not None:
+            for (slot, key), value in held.items():
+                self.changelog(slot, key, value)
+
+    def _log(self, slot: int, key: bytes, value: bytes | None) -> None:
+        if self.changelog is None:
+            return
+        if self._holding:
+            self._held[(slot, key)] = value
+        else:
+            self.changelog(slot, key, value)
 
     def _slot(self, partition: int | None, key: bytes) -> int:
         if partition is not None:
@@ -193,8 +226,7 @@ class DiskTable:
     def put(self, partition: int | None, key: bytes, value: bytes) -> None:
         slot = self._slot(partition, key)
         self.dbs.db(slot).put(key, value)
-        if self.changelog is not None:
-            self.changelog(slot, key, value)
+        self._log(slot, key, value)
 
     def delete(self, partition: int | None, key: bytes) -> None:
         found = self._holder(partition, key)
@@ -202,8 +234,7 @@ class DiskTable:
             return
         slot, db = found
         db.delete(key)
-        if self.changelog is not None:
-            self.changelog(slot, key, None)
+        self._log(slot, key, None)
 
     def items(self) -> Iterator[Item]:
         for _, db in sorted(self.dbs.held().items()):
@@ -247,9 +278,16 @@ def _range(db: Any, start: bytes, stop: bytes, reverse: bool) -> Iterator[Item]:
 
 
 def faust_disk_table(
-    table: Any, options: RocksOptions, *, partition_of: Callable[[bytes], int] | None = None
+    table: Any,
+    options: RocksOptions,
+    *,
+    partition_of: Callable[[bytes], int] | None = None,
+    logged: bool = True,
 ) -> DiskTable:
-    """The StateTable of a faust table on the RocksDB store, opened with our options."""
+    """The StateTable of a faust table on the RocksDB store, opened with our options.
+
+    Not `logged`: writes stay in the worker's databases and no changelog record is sent, for
+    a table rebuilt from the others whenever partitions are recovered (the join's index)."""
     store = table.data
     store.rocksdb_options = options  # faust opens every partition's database through this
 
@@ -260,7 +298,10 @@ def faust_disk_table(
             table.send_changelog(partition, key, value)
 
     return DiskTable(
-        FaustDatabases(store), int(table.partitions), changelog=changelog, partition_of=partition_of
+        FaustDatabases(store),
+        int(table.partitions),
+        changelog=changelog if logged else None,
+        partition_of=partition_of,
     )
 
 
@@ -274,3 +315,13 @@ def disk_bytes(path: Path) -> int:
             except OSError:
                 continue  # a file RocksDB removed meanwhile
     return total
+
+
+@contextlib.contextmanager
+def holding_changelogs(tables: Iterable[object]) -> Iterator[None]:
+    """Hold the changelog records of every disk table among these (holding_changelog)."""
+    with contextlib.ExitStack() as stack:
+        for table in tables:
+            if isinstance(table, DiskTable):
+                stack.enter_context(table.holding_changelog())
+        yield

@@ -23,6 +23,7 @@ from driftline.services.features.rocks import (
     LocalDatabases,
     RocksOptions,
     faust_disk_table,
+    holding_changelogs,
 )
 from driftline.services.features.tables import KEY_SEP, DictTable, StateTable, key_partition
 
@@ -107,7 +108,9 @@ def test_the_disk_table_holds_nothing_in_python_and_keeps_its_keys_across_a_reop
     for i in range(5_000):
         table.put(None, f"a{i % 50}\x1f{i}".encode(), b"x" * 20)
     dbs.db(0).put(OFFSET_KEY, b"17")  # faust's offset key is not state
-    assert vars(table).keys() == {"dbs", "partitions", "changelog", "partition_of"}
+    fields = {"dbs", "partitions", "changelog", "partition_of", "_holding", "_held"}
+    assert vars(table).keys() == fields
+    assert table._held == {}  # changelog records wait only within a hold
     items = table.items()
     assert not isinstance(items, list), "items are read lazily from disk"
     dbs.close()
@@ -147,6 +150,39 @@ def test_every_change_goes_to_the_changelog_of_its_partition(
         (slot, b"a1\x1fe1", None),
         (3, b"idx", None),
     ]
+
+
+def test_within_a_hold_a_key_sends_only_its_last_value_when_the_outermost_hold_ends(
+    tmp_path: Path, options: RocksOptions, opened: list[LocalDatabases]
+) -> None:
+    sent: list[tuple[int, bytes, bytes | None]] = []
+    table = _disk(
+        tmp_path,
+        options,
+        opened,
+        "t",
+        partition_of=_by_asset,
+        changelog=lambda p, k, v: sent.append((p, k, v)),
+    )
+    other = _disk(tmp_path, options, opened, "u", changelog=lambda p, k, v: sent.append((p, k, v)))
+    slot = _by_asset(b"a1\x1fe1")
+    with holding_changelogs([table, other, DictTable()]):
+        table.put(None, b"a1\x1fe1", b"input")
+        with table.holding_changelog():  # nested: a timer between two awaits of a batch
+            table.put(None, b"a1\x1fe1", b"result")
+        assert sent == []
+        assert table.get(b"a1\x1fe1") == b"result"  # the database is written at once
+        table.put(2, b"bucket", b"1")
+        table.put(2, b"bucket", b"2")
+        table.put(3, b"gone", b"x")
+        table.delete(3, b"gone")
+        other.put(1, b"k", b"v")
+    assert sorted(sent, key=repr) == sorted(
+        [(slot, b"a1\x1fe1", b"result"), (2, b"bucket", b"2"), (3, b"gone", None), (1, b"k", b"v")],
+        key=repr,
+    )
+    table.put(2, b"bucket", b"3")  # outside a hold: sent at once
+    assert sent[-1] == (2, b"bucket", b"3")
 
 
 def test_a_faust_rocksdb_table_is_written_to_its_partition_databases(tmp_path: Path) -> None:
