@@ -42,6 +42,7 @@ from driftline.services.inference.service import decoder_for
 from driftline.services.inference.settings import InferenceSettings
 from driftline.services.inference.watcher import ModelSlot, RegistryWatcher
 from driftline.services.runtime.artifacts import FsspecArtifactStore, sha256_hex
+from driftline.services.runtime.heap import freeze_heap
 from driftline.services.runtime.kafka import producer
 from driftline.services.runtime.settings import KafkaSettings
 
@@ -115,6 +116,7 @@ class Live:
         slot.wait_loaded(60)
         _, decoder = decoder_for(settings)
         consumer = InferenceConsumer(settings, w.source_base, decoder, slot, metrics)
+        freeze_heap()  # as the service does once ready: the bench's events are not walked
         t = threading.Thread(target=consumer.run, args=(stop.is_set, on_batch), daemon=True)
         t.start()
         return cls(kafka, settings, slot, stop, [watcher.follower, t], watcher)

@@ -22,6 +22,7 @@ from driftline.services.inference.watcher import ModelSlot, RegistryWatcher
 from driftline.services.runtime import instance
 from driftline.services.runtime import metrics as m
 from driftline.services.runtime.artifacts import FsspecArtifactStore
+from driftline.services.runtime.heap import freeze_heap
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,8 @@ def _serve(
         try:
             if not _wait_for_model(settings, slot, watcher, stop):
                 return
+            # Ready: what is loaded lives as long as the service (runtime/heap.py).
+            log.info("%d objects frozen out of the collector's full passes", freeze_heap())
 
             def stopping() -> bool:
                 if watcher.error is not None:
