@@ -6,8 +6,11 @@
    plus the version's accuracy and drift in one pipelined round trip).
 2. The statistics path in process: `--events` Avro InferenceResults decoded, folded into
    windows and flushed to Redis every second, with no Kafka in the way.
-3. The app: `--app-events` results preloaded on inference.results of a topic set of its own,
-   then `driftline features --role stats` is started and timed until it folded them all.
+3. The workers (services.bench.featuresapp): `--app-events` results preloaded on
+   inference.results of a topic set of its own, then `driftline features --role stats` timed
+   until it folded them all, then `--role join` until it joined them all; both beside the
+   inference consumer's at-least-once rate (`--inference-rate`, else the newest
+   `driftline bench inference --modality sensor` report here).
 """
 
 from __future__ import annotations
@@ -16,10 +19,8 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from prometheus_client import CollectorRegistry
 from driftline.schemas import headers as h
 from driftline.schemas.avro import encode_record
 from driftline.schemas.contracts import INSULATOR_CLASSES, MODEL_NAMES
+from driftline.services.bench.featuresapp import app_throughput, inference_rate
 from driftline.services.features.drift import drift_write
 from driftline.services.features.metrics import FeaturesMetrics
 from driftline.services.features.pipeline import FeaturesPipeline, PipelineTables
@@ -62,15 +64,25 @@ class Report:
         lines.append(
             f"  {'target p99':44} {TARGET_P99_MS} ms (Feast publishes < {FEAST_P99_MS} ms)"
         )
-        for name in ("stats_path", "app_stats"):
+        infer = f.get("inference", {}).get("events_per_s")
+        for name in ("stats_path", "app_stats", "app_join"):
             if name in f:
                 r = f[name]
                 rate, n = r["events_per_s"], r["events"]
-                lines.append(f"  {r['what']:44} {rate:10,.0f} events/s  ({n:,} events)")
+                line = f"  {r['what']:52} {rate:10,.0f} events/s  ({n:,} events)"
+                if infer and name != "stats_path":
+                    r["over_inference"] = rate / infer
+                    line += f"  {rate / infer:5.2f}x inference"
+                lines.append(line)
+        if "inference" in f:
+            i = f["inference"]
+            rate = f"{i['events_per_s']:,.0f} events/s" if i["events_per_s"] else "unknown"
+            lines.append(f"  {'inference at-least-once (sensor), for the ratio':52} {rate}")
+            lines.append(f"    from {i['source']}; goal: statistics >= 1.00x inference")
         return "\n".join(lines) + "\n"
 
 
-def _results(n: int, assets: int, t0: int, seed: int) -> list[tuple[str, bytes]]:
+def results(n: int, assets: int, t0: int, seed: int) -> list[tuple[str, bytes]]:
     """(asset id, Avro InferenceResult) pairs: 4 per second per asset, event time ascending."""
     rng = np.random.default_rng(seed)
     conf = rng.beta(5, 2, n)
@@ -122,7 +134,7 @@ def _pipeline(settings: FeaturesSettings, store: RedisFeatureStore) -> FeaturesP
 
 async def _stats_path(settings: FeaturesSettings, events: int, assets: int) -> dict[str, Any]:
     t0 = int(time.time() * 1000) - 3_600_000
-    records = _records(_results(events, assets, t0 - t0 % 60_000, seed=1))
+    records = _records(results(events, assets, t0 - t0 % 60_000, seed=1))
     store = RedisFeatureStore.from_url(settings.redis_url.get_secret_value())
     pipeline = _pipeline(settings, store)
     flushes = 0
@@ -153,9 +165,7 @@ async def _populate(settings: FeaturesSettings, assets: int) -> None:
     t0 = int(time.time() * 1000) - 900_000
     store = RedisFeatureStore.from_url(settings.redis_url.get_secret_value())
     pipeline = _pipeline(settings, store)
-    await pipeline.on_results(
-        _records(_results(assets * 12 * 4, assets, t0, seed=2)), forward=False
-    )
+    await pipeline.on_results(_records(results(assets * 12 * 4, assets, t0, seed=2)), forward=False)
     assert pipeline.accuracy is not None
     for i in range(200):
         t = t0 + i * 1000
@@ -223,85 +233,6 @@ def _reads(settings: FeaturesSettings, assets: int, reads: int) -> dict[str, dic
     }
 
 
-def _app_throughput(
-    settings: FeaturesSettings, events: int, assets: int, workers: int
-) -> dict[str, Any]:
-    """Preload results, start `workers` stats-role processes, time them until all are folded."""
-    from driftline.services.bench.harness import bench_kafka, preload
-    from driftline.services.localstack import free_port
-
-    kafka = bench_kafka(settings.kafka.bootstrap_servers, partitions=6)
-    t0 = int(time.time() * 1000) - 3_600_000
-    preload(kafka, kafka.topics.inference_results, _results(events, assets, t0, seed=4), h.AVRO)
-    env = {
-        **os.environ,
-        "DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "DRIFTLINE_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
-        "DRIFTLINE_REDIS_URL": settings.redis_url.get_secret_value(),
-        "DRIFTLINE_REDIS_KEY_PREFIX": settings.redis_key_prefix,
-        "DRIFTLINE_LOG_LEVEL": "WARNING",
-    }
-    ports = [free_port() for _ in range(workers)]
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "driftline.services.cli",
-                "features",
-                "--role",
-                "stats",
-                "--metrics-port",
-                str(port),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for port in ports
-    ]
-    first = last = None
-    try:
-        deadline = time.monotonic() + 60 + events / 500
-        while time.monotonic() < deadline:
-            folded = sum(_accepted(port) for port in ports)
-            now = time.perf_counter()
-            if folded > 0 and first is None:
-                first = (now, folded)
-            if folded >= events:
-                last = (now, folded)
-                break
-            time.sleep(0.1)
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
-    if first is None or last is None:
-        raise RuntimeError("the features app did not fold every preloaded result in time")
-    seconds = last[0] - first[0]
-    return {
-        "what": f"the faust app, --role stats, {workers} worker{'s' if workers > 1 else ''}",
-        "events": events,
-        "seconds": seconds,
-        "events_per_s": (last[1] - first[1]) / seconds if seconds > 0 else float("inf"),
-        "partitions": 6,
-        "workers": workers,
-    }
-
-
-def _accepted(port: int) -> float:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return 0.0
-    for line in text.splitlines():
-        if line.startswith('driftline_feature_events_total{outcome="accepted"}'):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def main(
     settings: FeaturesSettings,
     *,
@@ -311,6 +242,8 @@ def main(
     app_events: int,
     json_path: Path | None,
     app_workers: int = 1,
+    join_events: int = 20_000,
+    inference_per_s: float | None = None,
 ) -> int:
     prefix = f"bench{uuid.uuid4().hex[:6]}:"
     settings = settings.model_copy(update={"redis_key_prefix": prefix})
@@ -320,7 +253,10 @@ def main(
         report.figures.update(_reads(settings, assets, reads))
         report.figures["stats_path"] = asyncio.run(_stats_path(settings, events, assets))
         if app_events:
-            report.figures["app_stats"] = _app_throughput(settings, app_events, assets, app_workers)
+            figures = app_throughput(settings, app_events, assets, app_workers, join_events)
+            report.figures.update(figures)
+            rate, source = inference_rate(inference_per_s)
+            report.figures["inference"] = {"events_per_s": rate, "source": source}
     finally:
         delete_prefix(settings)
     report.figures["machine"] = {"cpus": os.cpu_count()}

@@ -34,7 +34,7 @@ def _windows(n: int, assets: int, t0: int) -> list[tuple[str, bytes]]:
     for i in range(n):
         asset = f"insulator-{i % assets:05d}"
         window = SensorWindow(
-            event_id=f"bench-5-{i}",  # the ids of features._results(seed=5)
+            event_id=f"bench-5-{i}",  # the ids of features.results(seed=5)
             asset_id=asset,
             sensor_id="s",
             event_time_ms=t0 + (i // assets) * 250,
@@ -79,14 +79,14 @@ def join_throughput(
     settings: FeaturesSettings, events: int, assets: int, label_every: int = 5
 ) -> dict[str, Any]:
     """Preload windows, results and labels; time one join worker over all of them."""
-    from driftline.services.bench.features import _results
+    from driftline.services.bench.features import results
     from driftline.services.localstack import free_port
 
     kafka = bench_kafka(settings.kafka.bootstrap_servers, partitions=6)
     t0 = int(time.time() * 1000) - 3_600_000
     t = kafka.topics
     preload(kafka, t.sensor_windows, _windows(events, assets, t0), h.AVRO)
-    preload(kafka, t.inference_results, _results(events, assets, t0, seed=5), h.AVRO)
+    preload(kafka, t.inference_results, results(events, assets, t0, seed=5), h.AVRO)
     labels = _labels(events, assets, t0, label_every)
     preload(kafka, t.feedback_labels, labels, h.AVRO)
     notes = 2 * events + len(labels)

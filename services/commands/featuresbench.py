@@ -32,6 +32,8 @@ def run_features_bench(args: argparse.Namespace) -> int:
         events=args.events,
         app_events=args.app_events,
         app_workers=args.app_workers,
+        join_events=args.join_events,
+        inference_per_s=args.inference_rate,
         json_path=Path(args.json) if args.json else None,
     )
 
@@ -45,6 +47,18 @@ def add_features_bench_flags(p: argparse.ArgumentParser) -> None:
         "--app-events", type=int, default=50_000, help="results through the faust app (0: skip)"
     )
     p.add_argument("--app-workers", type=int, default=1, help="stats workers started (1)")
+    p.add_argument(
+        "--join-events",
+        type=int,
+        default=20_000,
+        help="of those results, how many the join worker is timed over (default 20000; 0: skip)",
+    )
+    p.add_argument(
+        "--inference-rate",
+        type=float,
+        help="the inference consumer's at-least-once results/s to compare with (default: the "
+        "newest `driftline bench inference --modality sensor` report under .driftline/bench)",
+    )
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument(
         "--late-labels",

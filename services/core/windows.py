@@ -88,31 +88,11 @@ _ENCODER = msgspec.msgpack.Encoder(order="sorted")
 _DECODER = msgspec.msgpack.Decoder(_StatsWire)
 
 
-@dataclass(frozen=True)
-class PreparedBatch:
-    """A batch's per-event bin, confidence in millionths, low flag and time, computed once
-    with numpy so folding rows into many windows is plain integer work."""
-
-    bins: list[int]
-    micro: list[int]
-    low: list[bool]
-    times: list[int]
-
-    @classmethod
-    def of(
-        cls, confidence: npt.ArrayLike, event_time_ms: npt.ArrayLike, low_threshold: float
-    ) -> PreparedBatch:
-        conf = np.nan_to_num(np.asarray(confidence, dtype=np.float64).ravel(), nan=0.0)
-        conf = np.clip(conf, 0.0, 1.0)
-        times = np.asarray(event_time_ms, dtype=np.int64).ravel()
-        if len(times) != len(conf):
-            raise ValueError("confidence, predicted and event_time_ms must have the same length")
-        return cls(
-            confidence_bins(conf).tolist(),
-            np.rint(conf * MICRO).astype(np.int64).tolist(),
-            (conf < low_threshold).tolist(),
-            times.tolist(),
-        )
+def clean_confidence(confidence: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Confidences as folded: float64 in [0, 1], non-finite values read 0 (NaN) or clipped."""
+    conf = np.nan_to_num(np.asarray(confidence, dtype=np.float64).ravel(), nan=0.0)
+    clipped: npt.NDArray[np.float64] = np.clip(conf, 0.0, 1.0)
+    return clipped
 
 
 class ConfidenceStats:
@@ -142,37 +122,53 @@ class ConfidenceStats:
         `known_classes` (the model's class list) appear in the class mix even when never
         predicted, so a window's mix always names every class.
         """
-        prepared = PreparedBatch.of(confidence, event_time_ms, low_threshold)
-        if len(predicted) != len(prepared.bins):
+        conf = clean_confidence(confidence)
+        times = np.asarray(event_time_ms, dtype=np.int64).ravel()
+        if not len(conf) == len(times) == len(predicted):
             raise ValueError("confidence, predicted and event_time_ms must have the same length")
-        self.add_prepared(prepared, range(len(predicted)), predicted, known_classes)
+        if not len(conf):
+            return
+        mix: dict[str, int] = {}
+        for name in predicted:
+            mix[name] = mix.get(name, 0) + 1
+        self.fold(
+            count=len(conf),
+            sum_micro=int(np.rint(conf * MICRO).astype(np.int64).sum()),
+            low=int(np.count_nonzero(conf < low_threshold)),
+            first_ms=int(times.min()),
+            last_ms=int(times.max()),
+            hist=np.bincount(confidence_bins(conf), minlength=CONFIDENCE_BINS),
+            classes=mix,
+            known_classes=known_classes,
+        )
 
-    def add_prepared(
+    def fold(
         self,
-        batch: PreparedBatch,
-        rows: Sequence[int],
-        predicted: Sequence[str],
+        *,
+        count: int,
+        sum_micro: int,
+        low: int,
+        first_ms: int,
+        last_ms: int,
+        hist: npt.NDArray[np.int64],
+        classes: Mapping[str, int],
         known_classes: Iterable[str] = (),
     ) -> None:
-        """Fold in some rows of a prepared batch (`predicted` holds those rows' classes)."""
-        if not rows:
+        """Fold in the sums of `count` events (what services.core.windowfold computes)."""
+        if count <= 0:
             return
-        hist = self.hist
-        bins, micro, low, times = batch.bins, batch.micro, batch.low, batch.times
-        for i in rows:
-            hist[bins[i]] += 1
-        self.sum_micro += sum(micro[i] for i in rows)
-        self.low += sum(low[i] for i in rows)
-        first = min(times[i] for i in rows)
-        last = max(times[i] for i in rows)
-        self.first_ms = first if self.count == 0 else min(self.first_ms, first)
-        self.last_ms = last if self.count == 0 else max(self.last_ms, last)
-        self.count += len(rows)
-        classes = self.classes
+        self.first_ms = first_ms if self.count == 0 else min(self.first_ms, first_ms)
+        self.last_ms = last_ms if self.count == 0 else max(self.last_ms, last_ms)
+        self.count += count
+        self.sum_micro += sum_micro
+        self.low += low
+        self.hist += hist
+        mix = self.classes
         for name in known_classes:
-            classes.setdefault(name, 0)
-        for name in predicted:
-            classes[name] = classes.get(name, 0) + 1
+            mix.setdefault(name, 0)
+        for name, n in classes.items():
+            if n:
+                mix[name] = mix.get(name, 0) + n
 
     def merge(self, other: ConfidenceStats) -> None:
         """Add another window's statistics into this one (commutative and associative)."""

@@ -20,10 +20,10 @@ from driftline.schemas.messages import (
     MODALITY_SENSOR,
     CameraImage,
     DeadLetter,
-    InferenceResult,
     Label,
     SensorWindow,
 )
+from driftline.schemas.result_batch import DecodedResults
 from driftline.services.core import join as core
 
 JOIN_KIND = "driftline-join-kind"
@@ -96,17 +96,35 @@ def input_note(stored: core.StoredInput, topic: str, partition: int, offset: int
     return _ENC.encode(InputNote(stored.event_id, stored.asset_id, stored.event_time_ms, ref, data))
 
 
-def result_note(result: InferenceResult) -> bytes:
-    prediction = core.Prediction(
-        model_name=result.model_name,
-        model_version=result.model_version,
-        predicted_class=result.predicted_class,
-        confidence=result.confidence,
-        scored_time_ms=result.scored_time_ms,
-    )
-    return _ENC.encode(
-        ResultNote(result.event_id, result.asset_id, result.event_time_ms, prediction)
-    )
+def result_notes(batch: DecodedResults) -> list[bytes]:
+    """What the join needs of each result of a decoded batch (a ResultNote), in order."""
+    models, names = batch.models, batch.class_names
+    return [
+        _ENC.encode(
+            ResultNote(
+                event_id,
+                asset_id,
+                t_ms,
+                core.Prediction(
+                    model_name=models[m].model_name,
+                    model_version=models[m].model_version,
+                    predicted_class=names[p],
+                    confidence=c,
+                    scored_time_ms=s_ms,
+                ),
+            )
+        )
+        for event_id, asset_id, m, p, c, t_ms, s_ms in zip(
+            batch.event_ids,
+            batch.asset_ids,
+            batch.model_index.tolist(),
+            batch.predicted.tolist(),
+            batch.confidence.tolist(),
+            batch.event_time_ms.tolist(),
+            batch.scored_time_ms.tolist(),
+            strict=True,
+        )
+    ]
 
 
 def source_header(topic: str, partition: int, offset: int) -> bytes:

@@ -18,10 +18,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from driftline.schemas import codec
 from driftline.schemas import deadletter as dl
 from driftline.schemas import headers as h
-from driftline.schemas.messages import DriftSignal, InferenceResult, ModelVersion
+from driftline.schemas.messages import DriftSignal, ModelVersion
+from driftline.schemas.result_batch import ResultDecoder
 from driftline.schemas.topics import INFERENCE_RESULTS
 from driftline.services.features import join as j
 from driftline.services.features import joinrecords as jr
@@ -31,7 +34,7 @@ from driftline.services.features.joinstage import JoinStage
 from driftline.services.features.liveaccuracy import LiveAccuracy
 from driftline.services.features.metrics import FeaturesMetrics
 from driftline.services.features.readback import InputReader
-from driftline.services.features.records import Outbox, RawRecord
+from driftline.services.features.records import Outbox, RawRecord, ResultRecords
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.stats import StatsAggregator, StatsConfig
 from driftline.services.features.store import SENTINEL_KEY, FeatureStore, HashWrite
@@ -75,6 +78,7 @@ class FeaturesPipeline:
         self.topics = topics
         self.prefix = s.redis_key_prefix
         self.stats: StatsAggregator | None = None
+        self.decoder = ResultDecoder()  # remembers the model versions' layouts across batches
         if tables.stats is not None:
             self.stats = StatsAggregator(
                 StatsConfig(
@@ -127,25 +131,38 @@ class FeaturesPipeline:
 
     async def on_results(self, records: Sequence[RawRecord], *, forward: bool) -> None:
         """Decode a batch of results; fold them into the windows and forward them to the join."""
-        m = self.metrics
-        results: list[InferenceResult] = []
-        positions: list[tuple[int, int]] = []
-        for rec in records:
-            try:
-                r = codec.decode(InferenceResult, rec.value, rec.content_type)
-            except dl.CodecError as exc:
-                m.events.labels("undecodable").inc()
-                if self.stats is not None:  # one dead letter per bad record: the stats role's
-                    await self._dead_letter(rec, exc, self.topics.dlq(INFERENCE_RESULTS))
-                continue
-            results.append(r)
-            positions.append((rec.partition, rec.offset))
-            if forward:
-                await self.joining.forward(r.asset_id, jr.result_note(r), jr.KIND_RESULT)
         if records:
-            m.consumed.labels(records[0].topic).inc(len(records))
-        if self.stats is not None and results:
-            report = self.stats.add(results, positions)
+            await self.on_result_columns(ResultRecords.of(records), forward=forward)
+
+    async def on_result_columns(self, records: ResultRecords, *, forward: bool) -> None:
+        """on_results of a batch given as columns (the batch loop's, without a RawRecord each).
+
+        The batch is decoded to columns (schemas.result_batch.ResultDecoder) and folded as a
+        whole; no Python object is made per result on the statistics path.
+        """
+        m = self.metrics
+        if not records.values:
+            return
+        batch = self.decoder.decode(records.values, records.content_types)
+        if batch.failures:
+            m.events.labels("undecodable").inc(len(batch.failures))
+            if self.stats is not None:  # one dead letter per bad record: the stats role's
+                topic = self.topics.dlq(INFERENCE_RESULTS)
+                for pos, exc in batch.failures:
+                    await self._dead_letter(records.record(pos), exc, topic)
+        if forward:
+            for asset_id, note in zip(batch.asset_ids, jr.result_notes(batch), strict=True):
+                await self.joining.forward(asset_id, note, jr.KIND_RESULT)
+        m.consumed.labels(records.topic).inc(len(records.values))
+        if self.stats is not None and len(batch):
+            rows = batch.positions
+            if len(rows) == len(records.values):
+                parts = np.asarray(records.partitions, dtype=np.int64)
+                offsets = np.asarray(records.offsets, dtype=np.int64)
+            else:
+                parts = np.asarray([records.partitions[p] for p in rows], dtype=np.int64)
+                offsets = np.asarray([records.offsets[p] for p in rows], dtype=np.int64)
+            report = self.stats.add(batch, parts, offsets)
             m.events.labels("accepted").inc(report.accepted)
             if report.late:
                 m.events.labels("late").inc(report.late)

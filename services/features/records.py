@@ -1,7 +1,9 @@
-"""What the features pipeline consumes and sends: raw Kafka records and the outbox they go to."""
+"""What the features pipeline consumes and sends: raw Kafka records (one by one, or a batch as
+columns) and the outbox they go to."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -29,6 +31,30 @@ class RawRecord:
     @property
     def content_type(self) -> str | None:
         return codec.content_type_of(self.headers)
+
+
+@dataclass(frozen=True)
+class ResultRecords:
+    """A consumed batch of one topic as columns; `record(i)` builds the whole of record i
+    (for its dead letter), so a consumer need not make a RawRecord per record."""
+
+    topic: str
+    values: Sequence[bytes | None]
+    content_types: Sequence[str | None]
+    partitions: Sequence[int]
+    offsets: Sequence[int]
+    record: Callable[[int], RawRecord]
+
+    @classmethod
+    def of(cls, records: Sequence[RawRecord]) -> ResultRecords:
+        return cls(
+            topic=records[0].topic if records else "",
+            values=[r.value for r in records],
+            content_types=[r.content_type for r in records],
+            partitions=[r.partition for r in records],
+            offsets=[r.offset for r in records],
+            record=records.__getitem__,
+        )
 
 
 class Outbox(Protocol):

@@ -21,12 +21,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from driftline.schemas import codec
 from driftline.schemas import deadletter as dl
 from driftline.schemas import headers as h
-from driftline.schemas.messages import InferenceResult, Label
+from driftline.schemas.messages import Label
+from driftline.schemas.result_batch import ResultDecoder
 from driftline.schemas.topics import FEEDBACK_LABELS, Topics
 from driftline.services.core.batching import BatchPolicy
 from driftline.services.core.join import label_problem
@@ -67,14 +68,12 @@ class Refused:
     dead_letter_topic: str | None
 
 
+RESULT_HEADERS: h.HeaderList = [(jr.JOIN_KIND, jr.KIND_RESULT.encode())]
+
+
 def route(rec: RawRecord, topics: Topics) -> Note | Refused:
-    """What one consumed record becomes on the join topic."""
-    if rec.topic == topics.inference_results:
-        try:
-            result = codec.decode(InferenceResult, rec.value, rec.content_type)
-        except dl.CodecError as exc:  # the statistics role dead-letters bad results
-            return Refused(exc, None)
-        return Note(result.asset_id, jr.result_note(result), [(jr.JOIN_KIND, b"result")])
+    """What one consumed input or label becomes on the join topic (results are routed a
+    batch at a time: JoinRouter._results)."""
     if rec.topic == topics.feedback_labels:
         return _label(rec, topics)
     input_type = "CameraImage" if rec.topic == topics.camera_images else "SensorWindow"
@@ -143,6 +142,7 @@ class JoinRouter:
         self.partitions = settings.join_partitions
         self._consumer: Consumer | None = None
         self._producer: RenewableProducer | None = None
+        self._decoder = ResultDecoder()  # remembers the model versions' layouts
 
     def start(self, consumer: Consumer) -> None:
         self._consumer = consumer
@@ -178,7 +178,14 @@ class JoinRouter:
         good = [m for m in msgs if m.error() is None]
         counts: dict[str, int] = {}
         m = self.metrics
+        results_topic = self.topics.inference_results
+        results = [msg for msg in good if msg.topic() == results_topic]
+        if results:
+            self._results(results, prod, tracker)
+            counts[results_topic] = len(results)
         for msg in good:
+            if msg.topic() == results_topic:
+                continue
             rec = raw(msg)
             counts[rec.topic] = counts.get(rec.topic, 0) + 1
             out = route(rec, self.topics)
@@ -198,9 +205,8 @@ class JoinRouter:
                     out.dead_letter_topic, key=key, value=value, headers=hdrs, on_delivery=tracker
                 )
                 m.dead_letters.labels(rec.topic, out.error.error_class).inc()
-            else:
-                results = rec.topic == self.topics.inference_results
-                m.events.labels("undecodable" if results else "input_skipped").inc()
+            else:  # the inference consumer dead-letters bad inputs; the join skips them
+                m.events.labels("input_skipped").inc()
         prod.poll(0)
         parts = spans(good)
         remaining = prod.flush(FLUSH_TIMEOUT_S)
@@ -216,6 +222,24 @@ class JoinRouter:
         for topic, n in counts.items():
             m.consumed.labels(topic).inc(n)
         return len(good)
+
+    def _results(self, msgs: list[Message], prod: Producer, tracker: DeliveryTracker) -> None:
+        """A batch's results, decoded as columns, each to a prediction note (bad results are
+        the statistics role's to dead-letter)."""
+        batch = self._decoder.decode(
+            [msg.value() for msg in msgs], [codec.content_type_of(msg.headers()) for msg in msgs]
+        )
+        if batch.failures:
+            self.metrics.events.labels("undecodable").inc(len(batch.failures))
+        for asset_id, note in zip(batch.asset_ids, jr.result_notes(batch), strict=True):
+            prod.produce(
+                self.join_topic,
+                key=asset_id.encode(),
+                value=note,
+                headers=RESULT_HEADERS,
+                partition=join_partition(asset_id, self.partitions),
+                on_delivery=tracker,
+            )
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,16 @@ class FeaturesSettings(DriftlineSettings):
         return f"{self.kafka.topic_prefix}{self.app_id}"
 
     @property
+    def stats_changelog_topic(self) -> str:
+        """The stats table's changelog (faust's name for it), whichever runs the role."""
+        return f"{self.faust_app_id}-stats-changelog"
+
+    @property
+    def stats_group_id(self) -> str:
+        """The consumer group of `--role stats` workers (the batch loop, not faust's group)."""
+        return f"{self.faust_app_id}-stats"
+
+    @property
     def on_disk(self) -> bool:
         """Whether the tables are on RocksDB (else in faust's memory store)."""
         return self.table_store.split(":", 1)[0] == "rocksdb"

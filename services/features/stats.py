@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import struct
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from driftline.schemas.messages import InferenceResult
-from driftline.services.core.windows import PERCENTILES, ConfidenceStats, PreparedBatch, WindowSpec
+from driftline.schemas.result_batch import DecodedResults
+from driftline.services.core.windowfold import Index, IntArray, admit, bucket_sums
+from driftline.services.core.windows import PERCENTILES, ConfidenceStats, WindowSpec
 from driftline.services.features.store import (
     ASSET_FIELD,
     ASSET_KEY,
@@ -119,64 +120,105 @@ class StatsAggregator:
     offsets: dict[BucketId, tuple[int, int]] = field(default_factory=dict)
     watermark_ms: int = 0
 
-    def add(
-        self, results: Sequence[InferenceResult], positions: Sequence[tuple[int, int]]
-    ) -> AddReport:
-        """Fold a batch in, in stream order; `positions` are the records' (partition, offset).
+    def add(self, batch: DecodedResults, partitions: IntArray, offsets: IntArray) -> AddReport:
+        """Fold a decoded batch in, in stream order; row i came from (partitions[i], offsets[i]).
 
         An event is late when its bucket is older than the newest bucket its series had seen
         before it, minus the allowed lateness; late events are dropped and counted. The rule
         depends only on the order of a series' events (one partition), never on batching, so
         a replay makes the same decisions. Each bucket remembers the last source offset it
         folded in (stored with it in the changelog), so records replayed after a crash, which
-        Kafka redelivers from the last committed offset, are not counted twice.
+        Kafka redelivers from the last committed offset, are not counted twice. The decisions
+        and sums are made for the whole batch at once (services.core.windowfold); what is
+        left per bucket is updating it and its changelog record.
         """
-        bucket_of = self.config.spec.bucket_of
-        lateness = self.config.lateness_ms
         report = AddReport()
-        groups: dict[BucketId, list[int]] = defaultdict(list)
-        newest = self.newest
-        for i, r in enumerate(results):
-            series = (r.asset_id, r.model_name, r.model_version)
-            bucket = bucket_of(r.event_time_ms)
-            seen = self.offsets.get((series, bucket))
-            if seen is not None and seen[0] == positions[i][0] and positions[i][1] <= seen[1]:
-                report.replayed += 1
-                continue
-            top = newest.get(series)
-            if top is not None and bucket < top - lateness:
-                report.late += 1
-                continue
-            if top is None or bucket > top:
-                newest[series] = bucket
-            groups[(series, bucket)].append(i)
-            self.partition_of[series] = positions[i][0]
-        if not groups:
+        if not len(batch):
             return report
-        prepared = PreparedBatch.of(
-            np.fromiter((r.confidence for r in results), dtype=np.float64, count=len(results)),
-            np.fromiter((r.event_time_ms for r in results), dtype=np.int64, count=len(results)),
-            self.config.low_threshold,
+        codes, series_list = self._series_codes(batch)
+        c = self.config
+        newest, offsets_held = self.newest, self.offsets
+        admission = admit(
+            codes,
+            batch.event_time_ms,
+            partitions,
+            offsets,
+            bucket_ms=c.spec.bucket_ms,
+            lateness_ms=c.lateness_ms,
+            newest=[newest.get(s) for s in series_list],
+            seen=lambda code, start: offsets_held.get((series_list[code], start)),
         )
-        for bid, idx in groups.items():
-            series, bucket = bid
+        groups, accepted = admission.groups, admission.accepted
+        report.late = int(np.count_nonzero(admission.late))
+        report.replayed = int(np.count_nonzero(admission.replayed))
+        rows = np.flatnonzero(accepted)
+        if not len(rows):
+            return report
+        sums = bucket_sums(
+            groups.group[rows],
+            len(groups),
+            batch.confidence[rows],
+            batch.event_time_ms[rows],
+            batch.predicted[rows],
+            len(batch.class_names),
+            c.low_threshold,
+        )
+        names = batch.class_names
+        parts, offs, model_of = partitions.tolist(), offsets.tolist(), batch.model_index
+        touched = sorted((first, g) for g, first in enumerate(sums.first_event) if first >= 0)
+        for _, g in touched:
+            series, bucket = series_list[groups.series[g]], groups.start[g]
             held = self.buckets.setdefault(series, {})
             stats = held.get(bucket)
             if stats is None:
                 stats = held[bucket] = ConfidenceStats()
-            stats.add_prepared(
-                prepared,
-                idx,
-                [results[i].predicted_class for i in idx],
-                known_classes=results[idx[0]].classes,
+            counts = sums.classes[g]
+            stats.fold(
+                count=sums.count[g],
+                sum_micro=sums.sum_micro[g],
+                low=sums.low[g],
+                first_ms=sums.first_ms[g],
+                last_ms=sums.last_ms[g],
+                hist=sums.hist[g],
+                classes={names[k]: int(counts[k]) for k in np.flatnonzero(counts)},
+                known_classes=batch.models[int(model_of[rows[sums.first_event[g]]])].classes,
             )
-            position = positions[idx[-1]]
+            last = int(rows[sums.last_event[g]])
+            position = (parts[last], offs[last])
+            bid = (series, bucket)
             self.offsets[bid] = position
             self.table.put(position[0], bucket_key(series, bucket), _pack(position, stats))
             self.dirty[bid] = self.dirty.get(bid, 0) + 1
-            report.accepted += len(idx)
+            if bucket > newest.get(series, bucket - 1):
+                newest[series] = bucket
+            report.accepted += sums.count[g]
             self.watermark_ms = max(self.watermark_ms, stats.last_ms)
+        # A series' partition is that of its last counted event.
+        counted = codes[rows][::-1]
+        found, back = np.unique(counted, return_index=True)
+        for code, k in zip(found.tolist(), back.tolist(), strict=True):
+            self.partition_of[series_list[code]] = parts[int(rows[len(rows) - 1 - k])]
         return report
+
+    def _series_codes(self, batch: DecodedResults) -> tuple[Index, list[Series]]:
+        """Number the batch's series (asset, model, version) in the order they first come."""
+        models = [(m.model_name, m.model_version) for m in batch.models]
+        code_of: dict[tuple[str, int], int] = {}
+        series_code: dict[Series, int] = {}
+        series_list: list[Series] = []
+        codes: list[int] = []
+        append = codes.append
+        for asset, model in zip(batch.asset_ids, batch.model_index.tolist(), strict=True):
+            code = code_of.get((asset, model))
+            if code is None:
+                series = (asset, *models[model])
+                code = series_code.get(series)
+                if code is None:
+                    code = series_code[series] = len(series_list)
+                    series_list.append(series)
+                code_of[(asset, model)] = code
+            append(code)
+        return np.asarray(codes, dtype=np.intp), series_list
 
     def restore(self, items: Iterable[tuple[bytes, bytes]]) -> int:
         """Load state recovered from the changelog; all of it is written to Redis again."""
@@ -325,6 +367,18 @@ class StatsAggregator:
                 self.floor[series] = floor
                 self.table.put(partition, floor_key(series), str(floor).encode())
         return removed
+
+    def forget_partition(self, partition: int) -> int:
+        """Drop the series of a partition this worker no longer holds; returns how many."""
+        gone = [series for series, p in self.partition_of.items() if p == partition]
+        for series in gone:
+            for bucket in self.buckets.pop(series, {}):
+                self.dirty.pop((series, bucket), None)
+                self.offsets.pop((series, bucket), None)
+            self.newest.pop(series, None)
+            self.floor.pop(series, None)
+            del self.partition_of[series]
+        return len(gone)
 
     def bucket_count(self) -> int:
         return sum(len(b) for b in self.buckets.values())
