@@ -32,7 +32,8 @@ def run(settings: FeaturesSettings, metrics_registry: CollectorRegistry | None =
     features = build(settings, FeaturesMetrics(reg))
     # Every topic exists, with leaders, before the worker joins its group: otherwise the first
     # assignment can leave the join's agents without partitions (see services.features.startup).
-    ensure_topics(settings.kafka, topic_needs(features.app), timeout_s=settings.registry_timeout_s)
+    needs = topic_needs(features.app, replication=features.replication)
+    ensure_topics(settings.kafka, needs, timeout_s=settings.registry_timeout_s)
     readiness = Readiness()
     health = m.Health(ready=lambda: readiness.ready)
 
