@@ -159,7 +159,7 @@ def run(cfg: SoakConfig, say: Say) -> int:
             f"kafka {bootstrap_servers} ({brokers} broker{'s' if brokers != 1 else ''}, "
             f"topics x{replicas}, min ISR {min_isr})"
         )
-        env = _env(cfg, kafka, redis_url, out_dir, replicas)
+        env = _env(cfg, kafka, redis_url, out_dir)
         demo_cfg = DemoConfig(
             images=cfg.image_rate > 0,
             bootstrap_windows=cfg.bootstrap_windows,
@@ -178,9 +178,7 @@ def run(cfg: SoakConfig, say: Say) -> int:
     return code
 
 
-def _env(
-    cfg: SoakConfig, kafka: KafkaSettings, redis_url: str, out_dir: Path, replicas: int
-) -> dict[str, str]:
+def _env(cfg: SoakConfig, kafka: KafkaSettings, redis_url: str, out_dir: Path) -> dict[str, str]:
     artifacts = (out_dir / "artifacts").resolve()
     return {
         **os.environ,
@@ -191,8 +189,6 @@ def _env(
         "DRIFTLINE_ARTIFACT_ROOT": artifacts.as_uri(),
         "DRIFTLINE_LOG_LEVEL": "INFO",
         "DRIFTLINE_EPOCHS": str(cfg.epochs),
-        # faust's own topics (join topic, changelogs) replicated like the table's.
-        "DRIFTLINE_REPLICATION_FACTOR": str(replicas),
     }
 
 

@@ -87,6 +87,17 @@ class EventState(msgspec.Struct, frozen=True, array_like=True):
     labelled_class: str | None = None
     label_time_ms: int | None = None
     ref: InputRef | None = None
+    # Whether the label was joined to a prediction, so live accuracy counted it (a window
+    # emitted without one is not counted, even once a prediction comes); None in states
+    # written before this field, which counted it when they hold a prediction.
+    label_counted: bool | None = None
+
+    @property
+    def counts_label(self) -> bool:
+        """Whether live accuracy counts this event's label (with its prediction)."""
+        if self.labelled_class is None or self.prediction is None:
+            return False
+        return self.label_counted is not False
 
 
 def served_first(current: Prediction | None, new: Prediction) -> Prediction:
@@ -218,9 +229,12 @@ def labelled_window(state: EventState, data: bytes, label: Label) -> LabelledWin
 
 
 def marked(state: EventState, label: Label) -> EventState:
-    """The per-event record marked labelled by this label."""
+    """The per-event record marked labelled by this label (counted if it has a prediction)."""
     return msgspec.structs.replace(
-        state, labelled_class=label.true_class, label_time_ms=label.label_time_ms
+        state,
+        labelled_class=label.true_class,
+        label_time_ms=label.label_time_ms,
+        label_counted=state.prediction is not None,
     )
 
 

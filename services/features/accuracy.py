@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from driftline.services.core import accuracy as core
 from driftline.services.core.accuracy import AccuracySnapshot, BucketCounts, EventTimeAccuracy
+from driftline.services.core.windows import window_start
 from driftline.services.features.metrics import FeaturesMetrics
 from driftline.services.features.stats import SEP
 from driftline.services.features.store import (
@@ -306,6 +307,40 @@ class AccuracyBook:
         for (version, partition), state in self.states.items():
             for gone in state.expire():
                 self.table.delete(partition, bucket_key(version, partition, self.bucket_ms, gone))
+        self.mark_all_dirty()
+
+    def recount_start(self, watermark_ms: int, held_since_ms: int) -> int:
+        """The first bucket start a recount of the join's events covers: the oldest bucket
+        kept (of any owner, or the horizon behind the newest event time seen), but no older
+        than the first bucket whose events the join all still holds (`held_since_ms` on)."""
+        b = self.bucket_ms
+        oldest = [s.oldest_kept(s.newest_ms) for s in self.states.values() if s.buckets]
+        oldest.append(window_start(watermark_ms, b) - self.horizon_ms + b)
+        return max(min(oldest), -(-held_since_ms // b) * b)
+
+    def replace_from(self, start_ms: int, counted: Mapping[Owner, EventTimeAccuracy]) -> None:
+        """Replace every bucket from `start_ms` on with a recount of the join's events (older
+        ones stay as restored), write the table where it differs, and mark all dirty."""
+        for owner in set(self.states) | set(counted):
+            version, partition = owner
+            state = self._state(owner)
+            before = set(state.buckets)
+            state.buckets = {b: c for b, c in state.buckets.items() if b < start_ms}
+            if owner in counted:
+                state.buckets.update(counted[owner].buckets)
+            state.expire()
+            for start in before - set(state.buckets):
+                self.table.delete(partition, bucket_key(version, partition, self.bucket_ms, start))
+            for start in [b for b in state.buckets if b >= start_ms]:
+                key = bucket_key(version, partition, self.bucket_ms, start)
+                value = core.encode(state.buckets[start])
+                if self.table.get(key) != value:
+                    self.table.put(partition, key, value)
+            if not state.buckets:
+                del self.states[owner]
+        held = {(owner, b) for owner, state in self.states.items() for b in state.buckets}
+        for gone in [k for k in self.dirty if k not in held]:
+            del self.dirty[gone]  # a flush under way settles nothing of what is gone
         self.mark_all_dirty()
 
     def mark_all_dirty(self) -> None:

@@ -6,7 +6,9 @@ bytes in and out (decoded with schemas.codec). faust declares only its own topic
 join topic `<prefix><app_id>-join` (keyed by asset id) and the tables' changelogs
 `<prefix><app_id>-<table>-changelog` (the broker's auto-creation is off), with
 `join_partitions` partitions, except the stats changelog, which has as many as
-inference.results so it stays co-partitioned with it.
+inference.results so it stays co-partitioned with it. They are replicated as `driftline topics
+create` replicates the others (`replication`: 3 replicas and min.insync.replicas 2 on three
+brokers or more, DRIFTLINE_KAFKA__REPLICATION_FACTOR / __MIN_INSYNC_REPLICAS to override).
 
 Tables (all in the faust store, each with its compacted changelog):
   stats        window buckets per asset and model version (key asset|model|version|bucket)
@@ -59,6 +61,7 @@ from driftline.services.features.rocks import (
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.store import FeatureStore, RedisFeatureStore
 from driftline.services.features.tables import KEY_SEP, FaustTable, StateTable, key_partition
+from driftline.services.runtime.kafka import replication_plan
 from driftline.services.runtime.registry import RegistryFollower
 
 log = logging.getLogger(__name__)
@@ -108,6 +111,16 @@ class TopicOutbox:
 
 def broker_urls(bootstrap_servers: str) -> list[str]:
     return [f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server]
+
+
+def replication(settings: FeaturesSettings) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) of the app's own topics: what `driftline
+    topics create` gives every other topic on this cluster (runtime.kafka.replication_plan;
+    3 and 2 on three brokers or more, DRIFTLINE_KAFKA__REPLICATION_FACTOR and
+    DRIFTLINE_KAFKA__MIN_INSYNC_REPLICAS override it)."""
+    client = AdminClient(settings.kafka.client_config())
+    brokers = len(client.list_topics(timeout=settings.registry_timeout_s).brokers)
+    return replication_plan(settings.kafka, brokers)
 
 
 def topic_partitions(settings: FeaturesSettings, topic: str) -> int:
@@ -166,6 +179,7 @@ class FeaturesApp:
 
     app: faust.App
     pipeline: FeaturesPipeline
+    replication: tuple[int, int] = (1, 1)  # of its own topics: factor, min.insync.replicas
     versions: dict[Version, ModelVersion] = field(default_factory=dict)
     # Set by the tables' recovery callbacks (in the event loop); read by /readyz's thread,
     # which must never touch faust objects itself.
@@ -187,9 +201,16 @@ def build(
     settings: FeaturesSettings,
     metrics: FeaturesMetrics,
     store: FeatureStore | None = None,
+    replicas: tuple[int, int] | None = None,
 ) -> FeaturesApp:
-    """Build the app and its pipeline; nothing connects until a faust Worker starts it."""
+    """Build the app and its pipeline; only the cluster's metadata is read (brokers, unless
+    `replicas` says how to replicate the app's own topics, and partitions of its sources)
+    until a faust Worker starts it."""
     s = settings
+    replicas = replicas or replication(s)
+    # faust's own topics are replicated like every other (it creates them if they are missing;
+    # the worker's start creates them first, from the same values: startup.topic_needs).
+    topic_config = {"min.insync.replicas": str(replicas[1])}
     topics = s.kafka.topics
     datadir = data_path(s)
     datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
@@ -201,7 +222,7 @@ def build(
         broker_credentials=faust_credentials(s.kafka),
         store=s.table_store,
         topic_allow_declare=True,
-        topic_replication_factor=s.replication_factor,
+        topic_replication_factor=replicas[0],
         topic_partitions=s.join_partitions,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=s.commit_interval_s,
@@ -245,6 +266,7 @@ def build(
             key_type=bytes,
             value_type=bytes,
             partitions=topic_partitions(s, topics.inference_results),
+            extra_topic_configs=topic_config,
         )
         tables.stats = state_table(stats_table)
     if s.runs_join:
@@ -253,6 +275,7 @@ def build(
             "value_type": bytes,
             "partitions": s.join_partitions,
             "use_partitioner": True,  # partitioned by asset id, as the join topic is
+            "extra_topic_configs": topic_config,
         }
         join_events = app.Table("join-events", **join_options)
         join_labels = app.Table("join-labels", **join_options)
@@ -274,8 +297,8 @@ def build(
             s.kafka, f"{s.faust_app_id}-readback", timeout_s=s.registry_timeout_s
         )
     join_tables = [tables.states, tables.parked, tables.index, tables.accuracy]
-    features = FeaturesApp(app, FeaturesPipeline(s, metrics, store, outbox, tables, reader=reader))
-    pipeline = features.pipeline
+    pipeline = FeaturesPipeline(s, metrics, store, outbox, tables, reader=reader)
+    features = FeaturesApp(app, pipeline, replicas)
     take = {"max_": s.batch_max, "within": s.batch_wait_s}
 
     if s.runs_stats:
@@ -310,7 +333,7 @@ def build(
 
     if s.runs_join:
         join_topic = outbox.declare(
-            pipeline.join_topic, partitions=s.join_partitions, internal=True
+            pipeline.join_topic, partitions=s.join_partitions, internal=True, config=topic_config
         )
 
         @app.agent(join_topic, name="join")
@@ -346,7 +369,7 @@ def build(
 
         @join_events.on_recover
         async def join_recovered() -> None:
-            pipeline.on_join_recovered()
+            await pipeline.on_join_recovered()
             features.waiting_for.discard("join")
 
     return features

@@ -23,7 +23,8 @@ a label later than the retention is dead-lettered as expired.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 from driftline.schemas.messages import Label, LabelledWindow
 from driftline.services.core import join as core
@@ -183,12 +184,18 @@ class JoinProcessor:
         raw_parked = self.parked.get(key)
         if raw_parked is None:
             return []
+        if key in self._claimed:
+            return []  # being settled already: it stops waiting once that is done
         parked = core.decode_parked(raw_parked)
         outcome = self._decide(LabelRecord.unparked(parked), key, wait=True, parked=True)
         if outcome.decision is core.Decision.WAIT:
             return []
-        self._unpark(key, parked.label_time_ms)
-        return [outcome]
+        return [replace(outcome, unpark=(key, parked.label_time_ms))]
+
+    def settled(self, outcome: LabelOutcome) -> None:
+        """A label's outcome was acted on: if it was waiting, it waits no more."""
+        if outcome.unpark is not None:
+            self._unpark(*outcome.unpark)
 
     def _unpark(self, key: bytes, label_time_ms: int) -> None:
         partition = self.partition(asset_of(key))
@@ -290,13 +297,28 @@ class JoinProcessor:
             if len(out) >= limit:
                 break
             key = ikey[len(INDEX_DUE) + 8 :]
+            label_time_ms = decode_time(ikey[len(INDEX_DUE) :][:8])
             raw = self.parked.get(key)
-            self._unpark(key, decode_time(ikey[len(INDEX_DUE) :][:8]))
             if raw is None:
+                self._unpark(key, label_time_ms)
                 continue
+            if key in self._claimed:
+                continue  # being settled already
             record = LabelRecord.unparked(core.decode_parked(raw))
-            out.append(self._decide(record, key, wait=False))
+            outcome = self._decide(record, key, wait=False)
+            out.append(replace(outcome, unpark=(key, label_time_ms)))
         return out
+
+    def retry_waiting(self) -> list[LabelOutcome]:
+        """Every waiting label decided again with what the join holds now (after a recovery).
+
+        A label waits for its event and is retried when the event gets its input or
+        prediction. After a crash the event's state can come back complete while the label is
+        still waiting (the tables' changelogs stop at different points), and a replayed input
+        or result changes nothing, so nothing would retry it before its wait ran out.
+        """
+        keys = [key for key, _ in self.parked.items()]
+        return [outcome for key in keys for outcome in self._retry_parked(key)]
 
     def restore(self) -> None:
         """Pick up recovered tables: index every event and waiting label held, and take the
@@ -321,6 +343,19 @@ class JoinProcessor:
         if newest is not None:
             t = decode_time(newest[len(INDEX_BY_TIME) :][:8])
             self.watermark_ms = max(self.watermark_ms, t)
+
+    def held_since(self) -> int:
+        """The oldest event time from which every event is still held (older ones may be
+        evicted): the newest event time seen less retention and grace."""
+        return self.watermark_ms - self.keep_ms
+
+    def events_since(self, event_time_ms: int) -> Iterator[core.EventState]:
+        """The events held from this event time on, in event-time order (read from disk)."""
+        start = INDEX_BY_TIME + encode_time(event_time_ms)
+        for ikey, _ in self.index.scan(start, bytes([INDEX_BY_TIME[0] + 1])):
+            state = self._state(ikey[len(INDEX_BY_TIME) + 8 :])
+            if state is not None:
+                yield state
 
     def evict(self, limit: int = EVICT_BATCH) -> int:
         """Delete events older than the watermark minus retention and grace (at most `limit`

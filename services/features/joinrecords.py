@@ -181,6 +181,9 @@ class LabelOutcome:
     decision: core.Decision
     record: LabelRecord
     emits: tuple[Emit, ...] = ()
+    # A waiting label's key and label time: it stops waiting once the outcome is acted on
+    # (its windows delivered, its dead letter sent), so a crash before leaves it waiting.
+    unpark: tuple[bytes, int] | None = None
 
 
 def dead_letter_for(

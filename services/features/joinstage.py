@@ -122,7 +122,9 @@ class JoinStage:
         """Act on labels' outcomes: emit their windows, dead-letter them, or count them.
 
         The inputs of every window are read back from Kafka in one batch. A window is sent and
-        acknowledged before its event is marked labelled (see JoinProcessor.confirm). `now`:
+        acknowledged before its event is marked labelled (see JoinProcessor.confirm), and a
+        waiting label stops waiting only after that (a crash in between leaves it waiting, to
+        be decided again at the recovery: JoinProcessor.retry_waiting). `now`:
         settled by a timer (no consumed record to attach a dead letter to), so dead letters
         are sent at once and awaited.
         """
@@ -135,28 +137,40 @@ class JoinStage:
             refs = [e.state.ref.position for e in emits if e.state.ref is not None]
             fetched = await self.reader.read(refs)
         for outcome in outcomes:
-            self.metrics.labels.labels(outcome.decision.value).inc()
-            if outcome.decision is Decision.EMIT:
-                ready: list[tuple[jr.Emit, LabelledWindow]] = []
-                lost: list[str] = []
-                for emit in outcome.emits:
-                    window = self._window(emit, fetched, outcome.record.label)
-                    if window is None:
-                        join.release(emit)
-                        lost.append(emit.state.event_id)
-                    else:
-                        ready.append((emit, window))
-                await asyncio.gather(*(self._emit_window(w) for _, w in ready))
-                for emit, window in ready:
-                    join.confirm(emit, window, outcome.record.label)
-                if lost:
-                    message = (
-                        f"missing_input: the input of event(s) {', '.join(lost[:5])}"
-                        f"{' ...' if len(lost) > 5 else ''} is no longer readable from Kafka"
-                    )
-                    await self._dead_letter_label(outcome, now, message)
-            elif outcome.decision in (Decision.UNKNOWN, Decision.EXPIRED):
-                await self._dead_letter_label(outcome, now)
+            await self._act(outcome, fetched, now)
+            join.settled(outcome)  # only now does a waiting label stop waiting
+
+    async def _act(
+        self,
+        outcome: jr.LabelOutcome,
+        fetched: Mapping[tuple[str, int, int], FetchedRecord],
+        now: bool,
+    ) -> None:
+        """Emit an outcome's windows (then mark their events), or dead-letter its label."""
+        join = self.join
+        assert join is not None
+        self.metrics.labels.labels(outcome.decision.value).inc()
+        if outcome.decision is Decision.EMIT:
+            ready: list[tuple[jr.Emit, LabelledWindow]] = []
+            lost: list[str] = []
+            for emit in outcome.emits:
+                window = self._window(emit, fetched, outcome.record.label)
+                if window is None:
+                    join.release(emit)
+                    lost.append(emit.state.event_id)
+                else:
+                    ready.append((emit, window))
+            await asyncio.gather(*(self._emit_window(w) for _, w in ready))
+            for emit, window in ready:
+                join.confirm(emit, window, outcome.record.label)
+            if lost:
+                message = (
+                    f"missing_input: the input of event(s) {', '.join(lost[:5])}"
+                    f"{' ...' if len(lost) > 5 else ''} is no longer readable from Kafka"
+                )
+                await self._dead_letter_label(outcome, now, message)
+        elif outcome.decision in (Decision.UNKNOWN, Decision.EXPIRED):
+            await self._dead_letter_label(outcome, now)
 
     def _window(
         self, emit: jr.Emit, fetched: Mapping[tuple[str, int, int], FetchedRecord], label: Label

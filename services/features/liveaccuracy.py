@@ -1,27 +1,56 @@
 """Live accuracy by event time in the features pipeline: what feeds the book, what it exports.
 
-The join feeds it (once per event at its first prediction, once per window emitted with a
-prediction; `partition` is the event's join-topic partition, its asset's); a rebuild feeds it
-from training.windows and inference.results instead. This worker's gauges show the newest
+The join feeds it (once per event at its first prediction, once per event labelled with a
+prediction; `partition` is the event's join-topic partition, its asset's), and after a recovery
+the book is recounted from the join's event states; a rebuild feeds it from training.windows
+and inference.results instead. This worker's gauges show the newest
 event-time bucket with enough labels, and the confidence estimate, calibrated per version on
 its holdout.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
 from driftline.schemas import codec
 from driftline.schemas import deadletter as dl
 from driftline.schemas.messages import InferenceResult, LabelledWindow, ModelVersion
-from driftline.services.core.accuracy import calibration_factor
+from driftline.services.core.accuracy import EventTimeAccuracy, calibration_factor
 from driftline.services.core.join import Prediction
 from driftline.services.core.profile import CONFIDENCE_FEATURE
-from driftline.services.features.accuracy import AccuracyBook, Version, join_partition
+from driftline.services.features.accuracy import AccuracyBook, Owner, Version, join_partition
+from driftline.services.features.join import JoinProcessor
 from driftline.services.features.metrics import FeaturesMetrics
 from driftline.services.features.records import RawRecord
 from driftline.services.features.settings import FeaturesSettings
 from driftline.services.features.tables import StateTable
+
+log = logging.getLogger(__name__)
+
+RECOUNT_CHUNK = 5000  # events recounted between two yields to the event loop
+REPEAT_WINDOW = 100_000  # windows per partition a rebuild looks back for a repeated one
+
+
+class RecentIds:
+    """The last `size` ids seen, with a set for lookups."""
+
+    def __init__(self, size: int) -> None:
+        self.order: deque[str] = deque()
+        self.ids: set[str] = set()
+        self.size = size
+
+    def seen(self, key: str) -> bool:
+        """True if `key` is among the last ones; else remember it."""
+        if key in self.ids:
+            return True
+        self.order.append(key)
+        self.ids.add(key)
+        if len(self.order) > self.size:
+            self.ids.discard(self.order.popleft())
+        return False
 
 
 class LiveAccuracy:
@@ -47,6 +76,7 @@ class LiveAccuracy:
             metrics=metrics,
         )
         self._calibrations: dict[Version, float | None] = {}
+        self._recent: dict[int, RecentIds] = {}  # a rebuild's last windows, per partition
 
     # ---- from the join (AccuracyBook.scored / .labelled) ---------------------------------
 
@@ -68,6 +98,58 @@ class LiveAccuracy:
             partition,
         )
 
+    # ---- after a recovery -----------------------------------------------------------------
+
+    async def recover(self, join: JoinProcessor, *, pause_every: int = RECOUNT_CHUNK) -> int:
+        """Restore the book after the join's tables were recovered, recounting what the join
+        still holds from its events' states; returns the events read.
+
+        Why a recount: a bucket's counts and the event states that say what was counted are
+        in different tables, each with its changelog, and after a crash (kill -9) they come
+        back at different points: a changelog holds only what was acknowledged before, and a
+        local database holds every write since, less the keys faust resets from the changelog
+        on recovery. Replayed records then skip events whose state says "scored" or
+        "labelled" though the bucket lost them, or count them twice the other way round. The
+        states are the join's truth, and replay converges them (each change is idempotent),
+        so the buckets are recounted from them and follow them from here on. Buckets older
+        than the events the join still holds stay as the table has them (they are complete).
+        """
+        book = self.book
+        book.restore()
+        start = book.recount_start(join.watermark_ms, join.held_since())
+        counted: dict[Owner, EventTimeAccuracy] = {}
+        n = 0
+        for state in join.events_since(start):
+            n += 1
+            if n % pause_every == 0:
+                await asyncio.sleep(0)  # a long recount must not starve heartbeats
+            p = state.prediction
+            if p is None:
+                continue
+            owner = ((p.model_name, p.model_version), join.partition(state.asset_id))
+            acc = counted.get(owner)
+            if acc is None:
+                acc = counted[owner] = EventTimeAccuracy(book.bucket_ms, book.horizon_ms)
+            acc.scored(state.event_time_ms, p.confidence)
+            if state.counts_label:
+                assert state.label_time_ms is not None
+                correct = p.predicted_class == state.labelled_class
+                acc.labelled(state.event_time_ms, state.label_time_ms, correct)
+        restored = [c for s in book.states.values() for b, c in s.buckets.items() if b >= start]
+        recounted = [c for acc in counted.values() for c in acc.buckets.values()]
+        book.replace_from(start, counted)
+        scored = sum(c.scored for c in recounted) - sum(c.scored for c in restored)
+        labelled = sum(c.labelled for c in recounted) - sum(c.labelled for c in restored)
+        if scored or labelled:
+            log.warning(
+                "live accuracy recounted from the join's %d events: %+d scored, %+d labelled "
+                "against its table (the two changelogs came back at different points)",
+                n,
+                scored,
+                labelled,
+            )
+        return n
+
     # ---- from a rebuild ------------------------------------------------------------------
 
     def _partition(self, key: bytes) -> int:
@@ -78,12 +160,18 @@ class LiveAccuracy:
 
         training.windows holds labelled events only: the scored counts (coverage, confidence
         estimate) come from inference.results through `on_scored_results`; without them
-        (labelled windows alone) coverage and estimate stay empty.
+        (labelled windows alone) coverage and estimate stay empty. An event's label counts
+        once, as the join counts it: a window the join emitted again after a crash (at least
+        once: JoinProcessor.confirm) is skipped; it follows the first closely in its partition,
+        so the event ids of the last REPEAT_WINDOW windows per partition are enough to see it.
         """
         for rec in records:
             try:
                 lw = codec.decode(LabelledWindow, rec.value, rec.content_type)
             except dl.CodecError:
+                continue
+            recent = self._recent.setdefault(rec.partition, RecentIds(REPEAT_WINDOW))
+            if recent.seen(lw.event_id):
                 continue
             if lw.model_name is None or lw.model_version is None or lw.predicted_class is None:
                 continue

@@ -126,6 +126,7 @@ class FeaturesPipeline:
         self._retry_at = 0.0
         self._backoff = 0.0
         self.flushes = 0
+        self._recovering = False
 
     # ---- statistics (inference.results) -------------------------------------------------
 
@@ -202,15 +203,30 @@ class FeaturesPipeline:
             n = self.stats.restore(self.stats.table.items())
             log.info("recovered %d window buckets from the changelog", n)
 
-    def on_join_recovered(self) -> None:
-        if self.join is not None:
-            self.join.restore()
-        if self.live is not None:
-            self.live.book.restore()
-            self.live.export_touched()
+    async def on_join_recovered(self) -> None:
+        """Pick up the join's recovered tables: live accuracy is recounted from its events
+        (LiveAccuracy.recover), waiting labels are decided again (JoinProcessor.retry_waiting).
+        Housekeeping waits meanwhile: it would change what is being read."""
+        self._recovering = True
+        try:
+            if self.join is not None:
+                self.join.restore()
+            if self.live is not None and self.join is not None:
+                n = await self.live.recover(self.join)
+                log.info("live accuracy recounted from %d events of the join", n)
+            elif self.live is not None:
+                self.live.book.restore()
+            if self.live is not None:
+                self.live.export_touched()
+            if self.join is not None:
+                await self.joining.settle(self.join.retry_waiting(), now=True)
+        finally:
+            self._recovering = False
 
     async def evict(self) -> None:
         """Housekeeping: settle labels whose wait is over, forget what is past retention."""
+        if self._recovering:
+            return
         if self.stats is not None:
             self.stats.evict()
         if self.join is not None:

@@ -1,11 +1,11 @@
 """`driftline features rebuild`: replay Kafka into Redis with the app's own aggregation code.
 
 Statistics and live accuracy's scored counts come from inference.results, its labels from
-training.windows (the labelled windows the join emitted), both read from the beginning to the
-end they had when the rebuild started. Per series, events are folded in the order of their
-partition, as the app does, so the same events give the same windows; writes are last-write-
-wins, so a rebuild over an existing key space converges to the same hashes, and `--fresh` first
-deletes the prefix.
+training.windows (the labelled windows the join emitted; a window repeated after a crash counts
+once), both read from the beginning to the end they had when the rebuild started. Per series,
+events are folded in the order of their partition, as the app does, so the same events give
+the same windows; writes are last-write-wins, so a rebuild over an existing key space converges
+to the same hashes, and `--fresh` first deletes the prefix.
 Drift hashes are not replayed: the running app rewrites them at its next evaluation.
 """
 

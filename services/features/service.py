@@ -46,7 +46,7 @@ def run(settings: FeaturesSettings, metrics_registry: CollectorRegistry | None =
     # Every topic exists, with leaders, before the worker joins its group: otherwise the first
     # assignment can leave the join's agents without partitions (see services.features.startup).
     extra = [RouterTopics.of(settings)] if settings.runs_join else []
-    needs = topic_needs(features.app, extra)
+    needs = topic_needs(features.app, extra, replication=features.replication)
     ensure_topics(settings.kafka, needs, timeout_s=settings.registry_timeout_s)
     # The join's router forwards inputs, results and labels to the join topic from a thread
     # of its own (features/router.py); if it dies, the worker stops rather than join nothing.
@@ -96,20 +96,23 @@ def run_stats(
 ) -> None:
     """The statistics role on the batch loop (services.features.statsloop) until stop() is
     true, or SIGINT/SIGTERM when no stop is given."""
-    from driftline.services.features.app import topic_partitions
+    from driftline.services.features.app import replication, topic_partitions
     from driftline.services.features.statsloop import StatsHandler
     from driftline.services.runtime.batchloop import BatchLoop, LoopConfig, LoopMetrics
     from driftline.services.runtime.shutdown import StopFlag
 
     source = settings.kafka.topics.inference_results
     partitions = topic_partitions(settings, source)
-    # The changelog is the faust app's: created with the options faust would use.
+    # The changelog is the faust app's: created with the options faust would use, replicated
+    # as every other topic of the cluster (app.replication).
+    replicas, min_isr = replication(settings)
     changelog = TopicNeed(
         settings.stats_changelog_topic,
         partitions,
         own=True,
         compacted=True,
-        replication_factor=settings.replication_factor,
+        replication_factor=replicas,
+        min_insync_replicas=min_isr,
     )
     ensure_topics(settings.kafka, [changelog], timeout_s=settings.registry_timeout_s)
     if store is None:

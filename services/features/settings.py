@@ -37,7 +37,6 @@ class FeaturesSettings(DriftlineSettings):
     session_timeout_s: float = Field(default=30.0, gt=0, description="consumer group session")
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
     join_partitions: int = Field(default=6, ge=1, description="partitions of the join topic")
-    replication_factor: int = Field(default=1, ge=1, description="of faust's own topics")
     service_name: str = "features"
 
     bucket_s: int = Field(default=60, ge=1, description="tumbling window size")

@@ -46,10 +46,14 @@ class TopicNeed:
     own: bool
     compacted: bool = False
     replication_factor: int = 1
+    min_insync_replicas: int = 1
 
     def new_topic(self) -> NewTopic:
         assert self.partitions is not None
-        config = {"cleanup.policy": "compact" if self.compacted else "delete"}
+        config = {
+            "cleanup.policy": "compact" if self.compacted else "delete",
+            "min.insync.replicas": str(self.min_insync_replicas),
+        }
         return NewTopic(
             self.name,
             num_partitions=self.partitions,
@@ -63,14 +67,18 @@ def _names(channel: Any) -> tuple[str, ...]:
     return tuple(names) if names else ()
 
 
-def topic_needs(app: Any, extra: Iterable[Any] = ()) -> list[TopicNeed]:
+def topic_needs(
+    app: Any, extra: Iterable[Any] = (), *, replication: tuple[int, int] | None = None
+) -> list[TopicNeed]:
     """Every topic of a faust app: tables' changelogs, agents' sources, and `extra` topics.
 
     A topic is the app's own when faust declared it internal (its name starts with the app id);
     the rest (inference.results, the inputs, the labels) belong to `driftline topics create`.
+    The app's own are replicated as `replication` says (factor, min.insync.replicas; the
+    app's features.app.replication): by default faust's factor, min.insync.replicas 1.
     """
     conf = app.conf
-    replication = int(conf.topic_replication_factor or 1)
+    factor, min_isr = replication or (int(conf.topic_replication_factor or 1), 1)
     default_partitions = int(conf.topic_partitions)
     needs: dict[str, TopicNeed] = {}
 
@@ -81,7 +89,7 @@ def topic_needs(app: Any, extra: Iterable[Any] = ()) -> list[TopicNeed]:
         )
         for name in _names(topic):
             if name not in needs:
-                needs[name] = TopicNeed(name, partitions, internal, compacted, replication)
+                needs[name] = TopicNeed(name, partitions, internal, compacted, factor, min_isr)
 
     for table in app.tables.values():
         add(table.changelog_topic, compacted=True)
@@ -92,7 +100,7 @@ def topic_needs(app: Any, extra: Iterable[Any] = ()) -> list[TopicNeed]:
     if not conf.topic_disable_leader:
         # faust's leader election topic, subscribed by every worker (faust's naming).
         leader = f"{conf.id}-__assignor-__leader"
-        needs.setdefault(leader, TopicNeed(leader, 1, True, False, replication))
+        needs.setdefault(leader, TopicNeed(leader, 1, True, False, factor, min_isr))
     return sorted(needs.values(), key=lambda n: n.name)
 
 
@@ -134,6 +142,18 @@ def ensure_topics(kafka: KafkaSettings, needs: list[TopicNeed], timeout_s: float
                 ):
                     raise
         log.info("created the features app's topics: %s", ", ".join(n.name for n in absent))
+    for need in needs:
+        found = meta.topics.get(need.name)
+        if need.own and found is not None and found.partitions:
+            have = min(len(p.replicas) for p in found.partitions.values())
+            if have < need.replication_factor:
+                log.warning(
+                    "topic %s has %d replicas, fewer than the %d new ones get: it was created "
+                    "so before; kafka-reassign-partitions adds replicas",
+                    need.name,
+                    have,
+                    need.replication_factor,
+                )
     deadline = time.monotonic() + timeout_s
     while True:
         meta = client.list_topics(timeout=min(timeout_s, 10.0))

@@ -51,3 +51,34 @@ def test_stack_up_takes_a_quorum_size_of_brokers() -> None:
     for bad in ("2", "0", "three"):
         with pytest.raises(argparse.ArgumentTypeError):
             _brokers(bad)
+
+
+def test_the_features_apps_own_topics_are_created_with_the_plan() -> None:
+    from types import SimpleNamespace
+
+    from driftline.services.features.startup import topic_needs
+
+    def topic(name: str, *, internal: bool, partitions: int | None = None) -> SimpleNamespace:
+        return SimpleNamespace(topics=(name,), internal=internal, partitions=partitions)
+
+    app = SimpleNamespace(
+        conf=SimpleNamespace(
+            id="t.features",
+            topic_replication_factor=3,
+            topic_partitions=6,
+            topic_disable_leader=False,
+        ),
+        tables={"stats": SimpleNamespace(changelog_topic=topic("t.features-stats", internal=True))},
+        agents={"results": SimpleNamespace(channel=topic("t.inference.results", internal=False))},
+    )
+    needs = {n.name: n for n in topic_needs(app, replication=replication_plan(KafkaSettings(), 3))}
+    assert sorted(needs) == [
+        "t.features-__assignor-__leader",
+        "t.features-stats",
+        "t.inference.results",
+    ]
+    assert not needs["t.inference.results"].own  # `driftline topics create`'s, not the app's
+    for name in ("t.features-stats", "t.features-__assignor-__leader"):
+        new = needs[name].new_topic()
+        assert new.replication_factor == 3
+        assert new.config["min.insync.replicas"] == "2"

@@ -160,3 +160,18 @@ def test_labels_that_cannot_be_routed_or_are_malformed_say_why() -> None:
     )
     no_lookback = Label(asset_id="a1", true_class="healthy", source="s", label_time_ms=1)
     assert label_problem(no_lookback) == "an asset inspection needs lookback_ms >= 0"
+
+
+def test_a_label_counts_for_live_accuracy_only_if_joined_to_a_prediction() -> None:
+    assert marked(_known(), _label()).counts_label
+    late = marked(_known(p=None), _label())  # emitted without a prediction ...
+    assert not with_prediction(late, "e1", "a1", 1_000, P1).counts_label  # ... stays uncounted
+    assert not _known().counts_label  # not labelled
+    # A state written before label_counted existed (7 fields): counted if it has a prediction.
+    import msgspec
+
+    old = msgspec.msgpack.encode(["e1", "a1", 1_000, P1, "healthy", 5_000, REF])
+    assert decode_state(old).label_counted is None
+    assert decode_state(old).counts_label
+    older = msgspec.msgpack.encode(["e1", "a1", 1_000, None, "healthy", 5_000, REF])
+    assert not decode_state(older).counts_label

@@ -315,6 +315,8 @@ def test_a_waiting_label_is_kept_on_disk_and_decided_once_its_wait_runs_out(
     join.on_input(_input("a1", "e2", T0 + 11 * 60_000))
     (outcome,) = join.due()
     assert outcome.decision is core.Decision.UNKNOWN
+    assert len(_index_keys(join, jk.INDEX_DUE)) == 1  # waiting till its dead letter is sent
+    join.settled(outcome)
     assert _index_keys(join, jk.INDEX_DUE) == []
     assert join.parked.get(jk.event_key("a1", "ghost")) is None
     # A waiting label its event then completes leaves no due entry behind.
@@ -324,6 +326,7 @@ def test_a_waiting_label_is_kept_on_disk_and_decided_once_its_wait_runs_out(
     join.on_input(_input("a1", "e3", T0 + 12 * 60_000))
     (settled,) = join.on_result(_result("a1", "e3", T0 + 12 * 60_000))
     assert settled.decision is core.Decision.EMIT
+    join.settled(settled)
     assert _index_keys(join, jk.INDEX_DUE) == []
 
 

@@ -628,7 +628,7 @@ def test_a_restarted_join_recovers_its_tables_and_emits_each_label_once() -> Non
         assert first.join is not None
         second.join.states, second.join.parked = first.join.states, first.join.parked
         second.join.index = first.join.index
-        second.on_join_recovered()
+        await second.on_join_recovered()
         await second.on_results(_records(topics.inference_results, results), forward=True)
         await second.on_labels(_records(topics.feedback_labels, labels))
         await _join_all(second, outbox)
