@@ -6,6 +6,7 @@ idle stream is answered within max_wait and a busy one fills batches to max_size
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -71,3 +72,30 @@ class Batcher(Generic[T]):
     def take(self) -> list[T]:
         items, self._items, self._opened_at = self._items, [], None
         return items
+
+
+@dataclass(frozen=True)
+class ChunkPolicy:
+    """How a batch is cut into chunks so that decoding one overlaps scoring the previous.
+
+    A batch is cut into as many chunks of at least `min_chunk` events as fit, up to
+    `max_chunks`; `max_chunks` 1 (or a batch under two chunks' worth) keeps it whole, decoded
+    and then scored in one piece.
+    """
+
+    min_chunk: int = 8
+    max_chunks: int = 1
+
+    def __post_init__(self) -> None:
+        if self.min_chunk < 1 or self.max_chunks < 1:
+            raise ValueError("min_chunk and max_chunks must be at least 1")
+
+    def spans(self, n: int) -> list[tuple[int, int]]:
+        """The (start, end) of each chunk of a batch of n, in order, sizes within one of each
+        other (the smaller first: the first chunk is the one whose decoding nothing overlaps)."""
+        k = max(1, min(self.max_chunks, n // self.min_chunk))
+        small, larger = divmod(n, k)
+        bounds = [0]
+        for i in range(k):
+            bounds.append(bounds[-1] + small + int(i >= k - larger))
+        return list(itertools.pairwise(bounds))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,11 +24,13 @@ from driftline.schemas import codec
 from driftline.schemas import deadletter as dl
 from driftline.schemas import headers as h
 from driftline.schemas.batch import DecodedBatch
-from driftline.schemas.messages import ModelVersion
+from driftline.schemas.messages import MODALITY_IMAGE, ModelVersion
 from driftline.schemas.result_batch import ResultEncoder
-from driftline.services.core.scoring import score_apart, top1
+from driftline.services.core.batching import ChunkPolicy
+from driftline.services.core.scoring import top1
 from driftline.services.inference.delivery import Delivery, for_settings
 from driftline.services.inference.metrics import InferenceMetrics
+from driftline.services.inference.overlap import Scored, decode_and_score
 from driftline.services.inference.settings import InferenceSettings
 from driftline.services.runtime.batchloop import Offsets, RewindBatch
 from driftline.services.runtime.deadletters import describe, dlq_record
@@ -36,6 +39,10 @@ from driftline.services.runtime.kafka import spans
 log = logging.getLogger(__name__)
 
 _AVRO_HEADERS = list(h.AVRO)
+# Batches of photos from 16 up are cut into 2 to 8 chunks (of 8 at the default batch of 64):
+# the first chunk's decoding is the one nothing overlaps, and a chunk of 8 photos is still
+# scored at ONNX Runtime's full-batch cost per photo.
+PHOTO_CHUNKING = ChunkPolicy(min_chunk=8, max_chunks=8)
 
 
 def _content_type(headers: h.Headers) -> str | None:
@@ -46,7 +53,10 @@ def _content_type(headers: h.Headers) -> str | None:
 
 
 class Decoder(Protocol):
-    """Turns a batch of record values into model inputs plus failures by position."""
+    """Turns a batch of record values into model inputs plus failures by position.
+
+    Each record is decoded on its own, so decoding a slice of a batch gives that slice of the
+    whole batch's decoding (the handler decodes photos in chunks)."""
 
     def __call__(
         self,
@@ -108,6 +118,7 @@ class InferenceHandler:
         models: ModelSource,
         metrics: InferenceMetrics,
         delivery: Delivery | None = None,
+        chunking: ChunkPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.decoder = decoder
@@ -121,6 +132,18 @@ class InferenceHandler:
         self.dlq_topic = topics.dlq(source_base)
         self._result_encoder: ResultEncoder | None = None
         self._encoder_key: tuple[str, int, tuple[str, ...]] | None = None
+        # A photo takes over 100 us to decode, a sensor window a few: only photos are worth
+        # decoding while the model scores (see overlap.py).
+        self.chunking = chunking or (
+            PHOTO_CHUNKING if settings.modality == MODALITY_IMAGE else ChunkPolicy()
+        )
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _scoring_pool(self) -> ThreadPoolExecutor:
+        """The one thread that scores a chunk while the next is decoded (made on first use)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="driftline-score")
+        return self._pool
 
     def _delivery(self) -> Delivery:
         if self.delivery is None:
@@ -161,6 +184,9 @@ class InferenceHandler:
         self._delivery().abandon()
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         if self.delivery is not None:
             self.delivery.close()
             self.delivery = None
@@ -183,39 +209,32 @@ class InferenceHandler:
         # Inputs are decoded to the serving version's own per-event shape (its I/O signature,
         # checked against its graph at load): an image model says the size photos resize to.
         mv = model.version
-        batch = self.decoder(
+        shape = tuple(mv.inputs[0].shape[1:]) if mv.inputs else ()
+
+        def decode(values: Sequence[bytes | None], types: Sequence[str | None]) -> DecodedBatch:
+            return self.decoder(values, types, shape)
+
+        # Photos are decoded chunk by chunk while the previous chunk is scored (overlap.py),
+        # all with the one model read above; the outcome is the whole batch's, in its order.
+        chunks = self.chunking.spans(len(good))
+        scored = decode_and_score(
+            decode,
+            model.predict,
             [m.value() for m in good],
             [_content_type(m.headers()) for m in good],
-            tuple(mv.inputs[0].shape[1:]) if mv.inputs else (),
+            chunks,
+            delivery.begin,
+            self._scoring_pool() if len(chunks) > 1 else None,
         )
-        failures = list(batch.failures)
-        inference_s = 0.0
+        failures = scored.failures
+        inference_s = scored.inference_s
         scored_s = produced_s = taken_s
-        delivery.begin()
-        if len(batch):
-            t0 = time.perf_counter()
-            try:
-                probs = model.predict(batch.inputs)
-            except Exception as exc:  # a model that cannot score this batch: find who fails
-                log.warning(
-                    "scoring failed for %d events (%s); splitting the batch", len(batch), exc
-                )
-                batch, probs, failed = score_apart(model.predict, batch)
-                failures += failed
-            inference_s = time.perf_counter() - t0
+        if scored.decoded:
             scored_s = time.time()
-            bad = ~np.isfinite(probs).all(axis=1) if len(probs) else np.zeros(0, dtype=bool)
-            if bad.any():  # a score that is not a number is no score: dead-letter those events
-                failures += [
-                    (batch.positions[i], dl.CodecError(dl.SCORING_FAILED, "non-finite scores"))
-                    for i in np.flatnonzero(bad).tolist()
-                ]
-                keep = np.flatnonzero(~bad)
-                batch, probs = batch.take(keep), probs[keep]
-            if len(batch):
-                self._produce_results(delivery, batch, probs, model.version)
+            if len(scored):
+                self._produce_results(delivery, scored, mv)
                 self.metrics.inference_seconds.labels(self.modality).observe(inference_s)
-                self.metrics.batch_size.labels(self.modality).observe(len(batch))
+                self.metrics.batch_size.labels(self.modality).observe(len(scored))
             produced_s = time.time()
         for pos, error in failures:
             self._dead_letter(delivery, good[pos], error)
@@ -225,9 +244,8 @@ class InferenceHandler:
             {key: start for key, (start, _) in parts.items()},
         )
         marks = Marks(taken_s, scored_s, produced_s, time.time(), parts)
-        scored = len(good) - len(failures)
         return BatchStats(
-            len(good), scored, len(failures), model.version.version, inference_s, marks
+            len(good), len(good) - len(failures), len(failures), mv.version, inference_s, marks
         )
 
     def _encoder(self, mv: ModelVersion) -> ResultEncoder:
@@ -243,29 +261,23 @@ class InferenceHandler:
             self._encoder_key = key
         return self._result_encoder
 
-    def _produce_results(
-        self,
-        delivery: Delivery,
-        batch: DecodedBatch,
-        probs: npt.NDArray[np.float32],
-        mv: ModelVersion,
-    ) -> None:
-        classes = mv.classes
+    def _produce_results(self, delivery: Delivery, scored: Scored, mv: ModelVersion) -> None:
+        classes, probs, times = mv.classes, scored.probs, scored.event_time_ms
         index, confidence = top1(probs)
         now_ms = int(time.time() * 1000)
         # One Avro record per event is the contract; the fields a batch shares are encoded
         # once, and what is left per event is a join of byte strings (result_batch.py).
         values = self._encoder(mv).encode(
-            batch.event_ids, batch.asset_ids, batch.event_time_ms, probs, index, confidence, now_ms
+            scored.event_ids, scored.asset_ids, times, probs, index, confidence, now_ms
         )
-        delivery.produce_all(self.results_topic, batch.asset_ids, values, h.AVRO)
+        delivery.produce_all(self.results_topic, scored.asset_ids, values, h.AVRO)
         m = self.metrics
-        m.produced.labels(self.results_topic).inc(len(batch))
+        m.produced.labels(self.results_topic).inc(len(scored))
         counts = np.bincount(index, minlength=len(classes))
         for c in np.flatnonzero(counts).tolist():
             m.predictions.labels(mv.name, classes[c]).inc(int(counts[c]))
         m.confidence.observe_many((mv.name, str(mv.version)), confidence)
-        m.end_to_end.observe_many((self.modality,), (now_ms - batch.event_time_ms).clip(0) / 1000.0)
+        m.end_to_end.observe_many((self.modality,), (now_ms - times).clip(0) / 1000.0)
 
     def _dead_letter(self, delivery: Delivery, msg: Message, error: dl.CodecError) -> None:
         rec = dlq_record(msg, error, self.settings.service_name)

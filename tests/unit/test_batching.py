@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
-from driftline.services.core.batching import Batcher, BatchPolicy
+from driftline.services.core.batching import Batcher, BatchPolicy, ChunkPolicy
 
 
 def test_closes_at_max_size() -> None:
@@ -53,3 +55,22 @@ def test_discard_drops_items_and_resets_the_clock_when_empty() -> None:
     assert b.discard(lambda _item: True) == 1
     assert not b.ready(100.0)
     assert b.wait_s(now=100.0, idle_wait_s=0.3) == 0.3
+
+
+def test_a_batch_is_cut_into_consecutive_chunks_of_near_equal_size() -> None:
+    policy = ChunkPolicy(min_chunk=8, max_chunks=4)
+    assert policy.spans(15) == [(0, 15)]  # under two chunks' worth: whole
+    assert policy.spans(16) == [(0, 8), (8, 16)]
+    assert policy.spans(64) == [(0, 16), (16, 32), (32, 48), (48, 64)]
+    assert policy.spans(62) == [(0, 15), (15, 30), (30, 46), (46, 62)]  # the smaller first
+    for n in range(1, 300):
+        spans = policy.spans(n)
+        assert spans[0][0] == 0
+        assert spans[-1][1] == n
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+        sizes = [end - start for start, end in spans]
+        assert max(sizes) - min(sizes) <= 1
+        assert len(spans) <= 4
+    assert ChunkPolicy().spans(512) == [(0, 512)]
+    with pytest.raises(ValueError, match="at least 1"):
+        ChunkPolicy(min_chunk=0)
