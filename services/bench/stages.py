@@ -54,7 +54,8 @@ def stamp_append_time(kafka: KafkaSettings, topics: Iterable[str]) -> None:
         ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[entry])
         for name in topics
     ]
-    for future in admin(kafka).incremental_alter_configs(resources).values():
+    client = admin(kafka)  # held until every answer came: a dropped client cancels them
+    for future in client.incremental_alter_configs(resources).values():
         future.result(timeout=30)
 
 
