@@ -34,9 +34,11 @@ def _worker_throughput(
     workers: int,
     counted: str,
     data_dir: Path,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Start `workers` processes of `role`, time them until the metric line `counted` sums to
-    `events` (the first count to the last, so start-up and recovery are left out)."""
+    `events` (the first count to the last, so start-up and recovery are left out); also the
+    workers' CPU seconds over that time."""
     from driftline.services.localstack import free_port
 
     env = {
@@ -46,6 +48,7 @@ def _worker_throughput(
         "DRIFTLINE_REDIS_URL": settings.redis_url.get_secret_value(),
         "DRIFTLINE_REDIS_KEY_PREFIX": settings.redis_key_prefix,
         "DRIFTLINE_LOG_LEVEL": "WARNING",
+        **(extra_env or {}),
     }
     ports = [free_port() for _ in range(workers)]
     procs = [
@@ -67,15 +70,16 @@ def _worker_throughput(
         for n, port in enumerate(ports)
     ]
     first = last = None
+    cpu0 = cpu = 0.0
     try:
         deadline = time.monotonic() + 90 + events / 500
         while time.monotonic() < deadline:
             done = sum(_metric(port, counted) for port in ports)
             now = time.perf_counter()
             if done > 0 and first is None:
-                first = (now, done)
+                first, cpu0 = (now, done), _cpu_s(procs)
             if done >= events:
-                last = (now, done)
+                last, cpu = (now, done), _cpu_s(procs) - cpu0
                 break
             time.sleep(POLL_S)
     finally:
@@ -90,9 +94,19 @@ def _worker_throughput(
         "events": events,
         "seconds": seconds,
         "events_per_s": (last[1] - first[1]) / seconds if seconds > 0 else float("inf"),
+        "cpu_s": cpu,
         "partitions": PARTITIONS,
         "workers": workers,
     }
+
+
+def _cpu_s(procs: list[subprocess.Popen[bytes]]) -> float:
+    """User and system CPU seconds of these processes so far (Linux)."""
+    total = 0
+    for proc in procs:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def app_throughput(

@@ -9,11 +9,9 @@ with its result) per second, with the records routed and joined per second besid
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import tempfile
 import time
-import urllib.request
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,27 +60,14 @@ def _labels(n: int, assets: int, t0: int, every: int) -> list[tuple[str, bytes]]
     return out
 
 
-def _consumed(port: int, topic: str) -> float:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return 0.0
-    want = f'{EVENTS_CONSUMED}{{topic="{topic}"}}'
-    for line in text.splitlines():
-        if line.startswith(want):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def join_throughput(
     settings: FeaturesSettings, events: int, assets: int, label_every: int = 5
 ) -> dict[str, Any]:
     """Preload windows, results and labels; time one join worker over all of them."""
     from driftline.services.bench.features import results
-    from driftline.services.localstack import free_port
+    from driftline.services.bench.featuresapp import PARTITIONS, _worker_throughput
 
-    kafka = bench_kafka(settings.kafka.bootstrap_servers, partitions=6)
+    kafka = bench_kafka(settings.kafka.bootstrap_servers, partitions=PARTITIONS)
     t0 = int(time.time() * 1000) - 3_600_000
     t = kafka.topics
     preload(kafka, t.sensor_windows, _windows(events, assets, t0), h.AVRO)
@@ -91,43 +76,18 @@ def join_throughput(
     preload(kafka, t.feedback_labels, labels, h.AVRO)
     notes = 2 * events + len(labels)
     join_topic = f"{kafka.topic_prefix}driftline-features-join"
-    port = free_port()
-    env = {
-        **os.environ,
-        "DRIFTLINE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "DRIFTLINE_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
-        "DRIFTLINE_REDIS_URL": settings.redis_url.get_secret_value(),
-        "DRIFTLINE_REDIS_KEY_PREFIX": settings.redis_key_prefix,
-        "DRIFTLINE_LOG_LEVEL": "WARNING",
-        "DRIFTLINE_FEATURES_LABEL_WAIT_S": "0",
-    }
-    cmd = [sys.executable, "-m", "driftline.services.cli", "features", "--role", "join"]
-    proc = subprocess.Popen(
-        [*cmd, "--metrics-port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    first = last = None
-    cpu0 = 0.0
-    try:
-        deadline = time.monotonic() + 120 + notes / 200
-        while time.monotonic() < deadline:
-            joined = _consumed(port, join_topic)
-            now = time.perf_counter()
-            if joined > 0 and first is None:
-                first, cpu0 = (now, joined), _cpu_s(proc.pid)
-            if joined >= notes:
-                last = (now, joined)
-                break
-            time.sleep(0.1)
-        cpu = _cpu_s(proc.pid) - cpu0
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-    if first is None or last is None:
-        raise RuntimeError(f"the join worker did not join all {notes:,} records in time")
-    seconds = last[0] - first[0]
+    with tempfile.TemporaryDirectory(prefix="bench-join-") as tmp:
+        r = _worker_throughput(
+            settings,
+            kafka,
+            notes,
+            role="join",
+            workers=1,
+            counted=f'{EVENTS_CONSUMED}{{topic="{join_topic}"}}',
+            data_dir=Path(tmp),
+            extra_env={"DRIFTLINE_LABEL_WAIT_S": "0"},
+        )
+    seconds = r["seconds"]
     return {
         "what": "the faust app, --role join (router and join), 1 worker",
         "events": events,
@@ -135,12 +95,6 @@ def join_throughput(
         "records": notes,
         "seconds": seconds,
         "events_per_s": events / seconds if seconds > 0 else float("inf"),
-        "records_per_s": notes / seconds if seconds > 0 else float("inf"),
-        "cpu_us_per_record": 1e6 * cpu / notes,
+        "records_per_s": r["events_per_s"],
+        "cpu_us_per_record": 1e6 * r["cpu_s"] / notes,
     }
-
-
-def _cpu_s(pid: int) -> float:
-    """User and system CPU seconds of a process so far (Linux)."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
